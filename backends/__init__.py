@@ -1,0 +1,1 @@
+"""inferd backends: one small interface, found through a registry (see ``registry``)."""

@@ -1,0 +1,70 @@
+"""The backend interface.
+
+A backend class knows one framework. The server creates one backend object per model
+instance (``instance_group``), calls ``execute`` from that instance's own worker thread, and
+``unload`` once when the instance goes away. Backends know nothing of protocols, requests,
+batching or asyncio: they see batched numpy tensors keyed by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Where one model instance runs."""
+
+    name: str
+    kind: str  # "CPU" or "GPU"
+    device_id: int = 0  # GPU index for kind "GPU"
+    index: int = 0  # position among the model's instances
+
+
+@dataclass
+class LoadContext:
+    model_name: str
+    version: int
+    config: mc.ModelConfig
+    model_dir: Path  # the model's folder (holds config.pbtxt)
+    version_dir: Path
+    model_path: Path  # version_dir / model file (may be a folder, e.g. SavedModel)
+    instance: Instance
+    # The server core, for backends that call other models in-process (Python models).
+    core: Any = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    #: ``backend`` name in config.pbtxt (e.g. "onnxruntime").
+    name: ClassVar[str]
+    #: ``platform`` strings this backend serves (e.g. "onnxruntime_onnx").
+    platforms: ClassVar[tuple[str, ...]] = ()
+    #: File or folder name inside a version folder when ``default_model_filename`` is unset.
+    default_filename: ClassVar[str]
+    #: The pip extra that installs this backend's framework, named in load errors.
+    extra: ClassVar[str | None] = None
+
+    @classmethod
+    def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:
+        """Fill in what the model file tells (inputs, outputs, batching). Default: nothing."""
+
+    @abstractmethod
+    def __init__(self, context: LoadContext) -> None:
+        """Load the model for one instance; raise ``ModelLoadError`` with a clear reason."""
+
+    @abstractmethod
+    def execute(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run one (possibly batched) execution and return the requested outputs."""
+
+    def unload(self) -> None:
+        """Release the framework's resources."""

@@ -1,0 +1,147 @@
+"""ONNX Runtime backend (``platform: "onnxruntime_onnx"``, ``model.onnx``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+from ..server.errors import ModelLoadError
+from .base import Backend, LoadContext
+from .registry import require
+
+# ONNX Runtime's type strings -> config.pbtxt data types.
+_ORT_TYPES = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(bfloat16)": "TYPE_BF16",
+    "tensor(string)": "TYPE_STRING",
+}
+# Triton's default when auto-completing a batchable model.
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def _ort() -> Any:
+    return require("onnxruntime", "onnxruntime", None)
+
+
+def _dims(shape: Sequence[Any]) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    platforms = ("onnxruntime_onnx",)
+    default_filename = "model.onnx"
+    extra = "gpu"
+
+    @classmethod
+    def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{model_path}: onnxruntime cannot read the model: {e}") from None
+        graph_in = [(i.name, i.type, i.shape) for i in session.get_inputs()]
+        graph_out = [(o.name, o.type, o.shape) for o in session.get_outputs()]
+        if not config.platform and not config.backend:
+            config.platform = "onnxruntime_onnx"
+        # Batching is possible when every graph tensor has a variable first dimension.
+        batchable = all(shape and not (isinstance(shape[0], int) and shape[0] > 0) for _, _, shape in graph_in + graph_out)
+        if config.max_batch_size == 0 and not config.input and not config.output and batchable:
+            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+            if config.WhichOneof("scheduling_choice") is None:
+                config.dynamic_batching.SetInParent()
+        skip = 1 if config.max_batch_size > 0 else 0
+        for items, graph in ((config.input, graph_in), (config.output, graph_out)):
+            by_name = {t.name: t for t in items}
+            for name, type_str, shape in graph:
+                t = by_name.get(name)
+                if t is None:
+                    t = items.add()
+                    t.name = name
+                if t.data_type == mc.TYPE_INVALID and type_str in _ORT_TYPES:
+                    t.data_type = mc.DataType.Value(_ORT_TYPES[type_str])
+                if not t.dims:
+                    t.dims.extend(_dims(shape[skip:]) if shape else [])
+
+    def __init__(self, context: LoadContext) -> None:
+        ort = _ort()
+        config = context.config
+        params = context.parameters
+        options = ort.SessionOptions()
+        instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+        default_threads = max(1, (os.cpu_count() or 1) // instances)
+        options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", default_threads)
+        options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
+        level = config.optimization.graph.level if config.HasField("optimization") else 0
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level >= 0 else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        providers: list[Any]
+        if context.instance.kind == "GPU":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelLoadError(
+                    f"model '{context.model_name}' asks for KIND_GPU but this onnxruntime has no CUDA "
+                    "execution provider (pip install 'inferd[gpu]' on a machine with an NVIDIA GPU), "
+                    "or use kind: KIND_CPU"
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": context.instance.device_id})]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(context.model_path), options, providers=providers)
+        except Exception as e:
+            raise ModelLoadError(f"{context.model_path}: onnxruntime failed to load the model: {e}") from None
+        if context.instance.kind == "GPU" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise ModelLoadError(
+                f"model '{context.model_name}': no usable CUDA device {context.instance.device_id} "
+                "for KIND_GPU (onnxruntime fell back to the CPU)"
+            )
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        source = f"{context.model_dir / 'config.pbtxt'}"
+        for t in config.input:
+            if t.name not in graph_inputs:
+                raise ModelLoadError(f"{source}: input '{t.name}' is not an input of the ONNX graph ({sorted(graph_inputs)})")
+        for t in config.output:
+            if t.name not in graph_outputs:
+                raise ModelLoadError(f"{source}: output '{t.name}' is not an output of the ONNX graph ({sorted(graph_outputs)})")
+        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        feed = dict(inputs)
+        for name in self._string_inputs & feed.keys():
+            # onnxruntime wants str elements for string tensors; inferd carries bytes.
+            feed[name] = np.vectorize(lambda b: b.decode("utf-8", "surrogateescape"), otypes=[object])(feed[name])
+        results = self.session.run(list(outputs), feed)
+        return dict(zip(outputs, results))
+
+    def unload(self) -> None:
+        del self.session
+
+
+def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
+    value = params.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ModelLoadError(f"parameter '{key}' must be an integer, got '{value}'") from None

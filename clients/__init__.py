@@ -1,0 +1,1 @@
+"""inferd client-side code (gRPC/protobuf stubs and helpers)."""

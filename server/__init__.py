@@ -1,0 +1,1 @@
+"""inferd server: the protocol-neutral core, model lifecycle, scheduling and front ends."""

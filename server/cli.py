@@ -1,0 +1,95 @@
+"""``inferd`` command line: ``inferd serve`` runs the server; ``inferd perf`` runs a load test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    d = Settings()
+    p.add_argument("--model-repository", type=Path, default=d.model_repository,
+                   help="model repository folder (default: the bundled model_repository/)")
+    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 = any free port")
+    p.add_argument("--http-port", type=int, default=d.http_port, help="HTTP/REST port")
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="Prometheus metrics port")
+    p.add_argument("--allow-grpc", type=_bool, default=d.allow_grpc, metavar="BOOL")
+    p.add_argument("--allow-http", type=_bool, default=d.allow_http, metavar="BOOL")
+    p.add_argument("--allow-metrics", type=_bool, default=d.allow_metrics, metavar="BOOL")
+    p.add_argument("--grpc-max-message-bytes", type=int, default=d.grpc_max_message_bytes,
+                   help="largest gRPC message accepted or sent (default %(default)s = 256 MiB)")
+    p.add_argument("--http-max-body-bytes", type=int, default=d.http_max_body_bytes,
+                   help="largest HTTP request body (default %(default)s = 64 MiB)")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
+    p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="explicit mode: model to load at start-up (repeatable, '*' for all)")
+    p.add_argument("--strict-readiness", type=_bool, default=d.strict_readiness, metavar="BOOL",
+                   help="ready only when every requested model is ready (default true)")
+    p.add_argument("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
+                   help="how long in-flight requests may finish at shutdown")
+    p.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def settings_from_args(a: argparse.Namespace) -> Settings:
+    return Settings(
+        model_repository=a.model_repository,
+        host=a.host,
+        grpc_port=a.grpc_port,
+        http_port=a.http_port,
+        metrics_port=a.metrics_port,
+        allow_grpc=a.allow_grpc,
+        allow_http=a.allow_http,
+        allow_metrics=a.allow_metrics,
+        grpc_max_message_bytes=a.grpc_max_message_bytes,
+        http_max_body_bytes=a.http_max_body_bytes,
+        model_control_mode=a.model_control_mode,
+        repository_poll_secs=a.repository_poll_secs,
+        load_models=a.load_model,
+        strict_readiness=a.strict_readiness,
+        exit_timeout_secs=a.exit_timeout_secs,
+        log_level=a.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inferd", description="KServe v2 / Triton-compatible inference server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    add_serve_arguments(serve)
+    sub.add_parser("perf", help="load-test a server (perf_analyzer-style); see 'inferd perf --help'", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "perf":
+        from ..perf.cli import main as perf_main
+
+        return perf_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .app import InferdServer
+
+    try:
+        asyncio.run(InferdServer(settings).serve_forever())
+    except FileNotFoundError as e:
+        print(f"inferd: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

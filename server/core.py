@@ -1,0 +1,134 @@
+"""The protocol-neutral core every front end calls: inference, health, metadata, config,
+statistics and the repository. Front ends only translate their wire format to these calls."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from google.protobuf import json_format
+
+from ..clients.pb import model_config_pb2 as mc
+from .config import TensorSpec
+from .errors import InvalidArgument, NotFound, Unavailable
+from .manager import ModelManager
+from .model import ModelVersion
+from .stats import ModelStats
+from .types import (
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
+
+SERVER_NAME = "inferd"
+SERVER_VERSION = "0.1.0"
+# What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
+EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
+              "model_configuration", "statistics", "binary_tensor_data", "parameters"]
+
+
+class InferenceCore:
+    def __init__(self, manager: ModelManager, strict_readiness: bool = True) -> None:
+        self.manager = manager
+        manager.core = self
+        self.strict_readiness = strict_readiness
+        self.shutting_down = False
+        # Models the server was asked to serve; strict readiness waits for all of them.
+        self.required_models: set[str] = set()
+
+    # --- inference ----------------------------------------------------------------------
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Responses for one request as a stream: one item for ordinary models, 0..N for
+        decoupled ones. Unary front ends read exactly one item."""
+        model = self._model_for(request)
+        outputs = await model.infer(request)
+        yield InferResponse(model.name, str(model.version), outputs, request.id)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """The unary path: exactly one response (refused for decoupled models)."""
+        model = self._model_for(request)
+        if model.config.model_transaction_policy.decoupled:
+            raise InvalidArgument(
+                f"{model.label} is decoupled (0..N responses); use the streaming API (ModelStreamInfer)"
+            )
+        outputs = await model.infer(request)
+        return InferResponse(model.name, str(model.version), outputs, request.id)
+
+    def _model_for(self, request: InferRequest) -> ModelVersion:
+        if self.shutting_down:
+            raise Unavailable("server is shutting down")
+        return self.manager.get(request.model_name, request.model_version)
+
+    # --- health -------------------------------------------------------------------------
+    def server_live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        if self.shutting_down:
+            return False
+        if not self.strict_readiness:
+            return True
+        return all(self.manager.is_ready(name) for name in self.required_models)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.manager.is_ready(name, version)
+
+    # --- metadata -----------------------------------------------------------------------
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, list(EXTENSIONS))
+
+    def model(self, name: str, version: str = "") -> ModelVersion:
+        return self.manager.get(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self.manager.get(name, version)
+        sig = model.signature
+        batch = [-1] if sig.max_batch_size > 0 else []
+        versions = [str(m.version) for m in self.manager.loaded_versions(name)]
+
+        def meta(spec: TensorSpec) -> TensorMetadata:
+            return TensorMetadata(spec.name, spec.datatype.name, batch + list(spec.dims))
+
+        return ModelMetadata(
+            model.name,
+            versions,
+            model.platform,
+            [meta(s) for s in sig.inputs.values()],
+            [meta(s) for s in sig.outputs.values()],
+        )
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.manager.get(name, version).config
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        """Statistics of one model (all loaded versions unless ``version``), or of all models."""
+        if not name:
+            if version:
+                raise InvalidArgument("a version needs a model name")
+            return [m.stats for n in sorted(self.manager.models) for m in self.manager.loaded_versions(n)]
+        if version:
+            return [self.manager.get(name, version).stats]
+        models = self.manager.loaded_versions(name)
+        if not models:
+            raise NotFound(f"model '{name}' has no loaded version")
+        return [m.stats for m in models]
+
+    # --- repository ---------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        return self.manager.index(ready_only)
+
+    async def load_model(self, name: str, config_json: str | None = None) -> None:
+        override = None
+        if config_json:
+            override = mc.ModelConfig()
+            try:
+                json_format.Parse(config_json, override)
+            except json_format.ParseError as e:
+                raise InvalidArgument(f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}") from None
+        await self.manager.load(name, override)
+
+    async def unload_model(self, name: str) -> None:
+        await self.manager.unload(name)
+

@@ -1,0 +1,73 @@
+"""One exception hierarchy for the whole server.
+
+Every error carries a protocol-neutral :class:`Code`; each front end maps codes to its own
+status once (gRPC status codes, HTTP status numbers), so the core never imports a protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    CANCELLED = "CANCELLED"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    INTERNAL = "INTERNAL"
+
+
+class InferdError(Exception):
+    """Base error; ``code`` decides the status each protocol answers with."""
+
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str, code: Code | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidArgument(InferdError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(InferdError):
+    code = Code.NOT_FOUND
+
+
+class Unavailable(InferdError):
+    """Model not ready, queue full, request timed out, server shutting down."""
+
+    code = Code.UNAVAILABLE
+
+
+class ResourceExhausted(InferdError):
+    """Only for size limits (message or body too large)."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class Unimplemented(InferdError):
+    code = Code.UNIMPLEMENTED
+
+
+class Cancelled(InferdError):
+    code = Code.CANCELLED
+
+
+class Internal(InferdError):
+    code = Code.INTERNAL
+
+
+class ModelLoadError(InferdError):
+    """A model could not be loaded; the message is shown as the model's reason."""
+
+    code = Code.INVALID_ARGUMENT

@@ -1,0 +1,1 @@
+"""Front ends: thin translators between a wire protocol and the core."""

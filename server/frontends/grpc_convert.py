@@ -1,0 +1,147 @@
+"""Conversions between the gRPC messages and the core's types, in both directions.
+
+This is the only place that knows the protobuf layout of tensors and parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...clients.pb import grpc_service_pb2 as pb
+from .. import codec
+from ..errors import InvalidArgument
+from ..stats import Duration, ModelStats
+from ..types import InferRequest, InferResponse, Scalar
+
+# Which InferTensorContents field holds each datatype (FP16/BF16 have none: raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_from_pb(params: Mapping[str, Any]) -> dict[str, Scalar]:
+    out: dict[str, Scalar] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(p, which)
+    return out
+
+
+def parameters_to_pb(values: Mapping[str, Scalar], target: Any) -> None:
+    for key, v in values.items():
+        p = target[key]
+        if isinstance(v, bool):
+            p.bool_param = v
+        elif isinstance(v, int):
+            p.int64_param = v
+        elif isinstance(v, float):
+            p.double_param = v
+        else:
+            p.string_param = str(v)
+
+
+def request_from_pb(msg: pb.ModelInferRequest, remaining_s: float | None = None) -> InferRequest:
+    model = msg.model_name
+    raw = msg.raw_input_contents
+    n_inputs = len(msg.inputs)
+    if raw and len(raw) != n_inputs:
+        raise InvalidArgument(
+            f"model '{model}': raw_input_contents has {len(raw)} entries for {n_inputs} inputs; "
+            "there must be one per input, in input order"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, t in enumerate(msg.inputs):
+        name = t.name
+        if name in inputs:
+            raise InvalidArgument(f"model '{model}': input '{name}' is given more than once")
+        what = f"model '{model}' input '{name}'"
+        dt = codec.datatype(t.datatype)
+        shape = tuple(t.shape)
+        if raw:
+            if t.HasField("contents"):
+                raise InvalidArgument(f"{what}: has 'contents' although raw_input_contents is used")
+            inputs[name] = codec.from_raw(raw[i], dt, shape, what)
+        else:
+            inputs[name] = _from_contents(t, dt, shape, what)
+    outputs = [o.name for o in msg.outputs] if msg.outputs else None
+    params = parameters_from_pb(msg.parameters) if msg.parameters else {}
+    deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
+    return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline)
+
+
+def _from_contents(t: Any, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+    count = codec.element_count(shape, what)
+    field = CONTENTS_FIELD.get(dt.name)
+    if field is None:
+        raise InvalidArgument(f"{what}: {dt.name} data must be sent in raw_input_contents")
+    values = getattr(t.contents, field)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"{what}: {len(values)} values in contents.{field} but shape {list(shape)} needs {count}"
+        )
+    if dt.itemsize == 0:
+        out = np.empty(count, dtype=object)
+        out[:] = list(values)
+        return out.reshape(shape)
+    try:
+        return np.array(values, dtype=dt.dtype).reshape(shape)
+    except OverflowError:
+        raise InvalidArgument(f"{what}: a value in contents.{field} does not fit {dt.name}") from None
+
+
+def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    raw = []
+    for name, array in response.outputs.items():
+        out = msg.outputs.add()
+        out.name = name
+        out.datatype = codec.of_array(array).name
+        out.shape.extend(array.shape)
+        raw.append(codec.to_raw(array))
+    msg.raw_output_contents.extend(raw)
+    if response.parameters:
+        parameters_to_pb(response.parameters, msg.parameters)
+    return msg
+
+
+def _duration(target: Any, d: Duration) -> None:
+    target.count = d.count
+    target.ns = d.ns
+
+
+def statistics_to_pb(stats: ModelStats, target: pb.ModelStatistics) -> None:
+    target.name = stats.name
+    target.version = stats.version
+    target.last_inference = stats.last_inference_ms
+    target.inference_count = stats.inference_count
+    target.execution_count = stats.execution_count
+    s = target.inference_stats
+    _duration(s.success, stats.success)
+    _duration(s.fail, stats.fail)
+    _duration(s.queue, stats.queue)
+    _duration(s.compute_input, stats.compute_input)
+    _duration(s.compute_infer, stats.compute_infer)
+    _duration(s.compute_output, stats.compute_output)
+    for size, b in sorted(stats.batch_stats.items()):
+        entry = target.batch_stats.add()
+        entry.batch_size = size
+        _duration(entry.compute_input, b.compute_input)
+        _duration(entry.compute_infer, b.compute_infer)
+        _duration(entry.compute_output, b.compute_output)

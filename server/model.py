@@ -1,0 +1,94 @@
+"""A loaded model version: its completed config, validated signature, scheduler and statistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+from .config import Signature
+from .errors import Code, InferdError, InvalidArgument
+from .scheduling.base import Scheduler
+from .scheduling.work import Work
+from .stats import ModelStats
+from .types import InferRequest, Scalar
+from .validation import validate
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: int
+    config: mc.ModelConfig
+    signature: Signature
+    platform: str
+    scheduler: Scheduler
+    stats: ModelStats
+    label: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label = f"model '{self.name}' version {self.version}"
+        policy = self.config.dynamic_batching
+        self._allow_timeout_override = policy.default_queue_policy.allow_timeout_override
+        self._priority_levels = policy.priority_levels
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Validate, schedule and wait; failures are counted in the statistics."""
+        start = time.monotonic_ns()
+        self.stats.pending += 1
+        try:
+            checked = validate(self.label, self.signature, request.inputs, request.outputs)
+            work = Work(
+                checked.inputs,
+                checked.outputs,
+                checked.batch_size,
+                start,
+                None,
+                request.deadline_ns,
+                self._priority(request.parameters),
+            )
+            self._apply_timeout(work, request.parameters)
+            return await self.scheduler.submit(work)
+        except InferdError as e:
+            self.stats.record_failure(time.monotonic_ns() - start, _reason(e))
+            raise
+        except BaseException:
+            # Cancelled by the client (or the server shutting down).
+            self.stats.record_failure(time.monotonic_ns() - start, "CANCELED")
+            raise
+        finally:
+            self.stats.pending -= 1
+
+    def _priority(self, params: dict[str, Scalar]) -> int:
+        value = params.get("priority")
+        if value is None:
+            return 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgument(f"{self.label}: parameter 'priority' must be a non-negative integer")
+        if self._priority_levels and value > self._priority_levels:
+            raise InvalidArgument(
+                f"{self.label}: priority {value} is outside 1..{self._priority_levels} (priority_levels)"
+            )
+        return value
+
+    def _apply_timeout(self, work: Work, params: dict[str, Scalar]) -> None:
+        value = params.get("timeout")
+        if value is None:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgument(f"{self.label}: parameter 'timeout' must be a non-negative integer (microseconds)")
+        if value and self._allow_timeout_override:
+            deadline = work.enqueue_ns + value * 1000
+            if work.deadline_ns is None or deadline < work.deadline_ns:
+                work.deadline_ns = deadline
+
+
+def _reason(e: InferdError) -> str:
+    """Triton's failure reasons for the metrics label."""
+    if e.code in (Code.INVALID_ARGUMENT, Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED):
+        return "REJECTED"
+    if e.code is Code.CANCELLED:
+        return "CANCELED"
+    return "BACKEND"

@@ -1,0 +1,71 @@
+"""What every scheduler offers a model version: submit work, wait for its outputs, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import Unavailable
+from ..stats import ExecutionTimes, ModelStats
+from .work import Work
+from .worker import InstanceWorker
+
+
+class Scheduler(ABC):
+    def __init__(self, workers: Sequence[InstanceWorker], stats: ModelStats, label: str) -> None:
+        self.workers = list(workers)
+        self.stats = stats
+        self.label = label  # "model 'x' version 1", used in messages
+        self._inflight = 0
+        self._idle_event = asyncio.Event()
+        self._idle_event.set()
+        self._closed = False
+
+    @abstractmethod
+    async def _run(self, work: Work) -> dict[str, np.ndarray]:
+        """Queue ``work`` and return its outputs once executed."""
+
+    async def submit(self, work: Work) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise Unavailable(f"{self.label} is unloading and takes no new requests")
+        self._inflight += 1
+        self._idle_event.clear()
+        try:
+            return await self._run(work)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle_event.set()
+
+    def record(self, items: Sequence[Work], times: ExecutionTimes, started_ns: int) -> None:
+        self.stats.record_execution(times)
+        now = time.monotonic_ns()
+        for w in items:
+            self.stats.record_success(now - w.enqueue_ns, started_ns - w.enqueue_ns, times)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Stop taking requests and wait for queued and running ones; True if all finished."""
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._idle_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def retire(self, timeout: float | None = None) -> bool:
+        """Drain, stop background tasks and release the instances; True if nothing was cut off."""
+        finished = await self.drain(timeout)
+        await self._stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+        return finished
+
+    async def _stop(self) -> None:
+        """Stop the scheduler's own tasks (none by default)."""
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()

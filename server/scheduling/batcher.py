@@ -1,0 +1,235 @@
+"""The dynamic batcher: merges queued requests into batches, following Triton's documented rules.
+
+* Each instance has a task that forms a batch whenever it is free, so batches grow naturally
+  while instances are busy; ``max_queue_delay_microseconds`` (measured from the oldest queued
+  request) lets a free instance wait for more.
+* A batch is sent at once when it reaches ``max_batch_size`` or a ``preferred_batch_size``;
+  otherwise when the oldest request has waited the maximum delay.
+* Only requests with the same non-batch shapes, dtypes, inputs and outputs merge.
+* Priority levels (1 = highest) each have a bounded queue and a queue policy; expired requests
+  are rejected by a timer the moment they expire (or, with ``timeout_action: DELAY``, moved
+  behind the requests that have not expired). Cancelled requests leave the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ...clients.pb import model_config_pb2 as mc
+from ..errors import InferdError, InvalidArgument, Unavailable
+from ..stats import ModelStats
+from .base import Scheduler
+from .direct import DEFAULT_MAX_QUEUE
+from .work import Work
+from .worker import InstanceWorker
+
+log = logging.getLogger(__name__)
+
+
+class _Level:
+    def __init__(self, policy: mc.ModelQueuePolicy) -> None:
+        self.max_size = policy.max_queue_size or DEFAULT_MAX_QUEUE
+        self.timeout_ns = policy.default_timeout_microseconds * 1000
+        self.delay_on_timeout = policy.timeout_action == mc.ModelQueuePolicy.DELAY
+        self.allow_override = policy.allow_timeout_override
+        self.ready: deque[Work] = deque()
+        self.delayed: deque[Work] = deque()
+
+    def __len__(self) -> int:
+        return len(self.ready) + len(self.delayed)
+
+
+class DynamicBatcher(Scheduler):
+    def __init__(
+        self,
+        workers: Sequence[InstanceWorker],
+        stats: ModelStats,
+        label: str,
+        max_batch_size: int,
+        config: mc.ModelDynamicBatching,
+    ) -> None:
+        super().__init__(workers, stats, label)
+        self.max_batch_size = max_batch_size
+        self.preferred = sorted(set(config.preferred_batch_size))
+        self.max_delay_ns = config.max_queue_delay_microseconds * 1000
+        self.preserve_ordering = config.preserve_ordering
+        n_levels = max(config.priority_levels, 1)
+        self.default_level = config.default_priority_level or n_levels
+        self.levels: dict[int, _Level] = {}
+        for level in range(1, n_levels + 1):
+            policy = config.priority_queue_policy.get(level, config.default_queue_policy)
+            self.levels[level] = _Level(policy)
+        self._order = [self.levels[i] for i in sorted(self.levels)]
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._last_done: asyncio.Future[None] | None = None
+        self._tasks = [asyncio.get_running_loop().create_task(self._serve(w)) for w in self.workers]
+
+    # --- accepting work -----------------------------------------------------------------
+    async def _run(self, work: Work) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        level_no = work.priority or self.default_level
+        level = self.levels.get(level_no)
+        if level is None:
+            raise InvalidArgument(f"{self.label}: priority {work.priority} is not a configured level")
+        if len(level) >= level.max_size:
+            raise Unavailable(
+                f"{self.label}: exceeds maximum queue size ({level.max_size}) at priority {level_no}"
+            )
+        if level.timeout_ns and (work.deadline_ns is None or not level.allow_override):
+            policy_deadline = work.enqueue_ns + level.timeout_ns
+            if work.deadline_ns is None or policy_deadline < work.deadline_ns:
+                work.deadline_ns = policy_deadline
+                work.timeout_action_delay = level.delay_on_timeout
+        work.future = loop.create_future()
+        work.level = level_no
+        work.queued = True
+        level.ready.append(work)
+        self._queued += 1
+        if work.deadline_ns is not None:
+            delay = (work.deadline_ns - time.monotonic_ns()) / 1e9
+            work.timer = loop.call_later(max(delay, 0.0), self._expire, work)
+        self._wakeup.set()
+        try:
+            return await work.future
+        except asyncio.CancelledError:
+            self._remove(work)  # a cancelled client's request never runs
+            raise
+
+    def _remove(self, work: Work) -> None:
+        if not work.queued:
+            return
+        level = self.levels[work.level]
+        (level.delayed if work.delayed else level.ready).remove(work)
+        self._dequeued(work)
+
+    def _dequeued(self, work: Work) -> None:
+        work.queued = False
+        self._queued -= 1
+        if work.timer is not None:
+            work.timer.cancel()
+            work.timer = None
+
+    def _expire(self, work: Work) -> None:
+        work.timer = None
+        if not work.queued:
+            return
+        level = self.levels[work.level]
+        if work.timeout_action_delay and not work.delayed:
+            level.ready.remove(work)
+            work.delayed = True
+            level.delayed.append(work)
+            return
+        self._remove(work)
+        if work.future is not None and not work.future.done():
+            work.future.set_exception(Unavailable(f"{self.label}: request timeout expired in the queue"))
+
+    # --- forming batches ----------------------------------------------------------------
+    def _candidates(self) -> Iterator[Work]:
+        for level in self._order:
+            yield from level.ready
+        for level in self._order:
+            yield from level.delayed
+
+    def _plan(self) -> tuple[list[Work], bool, int]:
+        """Pick the next batch from the queue head: (requests, send now?, oldest enqueue_ns)."""
+        chosen: list[Work] = []
+        rows = 0
+        key = None
+        best_preferred = 0
+        oldest = 0
+        for w in self._candidates():
+            if key is None:
+                key = w.batch_key()
+                oldest = w.enqueue_ns
+            elif w.batch_key() != key:
+                continue
+            if rows + w.batch_size > self.max_batch_size:
+                if chosen:
+                    return chosen, True, oldest
+                continue
+            chosen.append(w)
+            rows += w.batch_size
+            oldest = min(oldest, w.enqueue_ns)
+            if rows == self.max_batch_size:
+                return chosen, True, oldest
+            if rows in self.preferred:
+                best_preferred = len(chosen)
+        if best_preferred:
+            return chosen[:best_preferred], True, oldest
+        return chosen, self.max_delay_ns == 0, oldest
+
+    async def _next_batch(self) -> list[Work]:
+        while True:
+            if self._queued == 0:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch, now_ok, oldest = self._plan()
+            wait_ns = oldest + self.max_delay_ns - time.monotonic_ns()
+            if now_ok or wait_ns <= 0 or self._closed:
+                for w in batch:
+                    level = self.levels[w.level]
+                    (level.delayed if w.delayed else level.ready).remove(w)
+                    self._dequeued(w)
+                return batch
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), wait_ns / 1e9)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _serve(self, worker: InstanceWorker) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            started = time.monotonic_ns()
+            # A request may have expired between planning and now; it must not run.
+            live = []
+            for w in batch:
+                if w.deadline_ns is not None and started >= w.deadline_ns and not w.timeout_action_delay:
+                    if w.future is not None and not w.future.done():
+                        w.future.set_exception(Unavailable(f"{self.label}: request timeout expired in the queue"))
+                elif w.future is not None and not w.future.done():
+                    live.append(w)
+            if not live:
+                continue
+            prev, done = self._last_done, loop.create_future()
+            self._last_done = done
+            try:
+                results, times = await worker.run(live)
+            except InferdError as e:
+                outcome: BaseException | None = e
+            except Exception as e:  # never leave a request without an answer
+                log.exception("%s: batch failed", self.label)
+                outcome = e
+            else:
+                outcome = None
+            if self.preserve_ordering and prev is not None:
+                await asyncio.shield(prev)
+            if outcome is None:
+                self.record(live, times, started)
+                for w, r in zip(live, results):
+                    if w.future is not None and not w.future.done():
+                        w.future.set_result(r)
+            else:
+                for w in live:
+                    if w.future is not None and not w.future.done():
+                        w.future.set_exception(outcome)
+            done.set_result(None)
+
+    async def _stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in list(itertools.chain.from_iterable(l.ready + l.delayed for l in self._order)):
+            self._remove(w)
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(Unavailable(f"{self.label} was unloaded"))

@@ -1,0 +1,31 @@
+"""The unit a scheduler queues: one validated request waiting for an execution."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True, eq=False)
+class Work:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]  # validated output names to return
+    batch_size: int  # rows along the batch dim (1 for models without batching)
+    enqueue_ns: int  # time.monotonic_ns() when accepted
+    future: asyncio.Future[Any] | None
+    deadline_ns: int | None = None  # absolute monotonic_ns; expired work is never executed
+    priority: int = 0  # 1 is the highest level, as in Triton; 0 = the model's default
+    timeout_action_delay: bool = False  # expired work is delayed, not rejected
+    delayed: bool = False  # set once a DELAY-policy request has expired
+    timer: asyncio.TimerHandle | None = None
+    level: int = 0  # the priority queue it waits in
+    queued: bool = False
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests merge only when their non-batch dims, dtypes and input sets agree."""
+        return tuple(
+            (name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items())
+        ) + (tuple(self.outputs),)

@@ -1,0 +1,33 @@
+"""Server settings: one typed object with embedded defaults; the CLI overrides fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The bundled repository sits beside this package, both in a checkout and in an installed wheel.
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+# Triton accepts messages up to 2 GiB; inferd defaults lower so one request cannot pin that
+# much memory, and tells clients with RESOURCE_EXHAUSTED. Raise it with --grpc-max-message-bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    model_repository: Path = BUNDLED_REPOSITORY
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    allow_grpc: bool = True
+    allow_http: bool = True
+    allow_metrics: bool = True
+    grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    http_max_body_bytes: int = 64 * 1024 * 1024
+    model_control_mode: str = "poll"  # none | poll | explicit
+    repository_poll_secs: float = 2.0
+    load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all
+    strict_readiness: bool = True
+    exit_timeout_secs: float = 30.0
+    log_level: str = "INFO"

@@ -1,0 +1,69 @@
+"""Protocol-neutral request and response types: what every front end translates to and from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+Scalar = Union[bool, int, float, str]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One inference request over numpy tensors.
+
+    ``outputs`` lists the requested output names; ``None`` means all of the model's outputs.
+    ``parameters`` holds the request-level parameters (``priority`` and ``timeout`` included).
+    ``deadline_ns`` is an absolute ``time.monotonic_ns()`` after which the request must not run,
+    set by front ends from the client's own deadline.
+    """
+
+    model_name: str
+    inputs: dict[str, np.ndarray]
+    model_version: str = ""
+    id: str = ""
+    outputs: list[str] | None = None
+    parameters: dict[str, Scalar] = field(default_factory=dict)
+    deadline_ns: int | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str = ""
+    parameters: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
