@@ -51,6 +51,9 @@ class Backend(ABC):
     default_filename: ClassVar[str]
     #: The pip extra that installs this backend's framework, named in load errors.
     extra: ClassVar[str | None] = None
+    #: True for backends that take a batch as its separate requests (Python models, as in
+    #: Triton's ``execute(requests)``) instead of merged tensors.
+    takes_request_list: ClassVar[bool] = False
 
     @classmethod
     def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:
@@ -65,6 +68,12 @@ class Backend(ABC):
         self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """Run one (possibly batched) execution and return the requested outputs."""
+
+    def execute_requests(
+        self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """For ``takes_request_list`` backends: one result or error per request, in order."""
+        raise NotImplementedError
 
     def unload(self) -> None:
         """Release the framework's resources."""

@@ -33,6 +33,7 @@ class InferdServer:
 
     async def start(self, wait_for_models: bool = True) -> None:
         s = self.settings
+        self.core.loop = asyncio.get_running_loop()
         if not self.repository.root.is_dir():
             raise FileNotFoundError(f"model repository {self.repository.root} is not a folder")
         if s.allow_grpc:

@@ -3,6 +3,7 @@ statistics and the repository. Front ends only translate their wire format to th
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 from google.protobuf import json_format
@@ -37,6 +38,8 @@ class InferenceCore:
         self.shutting_down = False
         # Models the server was asked to serve; strict readiness waits for all of them.
         self.required_models: set[str] = set()
+        # The event loop the core runs on, for calls from backend threads (infer_blocking).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- inference ----------------------------------------------------------------------
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -60,6 +63,14 @@ class InferenceCore:
         if self.shutting_down:
             raise Unavailable("server is shutting down")
         return self.manager.get(request.model_name, request.model_version)
+
+    def infer_blocking(self, request: InferRequest, timeout: float | None = None) -> InferResponse:
+        """Call a model from a backend's worker thread (e.g. a Python model calling another
+        model, like Triton's BLS). The call runs on the core's loop through the callee's
+        scheduler; never call this from the event loop thread itself."""
+        if self.loop is None:
+            raise Unavailable("the server core is not running")
+        return asyncio.run_coroutine_threadsafe(self.infer(request), self.loop).result(timeout)
 
     # --- health -------------------------------------------------------------------------
     def server_live(self) -> bool:

@@ -41,11 +41,8 @@ class Scheduler(ABC):
             if self._inflight == 0:
                 self._idle_event.set()
 
-    def record(self, items: Sequence[Work], times: ExecutionTimes, started_ns: int) -> None:
-        self.stats.record_execution(times)
-        now = time.monotonic_ns()
-        for w in items:
-            self.stats.record_success(now - w.enqueue_ns, started_ns - w.enqueue_ns, times)
+    def record_success(self, work: Work, times: ExecutionTimes, started_ns: int) -> None:
+        self.stats.record_success(time.monotonic_ns() - work.enqueue_ns, started_ns - work.enqueue_ns, times)
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop taking requests and wait for queued and running ones; True if all finished."""

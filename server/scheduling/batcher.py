@@ -215,9 +215,14 @@ class DynamicBatcher(Scheduler):
             if self.preserve_ordering and prev is not None:
                 await asyncio.shield(prev)
             if outcome is None:
-                self.record(live, times, started)
+                self.stats.record_execution(times)
                 for w, r in zip(live, results):
-                    if w.future is not None and not w.future.done():
+                    if w.future is None or w.future.done():
+                        continue
+                    if isinstance(r, InferdError):
+                        w.future.set_exception(r)
+                    else:
+                        self.record_success(w, times, started)
                         w.future.set_result(r)
             else:
                 for w in live:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import Unavailable
+from ..errors import InferdError, Unavailable
 from ..stats import ModelStats
 from .base import Scheduler
 from .work import Work
@@ -55,5 +55,9 @@ class DirectScheduler(Scheduler):
         # The worker is free only when its thread is: a cancelled caller does not free it early.
         fut.add_done_callback(lambda _: self._idle.put_nowait(worker))
         results, times = await asyncio.shield(fut)
-        self.record([work], times, started)
-        return results[0]
+        self.stats.record_execution(times)
+        result = results[0]
+        if isinstance(result, InferdError):
+            raise result
+        self.record_success(work, times, started)
+        return result

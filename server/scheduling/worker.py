@@ -19,6 +19,9 @@ from ..errors import InferdError, Internal
 from ..stats import ExecutionTimes
 from .work import Work
 
+# One request's outcome: its outputs, or the error that failed it alone.
+Result = dict[str, np.ndarray] | InferdError
+
 
 class InstanceWorker:
     def __init__(self, backend: Backend, name: str, batching: bool) -> None:
@@ -27,12 +30,15 @@ class InstanceWorker:
         self.batching = batching
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
-    async def run(self, items: Sequence[Work]) -> tuple[list[dict[str, np.ndarray]], ExecutionTimes]:
+    async def run(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.execute, items)
 
-    def execute(self, items: Sequence[Work]) -> tuple[list[dict[str, np.ndarray]], ExecutionTimes]:
-        """Runs on the instance thread. Raises InferdError for the whole batch."""
+    def execute(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
+        """Runs on the instance thread. Raises InferdError when the whole batch failed; a
+        request-list backend may also fail single requests (an InferdError in its slot)."""
+        if self.backend.takes_request_list:
+            return self._execute_list(items)
         t0 = time.monotonic_ns()
         if len(items) == 1:
             inputs = items[0].inputs  # zero-copy: the request's own arrays
@@ -58,9 +64,36 @@ class InstanceWorker:
         t3 = time.monotonic_ns()
         return results, ExecutionTimes(total, t1 - t0, t2 - t1, t3 - t2)
 
+    def _execute_list(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
+        total = sum(w.batch_size for w in items)
+        t1 = time.monotonic_ns()
+        try:
+            produced = self.backend.execute_requests([w.inputs for w in items], items[0].outputs)
+        except InferdError:
+            raise
+        except Exception as e:
+            raise Internal(f"{self.name}: backend execution failed: {type(e).__name__}: {e}") from e
+        t2 = time.monotonic_ns()
+        if len(produced) != len(items):
+            raise Internal(f"{self.name}: backend returned {len(produced)} responses for {len(items)} requests")
+        results: list[Result] = []
+        for w, r in zip(items, produced):
+            if isinstance(r, InferdError):
+                results.append(r)
+            elif isinstance(r, Exception):
+                results.append(Internal(f"{self.name}: {type(r).__name__}: {r}"))
+            else:
+                missing = [n for n in w.outputs if n not in r]
+                if missing:
+                    results.append(Internal(f"{self.name}: response has no output(s) {missing}"))
+                else:
+                    results.append({n: np.asarray(r[n]) for n in w.outputs})
+        t3 = time.monotonic_ns()
+        return results, ExecutionTimes(total, 0, t2 - t1, t3 - t2)
+
     def _split(
         self, items: Sequence[Work], produced: dict[str, np.ndarray], outputs: list[str], total: int
-    ) -> list[dict[str, np.ndarray]]:
+    ) -> list[Result]:
         arrays = {n: np.asarray(produced[n]) for n in outputs}
         if not self.batching:
             return [arrays]
