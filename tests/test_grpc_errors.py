@@ -1,0 +1,158 @@
+"""Every bad request gets the protocol's status code and a message that names the model and
+tensor, before anything reaches a model; the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from inferd.clients.pb import grpc_service_pb2 as pb
+from inferd.clients.pb import grpc_service_pb2_grpc as pb_grpc
+
+OK = np.ones((1, 16), np.float32).tobytes()
+I = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture(scope="module")
+def stub(server):  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def tensor(name: str, shape: list[int], datatype: str = "FP32") -> pb.ModelInferRequest.InferInputTensor:
+    return pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+
+
+def request(model: str = "add_sub", inputs=None, raw=None, outputs=(), version: str = "") -> pb.ModelInferRequest:  # type: ignore[no-untyped-def]
+    if inputs is None:
+        inputs = [tensor("INPUT0", [1, 16]), tensor("INPUT1", [1, 16])]
+        raw = [OK, OK] if raw is None else raw
+    msg = pb.ModelInferRequest(model_name=model, model_version=version, inputs=inputs, raw_input_contents=raw or [])
+    for o in outputs:
+        msg.outputs.add(name=o)
+    return msg
+
+
+def call(stub, msg) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(msg)
+    return info.value
+
+
+CASES = {
+    "unknown model": (request(model="nope"), grpc.StatusCode.NOT_FOUND, ["nope"]),
+    "unknown version": (request(version="9"), grpc.StatusCode.NOT_FOUND, ["add_sub", "9"]),
+    "non-numeric version": (request(version="latest"), I, ["latest"]),
+    "missing input": (request(inputs=[tensor("INPUT0", [1, 16])], raw=[OK]), I, ["add_sub", "INPUT1", "missing"]),
+    "extra input": (
+        request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT1", [1, 16]), tensor("INPUT9", [1, 16])], raw=[OK, OK, OK]),
+        I, ["add_sub", "INPUT9"],
+    ),
+    "duplicate input": (request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT0", [1, 16])], raw=[OK, OK]), I, ["INPUT0", "more than once"]),
+    "wrong datatype": (
+        request(inputs=[tensor("INPUT0", [1, 16], "FP64"), tensor("INPUT1", [1, 16])], raw=[OK + OK, OK]),
+        I, ["add_sub", "INPUT0", "FP64", "FP32"],
+    ),
+    "unknown datatype": (request(inputs=[tensor("INPUT0", [1, 16], "FP33"), tensor("INPUT1", [1, 16])]), I, ["FP33"]),
+    "wrong shape": (
+        request(inputs=[tensor("INPUT0", [1, 8]), tensor("INPUT1", [1, 16])], raw=[OK[:32], OK]),
+        I, ["add_sub", "INPUT0", "[1, 8]", "16"],
+    ),
+    "missing batch dim": (request(inputs=[tensor("INPUT0", [16]), tensor("INPUT1", [16])], raw=[OK, OK]), I, ["INPUT0", "batch"]),
+    "batch too large": (
+        request(inputs=[tensor("INPUT0", [9, 16]), tensor("INPUT1", [9, 16])], raw=[OK * 9, OK * 9]),
+        I, ["add_sub", "max_batch_size", "9"],
+    ),
+    "mismatched batch": (
+        request(inputs=[tensor("INPUT0", [2, 16]), tensor("INPUT1", [1, 16])], raw=[OK * 2, OK]),
+        I, ["INPUT1", "batch size"],
+    ),
+    "raw size short": (request(raw=[OK[:-4], OK]), I, ["add_sub", "INPUT0", "60 bytes", "64"]),
+    "raw size long": (request(raw=[OK, OK + b"x"]), I, ["INPUT1", "65 bytes"]),
+    "negative dim": (request(inputs=[tensor("INPUT0", [-1, 16]), tensor("INPUT1", [1, 16])]), I, ["INPUT0", "negative"]),
+    "huge shape": (
+        request(inputs=[tensor("INPUT0", [2**62, 2**62]), tensor("INPUT1", [1, 16])], raw=[OK, OK]),
+        I, ["INPUT0", "bytes"],
+    ),
+    "raw count mismatch": (request(raw=[OK]), I, ["raw_input_contents", "1 entries", "2 inputs"]),
+    "unknown output": (request(outputs=["OUTPUT7"]), I, ["add_sub", "OUTPUT7"]),
+    "duplicate output": (request(outputs=["OUTPUT0", "OUTPUT0"]), I, ["OUTPUT0", "twice"]),
+    "model not ready": (request(model="bad_pbtxt"), grpc.StatusCode.UNAVAILABLE, ["bad_pbtxt", "not ready"]),
+    "bytes truncated": (
+        request(model="strings", inputs=[tensor("INPUT0", [1, 2], "BYTES")], raw=[b"\x05\x00\x00\x00ab"]),
+        I, ["strings", "INPUT0", "BYTES"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_request(stub, case):  # type: ignore[no-untyped-def]
+    msg, code, words = CASES[case]
+    error = call(stub, msg)
+    assert error.code() == code, error.details()
+    for w in words:
+        assert w in error.details(), (w, error.details())
+    # ...and the server keeps serving.
+    assert len(stub.ModelInfer(request()).raw_output_contents) == 2
+
+
+def test_typed_contents(stub):  # type: ignore[no-untyped-def]
+    a = list(range(4))
+    msg = pb.ModelInferRequest(model_name="add_int64")
+    for name in ("INPUT0", "INPUT1"):
+        t = msg.inputs.add(name=name, datatype="INT64", shape=[1, 4])
+        t.contents.int64_contents.extend(a)
+    out = stub.ModelInfer(msg)
+    assert np.frombuffer(out.raw_output_contents[0], np.int64).tolist() == [0, 2, 4, 6]
+    t = msg.inputs[1]
+    t.contents.int64_contents.append(9)
+    error = call(stub, msg)
+    assert error.code() == I and "5 values" in error.details()
+
+
+def test_contents_and_raw_together_rejected(stub):  # type: ignore[no-untyped-def]
+    msg = request()
+    msg.inputs[0].contents.fp32_contents.extend([1.0] * 16)
+    error = call(stub, msg)
+    assert error.code() == I and "contents" in error.details()
+
+
+def test_fp16_needs_raw(stub):  # type: ignore[no-untyped-def]
+    msg = pb.ModelInferRequest(model_name="add_fp16")
+    for name in ("INPUT0", "INPUT1"):
+        msg.inputs.add(name=name, datatype="FP16", shape=[1, 4])
+    error = call(stub, msg)
+    assert error.code() == I and "raw_input_contents" in error.details()
+
+
+def test_unknown_model_metadata_and_config(stub):  # type: ignore[no-untyped-def]
+    for rpc, msg in ((stub.ModelMetadata, pb.ModelMetadataRequest(name="nope")),
+                     (stub.ModelConfig, pb.ModelConfigRequest(name="nope")),
+                     (stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"))):
+        with pytest.raises(grpc.RpcError) as info:
+            rpc(msg)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in info.value.details()
+
+
+def test_unimplemented_extensions_say_so(stub):  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest())
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "shared memory" in info.value.details()
+
+
+def test_message_over_limit_is_resource_exhausted(model_repo):  # type: ignore[no-untyped-def]
+    from .conftest import start_server, test_settings
+
+    running = start_server(test_settings(model_repo, grpc_max_message_bytes=1024))
+    try:
+        with grpc.insecure_channel(running.grpc_url) as channel:
+            big = pb_grpc.GRPCInferenceServiceStub(channel)
+            msg = request(model="strings", inputs=[tensor("INPUT0", [1, 2], "BYTES")],
+                          raw=[b"\x00\x08\x00\x00" + b"x" * 2048 + b"\x00\x00\x00\x00"])
+            error = call(big, msg)
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(big.ModelInfer(request()).raw_output_contents) == 2
+    finally:
+        running.stop()
