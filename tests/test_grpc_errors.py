@@ -6,12 +6,11 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
 from inferd.clients.pb import grpc_service_pb2 as pb
 from inferd.clients.pb import grpc_service_pb2_grpc as pb_grpc
 
 OK = np.ones((1, 16), np.float32).tobytes()
-I = grpc.StatusCode.INVALID_ARGUMENT
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture(scope="module")
@@ -43,45 +42,45 @@ def call(stub, msg) -> grpc.RpcError:  # type: ignore[no-untyped-def]
 CASES = {
     "unknown model": (request(model="nope"), grpc.StatusCode.NOT_FOUND, ["nope"]),
     "unknown version": (request(version="9"), grpc.StatusCode.NOT_FOUND, ["add_sub", "9"]),
-    "non-numeric version": (request(version="latest"), I, ["latest"]),
-    "missing input": (request(inputs=[tensor("INPUT0", [1, 16])], raw=[OK]), I, ["add_sub", "INPUT1", "missing"]),
+    "non-numeric version": (request(version="latest"), INVALID, ["latest"]),
+    "missing input": (request(inputs=[tensor("INPUT0", [1, 16])], raw=[OK]), INVALID, ["add_sub", "INPUT1", "missing"]),
     "extra input": (
         request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT1", [1, 16]), tensor("INPUT9", [1, 16])], raw=[OK, OK, OK]),
-        I, ["add_sub", "INPUT9"],
+        INVALID, ["add_sub", "INPUT9"],
     ),
-    "duplicate input": (request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT0", [1, 16])], raw=[OK, OK]), I, ["INPUT0", "more than once"]),
+    "duplicate input": (request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT0", [1, 16])], raw=[OK, OK]), INVALID, ["INPUT0", "more than once"]),
     "wrong datatype": (
         request(inputs=[tensor("INPUT0", [1, 16], "FP64"), tensor("INPUT1", [1, 16])], raw=[OK + OK, OK]),
-        I, ["add_sub", "INPUT0", "FP64", "FP32"],
+        INVALID, ["add_sub", "INPUT0", "FP64", "FP32"],
     ),
-    "unknown datatype": (request(inputs=[tensor("INPUT0", [1, 16], "FP33"), tensor("INPUT1", [1, 16])]), I, ["FP33"]),
+    "unknown datatype": (request(inputs=[tensor("INPUT0", [1, 16], "FP33"), tensor("INPUT1", [1, 16])]), INVALID, ["FP33"]),
     "wrong shape": (
         request(inputs=[tensor("INPUT0", [1, 8]), tensor("INPUT1", [1, 16])], raw=[OK[:32], OK]),
-        I, ["add_sub", "INPUT0", "[1, 8]", "16"],
+        INVALID, ["add_sub", "INPUT0", "[1, 8]", "16"],
     ),
-    "missing batch dim": (request(inputs=[tensor("INPUT0", [16]), tensor("INPUT1", [16])], raw=[OK, OK]), I, ["INPUT0", "batch"]),
+    "missing batch dim": (request(inputs=[tensor("INPUT0", [16]), tensor("INPUT1", [16])], raw=[OK, OK]), INVALID, ["INPUT0", "batch"]),
     "batch too large": (
         request(inputs=[tensor("INPUT0", [9, 16]), tensor("INPUT1", [9, 16])], raw=[OK * 9, OK * 9]),
-        I, ["add_sub", "max_batch_size", "9"],
+        INVALID, ["add_sub", "max_batch_size", "9"],
     ),
     "mismatched batch": (
         request(inputs=[tensor("INPUT0", [2, 16]), tensor("INPUT1", [1, 16])], raw=[OK * 2, OK]),
-        I, ["INPUT1", "batch size"],
+        INVALID, ["INPUT1", "batch size"],
     ),
-    "raw size short": (request(raw=[OK[:-4], OK]), I, ["add_sub", "INPUT0", "60 bytes", "64"]),
-    "raw size long": (request(raw=[OK, OK + b"x"]), I, ["INPUT1", "65 bytes"]),
-    "negative dim": (request(inputs=[tensor("INPUT0", [-1, 16]), tensor("INPUT1", [1, 16])]), I, ["INPUT0", "negative"]),
+    "raw size short": (request(raw=[OK[:-4], OK]), INVALID, ["add_sub", "INPUT0", "60 bytes", "64"]),
+    "raw size long": (request(raw=[OK, OK + b"x"]), INVALID, ["INPUT1", "65 bytes"]),
+    "negative dim": (request(inputs=[tensor("INPUT0", [-1, 16]), tensor("INPUT1", [1, 16])]), INVALID, ["INPUT0", "negative"]),
     "huge shape": (
         request(inputs=[tensor("INPUT0", [2**62, 2**62]), tensor("INPUT1", [1, 16])], raw=[OK, OK]),
-        I, ["INPUT0", "bytes"],
+        INVALID, ["INPUT0", "bytes"],
     ),
-    "raw count mismatch": (request(raw=[OK]), I, ["raw_input_contents", "1 entries", "2 inputs"]),
-    "unknown output": (request(outputs=["OUTPUT7"]), I, ["add_sub", "OUTPUT7"]),
-    "duplicate output": (request(outputs=["OUTPUT0", "OUTPUT0"]), I, ["OUTPUT0", "twice"]),
+    "raw count mismatch": (request(raw=[OK]), INVALID, ["raw_input_contents", "1 entries", "2 inputs"]),
+    "unknown output": (request(outputs=["OUTPUT7"]), INVALID, ["add_sub", "OUTPUT7"]),
+    "duplicate output": (request(outputs=["OUTPUT0", "OUTPUT0"]), INVALID, ["OUTPUT0", "twice"]),
     "model not ready": (request(model="bad_pbtxt"), grpc.StatusCode.UNAVAILABLE, ["bad_pbtxt", "not ready"]),
     "bytes truncated": (
         request(model="strings", inputs=[tensor("INPUT0", [1, 2], "BYTES")], raw=[b"\x05\x00\x00\x00ab"]),
-        I, ["strings", "INPUT0", "BYTES"],
+        INVALID, ["strings", "INPUT0", "BYTES"],
     ),
 }
 
@@ -108,14 +107,14 @@ def test_typed_contents(stub):  # type: ignore[no-untyped-def]
     t = msg.inputs[1]
     t.contents.int64_contents.append(9)
     error = call(stub, msg)
-    assert error.code() == I and "5 values" in error.details()
+    assert error.code() == INVALID and "5 values" in error.details()
 
 
 def test_contents_and_raw_together_rejected(stub):  # type: ignore[no-untyped-def]
     msg = request()
     msg.inputs[0].contents.fp32_contents.extend([1.0] * 16)
     error = call(stub, msg)
-    assert error.code() == I and "contents" in error.details()
+    assert error.code() == INVALID and "contents" in error.details()
 
 
 def test_fp16_needs_raw(stub):  # type: ignore[no-untyped-def]
@@ -123,7 +122,7 @@ def test_fp16_needs_raw(stub):  # type: ignore[no-untyped-def]
     for name in ("INPUT0", "INPUT1"):
         msg.inputs.add(name=name, datatype="FP16", shape=[1, 4])
     error = call(stub, msg)
-    assert error.code() == I and "raw_input_contents" in error.details()
+    assert error.code() == INVALID and "raw_input_contents" in error.details()
 
 
 def test_unknown_model_metadata_and_config(stub):  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@ from its config when it loads."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ...clients.pb import model_config_pb2 as mc
 from ..stats import ModelStats
@@ -12,7 +12,7 @@ from .direct import DirectScheduler
 from .work import Work
 from .worker import InstanceWorker
 
-__all__ = ["Scheduler", "Work", "InstanceWorker", "make_scheduler"]
+__all__ = ["InstanceWorker", "Scheduler", "Work", "make_scheduler"]
 
 
 def make_scheduler(

@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -234,7 +234,7 @@ class DynamicBatcher(Scheduler):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in list(itertools.chain.from_iterable(l.ready + l.delayed for l in self._order)):
+        for w in list(itertools.chain.from_iterable(lv.ready + lv.delayed for lv in self._order)):
             self._remove(w)
             if w.future is not None and not w.future.done():
                 w.future.set_exception(Unavailable(f"{self.label} was unloaded"))

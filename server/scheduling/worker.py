@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class InstanceWorker:
                 )
         if len(items) == 1:
             return [arrays]
-        results = []
+        results: list[Result] = []
         start = 0
         for w in items:
             end = start + w.batch_size

@@ -1,0 +1,190 @@
+"""Ensembles (``platform: "ensemble"``): a DAG of composing models run in-process.
+
+Each step is an ordinary request to its composing model through the core, so it goes through
+that model's own scheduler (dynamic batching applies across ensemble and direct traffic), and
+tensors pass between steps as the same numpy arrays, never serialised. A step starts as soon
+as all of its inputs exist, so independent branches run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+from .config import Signature, TensorSpec
+from .errors import InferdError, ModelLoadError
+from .scheduling.base import Scheduler
+from .scheduling.work import Work
+from .stats import ExecutionTimes, ModelStats
+from .types import InferRequest
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    model_name: str
+    model_version: str  # "" = the composing model's latest ready version
+    inputs: dict[str, str]  # composing model input -> ensemble tensor
+    outputs: dict[str, str]  # composing model output -> ensemble tensor
+
+    @property
+    def label(self) -> str:
+        return f"step {self.index} ('{self.model_name}')"
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    steps: list[Step]
+    producers: dict[str, Step]  # ensemble tensor -> the step that makes it
+
+    @property
+    def dependencies(self) -> list[str]:
+        return sorted({s.model_name for s in self.steps})
+
+
+def plan_ensemble(config: mc.ModelConfig, source: str) -> EnsemblePlan:
+    """Check the DAG's structure: producers, consumers, outputs and cycles."""
+    if not config.HasField("ensemble_scheduling") or not config.ensemble_scheduling.step:
+        raise ModelLoadError(f"{source}: an ensemble needs 'ensemble_scheduling' with at least one step")
+    steps = []
+    for i, s in enumerate(config.ensemble_scheduling.step):
+        if not s.model_name:
+            raise ModelLoadError(f"{source}: ensemble step {i} has no 'model_name'")
+        version = "" if s.model_version <= 0 else str(s.model_version)
+        steps.append(Step(i, s.model_name, version, dict(s.input_map), dict(s.output_map)))
+    ensemble_inputs = {t.name for t in config.input}
+    producers: dict[str, Step] = {}
+    for step in steps:
+        for tensor in step.outputs.values():
+            if tensor in ensemble_inputs:
+                raise ModelLoadError(f"{source}: {step.label} writes '{tensor}', which is an ensemble input")
+            if tensor in producers:
+                raise ModelLoadError(
+                    f"{source}: tensor '{tensor}' is produced by both {producers[tensor].label} and {step.label}"
+                )
+            producers[tensor] = step
+    for step in steps:
+        for model_input, tensor in step.inputs.items():
+            if tensor not in ensemble_inputs and tensor not in producers:
+                raise ModelLoadError(
+                    f"{source}: {step.label} input '{model_input}' reads tensor '{tensor}', which no step "
+                    "produces and which is not an ensemble input"
+                )
+    for t in config.output:
+        if t.name not in producers:
+            raise ModelLoadError(f"{source}: ensemble output '{t.name}' is not produced by any step")
+    _check_acyclic(steps, producers, source)
+    return EnsemblePlan(steps, producers)
+
+
+def _check_acyclic(steps: list[Step], producers: dict[str, Step], source: str) -> None:
+    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(step: Step, path: list[Step]) -> None:
+        if state.get(step.index) == 2:
+            return
+        if state.get(step.index) == 1:
+            cycle = " -> ".join(s.label for s in path[path.index(step):] + [step])
+            raise ModelLoadError(f"{source}: the ensemble steps form a cycle: {cycle}")
+        state[step.index] = 1
+        for tensor in step.inputs.values():
+            if tensor in producers:
+                visit(producers[tensor], path + [step])
+        state[step.index] = 2
+
+    for step in steps:
+        visit(step, [])
+
+
+def check_types(
+    config: mc.ModelConfig, plan: EnsemblePlan, ensemble: Signature,
+    signature_of: Callable[[Step], Signature], source: str,
+) -> None:
+    """Check every producer/consumer pair against the composing models' signatures."""
+    typed: dict[str, tuple[TensorSpec, str]] = {n: (s, "ensemble input") for n, s in ensemble.inputs.items()}
+    sigs = {step.index: signature_of(step) for step in plan.steps}
+    for step in plan.steps:
+        sig = sigs[step.index]
+        if ensemble.max_batch_size > 0 and sig.max_batch_size == 0:
+            raise ModelLoadError(
+                f"{source}: {step.label} does not batch (max_batch_size 0) but the ensemble does"
+            )
+        for model_output, tensor in step.outputs.items():
+            if model_output not in sig.outputs:
+                raise ModelLoadError(f"{source}: {step.label} maps output '{model_output}', which the model does not have")
+            typed[tensor] = (sig.outputs[model_output], f"{step.label} output '{model_output}'")
+        for model_input in step.inputs:
+            if model_input not in sig.inputs:
+                raise ModelLoadError(f"{source}: {step.label} maps input '{model_input}', which the model does not have")
+    pairs = [(step.inputs[i], sigs[step.index].inputs[i], f"{step.label} input '{i}'")
+             for step in plan.steps for i in step.inputs]
+    pairs += [(t, s, f"ensemble output '{t}'") for t, s in ensemble.outputs.items()]
+    for tensor, consumer, what in pairs:
+        producer, made_by = typed[tensor]
+        if producer.datatype is not consumer.datatype:
+            raise ModelLoadError(
+                f"{source}: tensor '{tensor}' is {producer.datatype.name} ({made_by}) but {what} expects {consumer.datatype.name}"
+            )
+        if not _dims_compatible(producer.dims, consumer.dims):
+            raise ModelLoadError(
+                f"{source}: tensor '{tensor}' has dims {list(producer.dims)} ({made_by}) but {what} expects {list(consumer.dims)}"
+            )
+
+
+def _dims_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+
+
+class EnsembleScheduler(Scheduler):
+    """Runs one ensemble request as a DAG of composing-model requests through the core."""
+
+    def __init__(self, plan: EnsemblePlan, core: Any, stats: ModelStats, label: str) -> None:
+        super().__init__([], stats, label)
+        self.plan = plan
+        self.core = core
+
+    async def _run(self, work: Work) -> dict[str, np.ndarray]:
+        started = time.monotonic_ns()
+        tensors: dict[str, np.ndarray] = dict(work.inputs)
+        waiting = list(self.plan.steps)
+        running: dict[asyncio.Task[Any], Step] = {}
+        params = {"priority": work.priority} if work.priority else {}
+        try:
+            while waiting or running:
+                for step in [s for s in waiting if all(t in tensors for t in s.inputs.values())]:
+                    waiting.remove(step)
+                    request = InferRequest(
+                        step.model_name,
+                        {i: tensors[t] for i, t in step.inputs.items()},
+                        step.model_version,
+                        outputs=list(step.outputs),
+                        parameters=dict(params),
+                        deadline_ns=work.deadline_ns,
+                    )
+                    running[asyncio.ensure_future(self.core.infer(request))] = step
+                if not running:
+                    raise ModelLoadError(f"{self.label}: steps {[s.label for s in waiting]} can never run")
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    step = running.pop(task)
+                    try:
+                        response = task.result()
+                    except InferdError as e:
+                        raise type(e)(f"{self.label}: {step.label} failed: {e.message}", e.code) from None
+                    for model_output, tensor in step.outputs.items():
+                        tensors[tensor] = response.outputs[model_output]
+        finally:
+            for task in running:
+                task.cancel()  # a failed or cancelled request schedules no further steps
+        outputs = {name: tensors[name] for name in work.outputs}
+        elapsed = time.monotonic_ns() - started
+        times = ExecutionTimes(work.batch_size, 0, elapsed, 0)
+        self.stats.record_execution(times)
+        self.record_success(work, times, started)
+        return outputs
