@@ -16,6 +16,7 @@ class Code(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     CANCELLED = "CANCELLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     INTERNAL = "INTERNAL"
 
@@ -61,6 +62,13 @@ class Unimplemented(InferdError):
 
 class Cancelled(InferdError):
     code = Code.CANCELLED
+
+
+class DeadlineExceeded(InferdError):
+    """The client's own deadline passed while its request waited; a server-side queue
+    timeout is ``Unavailable`` instead, as in Triton."""
+
+    code = Code.DEADLINE_EXCEEDED
 
 
 class Internal(InferdError):

@@ -46,8 +46,9 @@ class ModelVersion:
                 checked.batch_size,
                 start,
                 None,
-                request.deadline_ns,
-                self._priority(request.parameters),
+                deadline_ns=request.deadline_ns,
+                client_deadline=request.deadline_ns is not None,
+                priority=self._priority(request.parameters),
             )
             self._apply_timeout(work, request.parameters)
             return await self.scheduler.submit(work)
@@ -80,15 +81,13 @@ class ModelVersion:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidArgument(f"{self.label}: parameter 'timeout' must be a non-negative integer (microseconds)")
         if value and self._allow_timeout_override:
-            deadline = work.enqueue_ns + value * 1000
-            if work.deadline_ns is None or deadline < work.deadline_ns:
-                work.deadline_ns = deadline
+            work.set_deadline(work.enqueue_ns + value * 1000, client=False)
 
 
 def _reason(e: InferdError) -> str:
     """Triton's failure reasons for the metrics label."""
     if e.code in (Code.INVALID_ARGUMENT, Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED):
         return "REJECTED"
-    if e.code is Code.CANCELLED:
+    if e.code in (Code.CANCELLED, Code.DEADLINE_EXCEEDED):
         return "CANCELED"
     return "BACKEND"

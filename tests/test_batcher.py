@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
-
 from inferd.backends.base import Backend, LoadContext
 from inferd.clients.pb import model_config_pb2 as mc
 from inferd.server.errors import Internal, Unavailable
@@ -58,7 +57,7 @@ def batcher(backend: GatedDouble, max_batch: int = 8, instances: int = 1, **dyn:
 
 def work(value: float, rows: int = 1, width: int = 1, priority: int = 0) -> Work:
     x = np.full((rows, width), value, np.float32)
-    return Work({"X": x}, ["Y"], rows, time.monotonic_ns(), None, None, priority)
+    return Work({"X": x}, ["Y"], rows, time.monotonic_ns(), None, priority=priority)
 
 
 async def started(backend: GatedDouble) -> None:

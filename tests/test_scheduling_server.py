@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
-
 from inferd.backends import registry
 from inferd.backends.base import Backend, LoadContext
+from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, start_server, test_settings
 

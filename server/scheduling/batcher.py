@@ -84,9 +84,7 @@ class DynamicBatcher(Scheduler):
                 f"{self.label}: exceeds maximum queue size ({level.max_size}) at priority {level_no}"
             )
         if level.timeout_ns and (work.deadline_ns is None or not level.allow_override):
-            policy_deadline = work.enqueue_ns + level.timeout_ns
-            if work.deadline_ns is None or policy_deadline < work.deadline_ns:
-                work.deadline_ns = policy_deadline
+            if work.set_deadline(work.enqueue_ns + level.timeout_ns, client=False):
                 work.timeout_action_delay = level.delay_on_timeout
         work.future = loop.create_future()
         work.level = level_no
@@ -129,7 +127,7 @@ class DynamicBatcher(Scheduler):
             return
         self._remove(work)
         if work.future is not None and not work.future.done():
-            work.future.set_exception(Unavailable(f"{self.label}: request timeout expired in the queue"))
+            work.future.set_exception(work.expired_error(self.label, "in the queue"))
 
     # --- forming batches ----------------------------------------------------------------
     def _candidates(self) -> Iterator[Work]:
@@ -196,7 +194,7 @@ class DynamicBatcher(Scheduler):
             for w in batch:
                 if w.deadline_ns is not None and started >= w.deadline_ns and not w.timeout_action_delay:
                     if w.future is not None and not w.future.done():
-                        w.future.set_exception(Unavailable(f"{self.label}: request timeout expired in the queue"))
+                        w.future.set_exception(w.expired_error(self.label, "in the queue"))
                 elif w.future is not None and not w.future.done():
                     live.append(w)
             if not live:

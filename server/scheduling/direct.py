@@ -49,7 +49,7 @@ class DirectScheduler(Scheduler):
         started = time.monotonic_ns()
         if work.deadline_ns is not None and started >= work.deadline_ns:
             self._idle.put_nowait(worker)
-            raise Unavailable(f"{self.label}: request timeout expired before execution")
+            raise work.expired_error(self.label, "before execution")
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(worker.executor, worker.execute, [work])
         # The worker is free only when its thread is: a cancelled caller does not free it early.

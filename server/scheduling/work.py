@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DeadlineExceeded, InferdError, Unavailable
+
 
 @dataclass(slots=True, eq=False)
 class Work:
@@ -17,12 +19,27 @@ class Work:
     enqueue_ns: int  # time.monotonic_ns() when accepted
     future: asyncio.Future[Any] | None
     deadline_ns: int | None = None  # absolute monotonic_ns; expired work is never executed
+    client_deadline: bool = False  # deadline_ns is the client's (not a queue policy timeout)
     priority: int = 0  # 1 is the highest level, as in Triton; 0 = the model's default
     timeout_action_delay: bool = False  # expired work is delayed, not rejected
     delayed: bool = False  # set once a DELAY-policy request has expired
     timer: asyncio.TimerHandle | None = None
     level: int = 0  # the priority queue it waits in
     queued: bool = False
+
+    def expired_error(self, label: str, where: str) -> InferdError:
+        """The error an expired request fails with: the client's deadline or a queue timeout."""
+        if self.client_deadline:
+            return DeadlineExceeded(f"{label}: the client's deadline passed {where}")
+        return Unavailable(f"{label}: request timeout expired {where}")
+
+    def set_deadline(self, deadline_ns: int, *, client: bool) -> bool:
+        """Keep the earlier of the current and the new deadline; True when the new one won."""
+        if self.deadline_ns is not None and self.deadline_ns <= deadline_ns:
+            return False
+        self.deadline_ns = deadline_ns
+        self.client_deadline = client
+        return True
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests merge only when their non-batch dims, dtypes and input sets agree."""
