@@ -1,0 +1,352 @@
+"""Conversions between KServe v2 JSON bodies (with Triton's binary tensor data extension) and
+the core's types, in both directions.
+
+This is the only place that knows the JSON layout of tensors. Numeric JSON data becomes numpy
+in one ``np.asarray`` call (no per-element Python loop) after its length has been checked
+against the shape; binary data is decoded by the codec with ``np.frombuffer``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import codec
+from ..errors import InvalidArgument, Unimplemented
+from ..types import InferRequest, InferResponse, Scalar
+
+# Deep enough for any tensor rank numpy supports inside {"inputs": [{"data": ...}]}, shallow
+# enough that no parser recursion can be driven by a request.
+MAX_JSON_DEPTH = 64
+# JSON has no 16-bit float; the protocol carries these only as binary data.
+BINARY_ONLY = frozenset({"FP16", "BF16"})
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# bytes.translate table: '[' and '{' -> +1, ']' and '}' -> -1 (as int8), everything else deleted.
+_BRACKETS = bytes(range(256)).translate(
+    bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
+
+
+@dataclass(slots=True)
+class OutputFormat:
+    """Which outputs go back as binary data: per output ``binary_data``, else the request's
+    ``binary_data_output``."""
+
+    default_binary: bool = False
+    explicit: dict[str, bool] = field(default_factory=dict)
+
+    def binary(self, name: str) -> bool:
+        return self.explicit.get(name, self.default_binary)
+
+    def all_binary(self, requested: list[str] | None) -> bool:
+        """Whether every output goes back binary (``None``: all of the model's outputs)."""
+        if requested is None:
+            return self.default_binary  # per-output flags come only with a requested list
+        return all(self.binary(n) for n in requested)
+
+
+# --- parsing -------------------------------------------------------------------------------
+def parse_header_length(value: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header: a non-negative decimal or absent."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidArgument(f"Inference-Header-Content-Length must be a non-negative integer, got '{value[:40]}'")
+    return int(value)
+
+
+def split_body(body: memoryview, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
+    """The leading JSON object and the binary data after it."""
+    n = len(body) if header_length is None else header_length
+    if n > len(body):
+        raise InvalidArgument(
+            f"Inference-Header-Content-Length {n} is larger than the request body ({len(body)} bytes)"
+        )
+    return parse_json(body[:n]), body[n:]
+
+
+def parse_json(data: bytes | memoryview) -> dict[str, Any]:
+    text = bytes(data)
+    check_depth(text)
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgument(f"malformed JSON in the request body: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return doc
+
+
+def check_depth(text: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit``, before any parser sees it (C-speed scan)."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return
+    steps = _STRING.sub(b'""', text).translate(_BRACKETS, _NOT_BRACKETS)
+    depth = np.cumsum(np.frombuffer(steps, dtype=np.int8), dtype=np.int64)
+    if depth.size and int(depth.max()) > limit:
+        raise InvalidArgument(f"JSON nesting is deeper than {limit} levels")
+
+
+def decode_request(
+    model: str, version: str, body: memoryview, header_length: int | None
+) -> tuple[InferRequest, OutputFormat]:
+    """A whole infer request body: JSON, or JSON then binary tensor data."""
+    doc, binary = split_body(body, header_length)
+    return request_from_json(model, version, doc, binary)
+
+
+def request_from_json(
+    model: str, version: str, doc: dict[str, Any], binary: memoryview
+) -> tuple[InferRequest, OutputFormat]:
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument(f"model '{model}': 'id' must be a string")
+    params = _parameters(doc.get("parameters"), f"model '{model}'")
+    default_binary = params.pop("binary_data_output", False)
+    if not isinstance(default_binary, bool):
+        raise InvalidArgument(f"model '{model}': parameter 'binary_data_output' must be true or false")
+    inputs = _inputs(model, doc.get("inputs"), binary)
+    fmt = OutputFormat(default_binary)
+    outputs = _requested_outputs(model, doc.get("outputs"), fmt)
+    return InferRequest(model, inputs, version, request_id, outputs, params), fmt
+
+
+def _parameters(value: Any, what: str) -> dict[str, Scalar]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
+    for key, v in value.items():
+        if not isinstance(v, (bool, int, float, str)):
+            raise InvalidArgument(f"{what}: parameter '{key}' must be a boolean, number or string")
+    return dict(value)
+
+
+def _name(t: Any, what: str) -> str:
+    if not isinstance(t, dict):
+        raise InvalidArgument(f"{what}: each tensor must be a JSON object")
+    name = t.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{what}: a tensor has no 'name' string")
+    return name
+
+
+def _inputs(model: str, value: Any, binary: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"model '{model}': 'inputs' must be a list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for t in value:
+        name = _name(t, f"model '{model}' inputs")
+        if name in inputs:
+            raise InvalidArgument(f"model '{model}': input '{name}' is given more than once")
+        what = f"model '{model}' input '{name}'"
+        datatype = t.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidArgument(f"{what}: 'datatype' must be a string")
+        dt = codec.datatype(datatype)
+        shape = _shape(t.get("shape"), what)
+        params = t.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
+        if "shared_memory_region" in params:
+            raise Unimplemented(f"{what}: shared memory is not supported by inferd")
+        size = params.get("binary_data_size")
+        if size is None:
+            if "data" not in t:
+                raise InvalidArgument(f"{what}: has neither 'data' nor a 'binary_data_size' parameter")
+            inputs[name] = _from_json(t["data"], dt, shape, what)
+            continue
+        if "data" in t:
+            raise InvalidArgument(f"{what}: has both 'data' and a 'binary_data_size' parameter")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgument(f"{what}: 'binary_data_size' must be a non-negative integer")
+        left = len(binary) - offset
+        if size > left:
+            raise InvalidArgument(
+                f"{what}: binary_data_size {size} is more than the {left} bytes of binary data left in the body"
+            )
+        inputs[name] = _from_binary(binary[offset : offset + size], dt, shape, what)
+        offset += size
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"model '{model}': the body has {len(binary) - offset} bytes of binary data that no input's "
+            "binary_data_size accounts for"
+        )
+    return inputs
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise InvalidArgument(f"{what}: 'shape' must be a list of integers")
+    return tuple(value)
+
+
+def _from_binary(raw: memoryview, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if dt.itemsize == 0:
+        count = codec.element_count(shape, what)
+        if count * 4 > len(raw):  # every element has a 4-byte length: check before allocating
+            raise InvalidArgument(f"{what}: {len(raw)} bytes cannot hold {count} BYTES elements")
+    array = codec.from_raw(raw, dt, shape, what)
+    # Zero-copy when the data is aligned (the usual case, see http_body); backends may assume it.
+    return array if array.flags.aligned else array.copy()
+
+
+def _from_json(data: Any, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if dt.name in BINARY_ONLY:
+        raise InvalidArgument(
+            f"{what}: {dt.name} data cannot be sent as JSON; send it as binary data "
+            "(the 'binary_data_size' parameter of the binary tensor extension)"
+        )
+    if not isinstance(data, list):
+        raise InvalidArgument(f"{what}: 'data' must be a JSON array")
+    count = codec.element_count(shape, what)
+    found = _nested_count(data)
+    if found != count:
+        raise InvalidArgument(f"{what}: 'data' has {found} elements but shape {list(shape)} needs {count}")
+    if dt.itemsize == 0:
+        return _strings(data, count, shape, what)
+    return _numbers(data, dt, shape, what)
+
+
+def _nested_count(data: list[Any]) -> int:
+    """Element count implied by the first element at each level (ragged data fails later)."""
+    n, x = 1, data
+    while isinstance(x, list):
+        n *= len(x)
+        if not x:
+            break
+        x = x[0]
+    return n
+
+
+_KIND_OK = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_KIND_NAME = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "U": "strings"}
+
+
+def _numbers(data: list[Any], dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+    target = dt.dtype
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"{what}: 'data' is not a regular (non-ragged) array") from None
+    if array.size != codec.element_count(shape, what):
+        raise InvalidArgument(f"{what}: 'data' is not a regular (non-ragged) array of shape {list(shape)}")
+    if array.size == 0:
+        return np.empty(shape, dtype=target)
+    kind = array.dtype.kind
+    if kind not in _KIND_OK[target.kind]:
+        got = _KIND_NAME.get(kind, "nulls, objects or out-of-range numbers")
+        raise InvalidArgument(f"{what}: {dt.name} data must be {_KIND_NAME[target.kind]}, got {got}")
+    if target.kind in "iu" and array.dtype != target:
+        info = np.iinfo(target)
+        lo, hi = int(array.min()), int(array.max())
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise InvalidArgument(f"{what}: value {bad} does not fit {dt.name}")
+    return array.astype(target, copy=False).reshape(shape)
+
+
+def _strings(data: list[Any], count: int, shape: tuple[int, ...], what: str) -> np.ndarray:
+    flat: list[bytes] = []
+    _flatten_strings(data, flat, what)
+    if len(flat) != count:
+        raise InvalidArgument(f"{what}: 'data' has {len(flat)} strings but shape {list(shape)} needs {count}")
+    out = np.empty(count, dtype=object)
+    out[:] = flat
+    return out.reshape(shape)
+
+
+def _flatten_strings(data: list[Any], out: list[bytes], what: str) -> None:
+    for e in data:
+        if isinstance(e, str):
+            try:
+                out.append(e.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"{what}: a string is not valid Unicode (lone surrogate)") from None
+        elif isinstance(e, list):
+            _flatten_strings(e, out, what)  # depth is bounded by check_depth
+        else:
+            raise InvalidArgument(f"{what}: BYTES data must be strings, got {type(e).__name__}")
+
+
+def _requested_outputs(model: str, value: Any, fmt: OutputFormat) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidArgument(f"model '{model}': 'outputs' must be a list")
+    names = []
+    for t in value:
+        name = _name(t, f"model '{model}' outputs")
+        what = f"model '{model}' output '{name}'"
+        params = t.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
+        if "shared_memory_region" in params:
+            raise Unimplemented(f"{what}: shared memory is not supported by inferd")
+        if params.get("classification"):
+            raise Unimplemented(f"{what}: the classification extension is not supported by inferd")
+        flag = params.get("binary_data")
+        if flag is not None:
+            if not isinstance(flag, bool):
+                raise InvalidArgument(f"{what}: 'binary_data' must be true or false")
+            fmt.explicit[name] = flag
+        names.append(name)
+    return names
+
+
+# --- responses -----------------------------------------------------------------------------
+def check_json_outputs(fmt: OutputFormat, datatypes: dict[str, str], requested: list[str] | None) -> None:
+    """Refuse, before running the model, outputs that would have to be JSON but cannot be."""
+    for name in requested or list(datatypes):
+        if datatypes.get(name) in BINARY_ONLY and not fmt.binary(name):
+            raise InvalidArgument(_binary_only_message(name, datatypes[name]))
+
+
+def _binary_only_message(name: str, datatype: str) -> str:
+    return (
+        f"output '{name}' is {datatype}, which JSON cannot carry; request it as binary data "
+        "(output parameter 'binary_data': true, or request parameter 'binary_data_output': true)"
+    )
+
+
+def response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
+    """The body, and the JSON header's length when binary data follows it (else None)."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in response.outputs.items():
+        dt = codec.of_array(array)
+        entry: dict[str, Any] = {"name": name, "datatype": dt.name, "shape": list(array.shape)}
+        if fmt.binary(name):
+            raw = codec.to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif dt.name in BINARY_ONLY:
+            raise InvalidArgument(_binary_only_message(name, dt.name))
+        elif dt.itemsize == 0:
+            entry["data"] = [codec.as_bytes(e).decode("utf-8", "replace") for e in array.ravel()]
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = dict(response.parameters)
+    doc["outputs"] = outputs
+    header = dumps(doc)
+    if not any(fmt.binary(name) for name in response.outputs):
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def dumps(doc: Any) -> bytes:
+    # NaN/Inf pass through as the literals Python and rapidjson (tritonclient) read back.
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+

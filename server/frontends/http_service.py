@@ -1,0 +1,243 @@
+"""The HTTP/REST front end: KServe v2 routes and Triton's extensions as a Starlette app.
+
+Each route reads its request, calls the core and converts back (``http_convert`` for tensors,
+``http_metadata`` for the other documents); core errors map to HTTP statuses here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..core import InferenceCore
+from ..errors import Code, InferdError, InvalidArgument, Unimplemented
+from . import http_convert as conv
+from . import http_metadata as meta
+from .http_body import read_body
+
+STATUS = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.NOT_FOUND: 404,
+    Code.UNAVAILABLE: 503,
+    Code.RESOURCE_EXHAUSTED: 413,
+    Code.UNIMPLEMENTED: 501,
+    Code.CANCELLED: 503,  # cancelled by the server (shutdown); a client that cancelled reads nothing
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.ALREADY_EXISTS: 409,
+    Code.INTERNAL: 500,
+}
+JSON_TYPE = "application/json"
+# Responses smaller than this are not worth compressing even when the client accepts it.
+COMPRESS_MIN_BYTES = 1024
+# Conversions of more bytes than this leave the event loop for a worker thread.
+OFF_LOOP_BYTES = 1 << 20
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(conv.dumps(doc), status_code=status, media_type=JSON_TYPE)
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+async def _inferd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferdError)
+    return _error(exc.message, STATUS.get(exc.code, 500))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(str(exc.detail), exc.status_code)
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)  # nobody reads it: the client has gone
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after this answer, so uvicorn logs the traceback.
+    return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+async def _off_loop(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a conversion of ``size`` bytes inline, or on a worker thread when it is big enough
+    to stall the event loop (a 64 MiB JSON body takes seconds), so other requests keep flowing."""
+    if size <= OFF_LOOP_BYTES:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _compress(body: bytes, accept: str) -> tuple[bytes, str | None]:
+    """Honor Accept-Encoding (gzip, deflate) for inference responses, as Triton does."""
+    if len(body) < COMPRESS_MIN_BYTES:
+        return body, None
+    codings = {c.split(";")[0].strip().lower() for c in accept.split(",")}
+    if "gzip" in codings:
+        c = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return c.compress(body) + c.flush(), "gzip"
+    if "deflate" in codings:
+        return zlib.compress(body, 1), "deflate"
+    return body, None
+
+
+class HttpApi:
+    def __init__(self, core: InferenceCore, max_body_bytes: int) -> None:
+        self.core = core
+        self.max_body_bytes = max_body_bytes
+
+    async def _body(self, request: Request, header_length: int | None = None) -> memoryview:
+        h = request.headers
+        return await read_body(
+            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding"), header_length
+        )
+
+    async def _optional_json(self, request: Request) -> dict[str, Any]:
+        body = await self._body(request)
+        return conv.parse_json(body) if len(body) and bytes(body).strip() else {}
+
+    # --- health and metadata ------------------------------------------------------------
+    async def live(self, request: Request) -> Response:
+        # KServe v2: 200 means true, a 4xx means false.
+        return Response(status_code=200 if self.core.server_live() else 400)
+
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.core.server_ready() else 400)
+
+    async def model_ready(self, request: Request) -> Response:
+        p = request.path_params
+        return Response(status_code=200 if self.core.model_ready(p["model"], p.get("version", "")) else 400)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json(meta.server_metadata_json(self.core.server_metadata()))
+
+    async def model_metadata(self, request: Request) -> Response:
+        p = request.path_params
+        return _json(meta.model_metadata_json(self.core.model_metadata(p["model"], p.get("version", ""))))
+
+    async def model_config(self, request: Request) -> Response:
+        p = request.path_params
+        return _json(meta.model_config_json(self.core.model_config(p["model"], p.get("version", ""))))
+
+    async def statistics(self, request: Request) -> Response:
+        p = request.path_params
+        return _json(meta.statistics_json(self.core.model_statistics(p.get("model", ""), p.get("version", ""))))
+
+    # --- inference ----------------------------------------------------------------------
+    async def infer(self, request: Request) -> Response:
+        p = request.path_params
+        model, version = p["model"], p.get("version", "")
+        header_length = conv.parse_header_length(request.headers.get("inference-header-content-length"))
+        body = await self._body(request, header_length)
+        json_size = len(body) if header_length is None else header_length
+        core_request, fmt = await _off_loop(json_size, conv.decode_request, model, version, body, header_length)
+        self._check_json_outputs(model, version, core_request.outputs, fmt)
+        response = await self.core.infer(core_request)
+        # JSON text is a few times the size of the numbers it holds.
+        json_size = 4 * sum(a.nbytes for n, a in response.outputs.items() if not fmt.binary(n))
+        payload, json_length = await _off_loop(json_size, conv.response_to_http, response, fmt)
+        headers = {}
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+        accept = request.headers.get("accept-encoding", "")
+        payload, encoding = await _off_loop(len(payload) if accept else 0, _compress, payload, accept)
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
+        media = JSON_TYPE if json_length is None else "application/octet-stream"
+        return Response(payload, media_type=media, headers=headers)
+
+    def _check_json_outputs(self, model: str, version: str, requested: list[str] | None, fmt: conv.OutputFormat) -> None:
+        if fmt.all_binary(requested):
+            return  # the usual tritonclient request: nothing to check
+        try:
+            outputs = self.core.model(model, version).signature.outputs
+        except InferdError:
+            return  # core.infer reports it, as for any other request
+        conv.check_json_outputs(fmt, {n: s.datatype.name for n, s in outputs.items()}, requested)
+
+    # --- repository ---------------------------------------------------------------------
+    async def repository_index(self, request: Request) -> Response:
+        doc = await self._optional_json(request)
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidArgument("'ready' must be true or false")
+        return _json(meta.repository_index_json(self.core.repository_index(ready)))
+
+    async def load(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        params = (await self._optional_json(request)).get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidArgument("'parameters' must be a JSON object")
+        if any(k.startswith("file:") for k in params):
+            raise Unimplemented("loading model files sent over the API ('file:' parameters) is not supported")
+        config = params.get("config")
+        if config is not None and not isinstance(config, str):
+            config = json.dumps(config)  # accept the config as an object as well as a JSON string
+        await self.core.load_model(model, config)
+        return Response(status_code=200)
+
+    async def unload(self, request: Request) -> Response:
+        await self._optional_json(request)  # {"parameters": {"unload_dependents": ...}}: nothing depends
+        await self.core.unload_model(request.path_params["model"])
+        return Response(status_code=200)
+
+
+def _unimplemented(what: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        raise Unimplemented(f"{what} is not supported by inferd")
+
+    return endpoint
+
+
+def _routes(api: HttpApi) -> list[BaseRoute]:
+    get, post = ["GET"], ["POST"]
+    routes: list[BaseRoute] = [
+        Route("/v2/health/live", api.live, methods=get),
+        Route("/v2/health/ready", api.ready, methods=get),
+        Route("/v2", api.server_metadata, methods=get),
+        Route("/v2/models/stats", api.statistics, methods=get),
+        Route("/v2/repository/index", api.repository_index, methods=post),
+        Route("/v2/repository/models/{model}/load", api.load, methods=post),
+        Route("/v2/repository/models/{model}/unload", api.unload, methods=post),
+    ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            Route(prefix, api.model_metadata, methods=get),
+            Route(prefix + "/ready", api.model_ready, methods=get),
+            Route(prefix + "/config", api.model_config, methods=get),
+            Route(prefix + "/stats", api.statistics, methods=get),
+            Route(prefix + "/infer", api.infer, methods=post),
+        ]
+    for path, what in [
+        ("/v2/systemsharedmemory{rest:path}", "system shared memory"),
+        ("/v2/cudasharedmemory{rest:path}", "CUDA shared memory"),
+        ("/v2/trace/setting", "tracing"),
+        ("/v2/models/{model}/trace/setting", "tracing"),
+        ("/v2/logging", "changing log settings over the API"),
+    ]:
+        routes.append(Route(path, _unimplemented(what), methods=["GET", "POST"]))
+    return routes
+
+
+def build_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
+    """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``."""
+    return Starlette(
+        routes=_routes(HttpApi(core, max_body_bytes)),
+        exception_handlers={
+            InferdError: _inferd_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _disconnected,
+            Exception: _internal_error,
+        },
+    )
