@@ -11,12 +11,17 @@ import logging
 import signal
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from .core import InferenceCore
+from .frontends.asgi_server import AsgiServer
 from .frontends.grpc_service import build_server
+from .frontends.http_service import build_app
 from .manager import ModelManager
+from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
 from .settings import Settings
+from .watcher import RepositoryWatcher
 
 log = logging.getLogger("inferd")
 
@@ -25,10 +30,20 @@ class InferdServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.repository = Repository(settings.model_repository)
-        self.manager = ModelManager(self.repository)
-        self.core = InferenceCore(self.manager, settings.strict_readiness)
+        # One registry per server, injected (never global); the observer feeds the histograms.
+        self.metrics_registry = CollectorRegistry()
+        observer = RequestObserver()
+        self.manager = ModelManager(self.repository, observers=[observer] if settings.allow_metrics else None)
+        if settings.allow_metrics:
+            register_metrics(self.metrics_registry, self.manager, observer)
+        self.core = InferenceCore(self.manager, settings.strict_readiness, settings.model_control_mode)
+        self.watcher: RepositoryWatcher | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
+        self.http_server: AsgiServer | None = None
+        self.http_port: int | None = None
+        self.metrics_server: AsgiServer | None = None
+        self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
 
     async def start(self, wait_for_models: bool = True) -> None:
@@ -42,31 +57,60 @@ class InferdServer:
             )
             await self.grpc_server.start()
             log.info("gRPC (KServe v2) listening on %s:%d", s.host, self.grpc_port)
-        names = self._startup_models()
+        try:
+            if s.allow_http:
+                app = build_app(self.core, s.http_max_body_bytes)
+                self.http_server = AsgiServer(app, s.host, s.http_port, s.exit_timeout_secs)
+                self.http_port = await self.http_server.start()
+                log.info("HTTP (KServe v2) listening on %s:%d", s.host, self.http_port)
+            if s.allow_metrics:
+                self.metrics_server = AsgiServer(build_metrics_app(self.metrics_registry), s.host, s.metrics_port, 1.0)
+                self.metrics_port = await self.metrics_server.start()
+                log.info("metrics (Prometheus) listening on %s:%d/metrics", s.host, self.metrics_port)
+        except OSError:
+            await self.stop()  # e.g. a port in use: release the front ends already started
+            raise
+        names = await self._startup_models()
         self.core.required_models = set(names)
         loads = asyncio.gather(*(self._load_quietly(n) for n in names))
+        if self.watcher is not None:
+            self.watcher.start()  # changes made while the start-up loads run are picked up too
         if wait_for_models:
             await loads
         log.info("repository %s: %d model(s) requested", self.repository.root, len(names))
 
-    def _startup_models(self) -> list[str]:
+    async def _startup_models(self) -> list[str]:
         s = self.settings
         if s.model_control_mode == "explicit":
             if "*" in s.load_models:
                 return self.repository.model_names()
             return list(dict.fromkeys(s.load_models))
+        if s.load_models:
+            log.warning("--load-model is ignored in model control mode '%s'", s.model_control_mode)
+        if s.model_control_mode == "poll":
+            self.watcher = RepositoryWatcher(self.repository, self.core.load, self.core.unload, s.repository_poll_secs)
+            return await self.watcher.prime()  # the baseline the watcher compares against
         return self.repository.model_names()
 
     async def _load_quietly(self, name: str) -> None:
         try:
-            await self.manager.load(name)
+            await self.core.load(name)
         except Exception as e:  # recorded as the model's reason; the server stays up
             log.debug("model %s failed: %s", name, e)
 
     async def stop(self) -> None:
         self.core.shutting_down = True
+        if self.watcher is not None:
+            await self.watcher.stop()
+        # gRPC and HTTP stop accepting and drain their in-flight requests side by side.
+        draining = []
         if self.grpc_server is not None:
-            await self.grpc_server.stop(self.settings.exit_timeout_secs)
+            draining.append(self.grpc_server.stop(self.settings.exit_timeout_secs))
+        if self.http_server is not None:
+            draining.append(self.http_server.stop())
+        await asyncio.gather(*draining)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.manager.close()
         self._stopped.set()
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(InferdServer(settings).serve_forever())
-    except FileNotFoundError as e:
+    except OSError as e:  # no repository folder, a port in use
         print(f"inferd: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,7 +4,7 @@ statistics and the repository. Front ends only translate their wire format to th
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
 
@@ -13,6 +13,7 @@ from .config import TensorSpec
 from .errors import InvalidArgument, NotFound, Unavailable
 from .manager import ModelManager
 from .model import ModelVersion
+from .repository import check_model_name
 from .stats import ModelStats
 from .types import (
     InferRequest,
@@ -31,12 +32,18 @@ EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dep
 
 
 class InferenceCore:
-    def __init__(self, manager: ModelManager, strict_readiness: bool = True) -> None:
+    def __init__(
+        self, manager: ModelManager, strict_readiness: bool = True, model_control_mode: str = "explicit"
+    ) -> None:
         self.manager = manager
         manager.core = self
         self.strict_readiness = strict_readiness
+        # Only "explicit" lets clients load and unload models (RepositoryModelLoad/Unload).
+        self.model_control_mode = model_control_mode
         self.shutting_down = False
-        # Models the server was asked to serve; strict readiness waits for all of them.
+        # Models strict readiness waits for: those requested at start-up and every model that
+        # has been READY since, until it is unloaded. A new model that never loaded does not
+        # take the whole server out of rotation; a serving model that breaks does.
         self.required_models: set[str] = set()
         # The event loop the core runs on, for calls from backend threads (infer_blocking).
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -131,6 +138,10 @@ class InferenceCore:
         return self.manager.index(ready_only)
 
     async def load_model(self, name: str, config_json: str | None = None) -> None:
+        """RepositoryModelLoad: load or reload ``name`` (explicit mode only). ``config_json``
+        is a JSON ModelConfig used instead of config.pbtxt, as Triton's ``config`` parameter."""
+        check_model_name(name)
+        self._check_explicit()
         override = None
         if config_json:
             override = mc.ModelConfig()
@@ -138,8 +149,35 @@ class InferenceCore:
                 json_format.Parse(config_json, override)
             except json_format.ParseError as e:
                 raise InvalidArgument(f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}") from None
-        await self.manager.load(name, override)
+        await self.load(name, override)
 
     async def unload_model(self, name: str) -> None:
-        await self.manager.unload(name)
+        """RepositoryModelUnload (explicit mode only)."""
+        check_model_name(name)
+        self._check_explicit()
+        await self.unload(name)
 
+    def _check_explicit(self) -> None:
+        if self.model_control_mode != "explicit":
+            why = "polling is enabled" if self.model_control_mode == "poll" else "model control mode is 'none'"
+            raise Unavailable(
+                f"explicit model load / unload is not allowed if {why}; "
+                "start the server with --model-control-mode=explicit"
+            )
+
+    async def load(self, name: str, override: mc.ModelConfig | None = None) -> None:
+        """Load or reload a model in any control mode (start-up, the repository watcher, the API)."""
+        if self.shutting_down:
+            raise Unavailable("server is shutting down")
+        try:
+            await self.manager.load(name, override)
+        finally:
+            if self.manager.is_ready(name):
+                self.required_models.add(name)
+
+    async def unload(self, name: str) -> None:
+        self.required_models.discard(name)
+        try:
+            await self.manager.unload(name)
+        finally:  # a load that finished while this one waited for the model may have re-added it
+            self.required_models.discard(name)

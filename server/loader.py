@@ -6,8 +6,9 @@ worker thread; only scheduler construction happens on the event loop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import registry
@@ -32,6 +33,10 @@ class ModelPlan:
     backend_name: str
     signature: cfg.Signature
     versions: list[int]
+    failed: dict[int, str] = field(default_factory=dict)  # version -> why its file is unusable
+    # Per version: a digest of the completed config and the version's files; a version whose
+    # digest did not change since it was loaded is not reloaded.
+    fingerprints: dict[int, str] = field(default_factory=dict)
 
 
 def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = None) -> ModelPlan:
@@ -42,24 +47,62 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
         config.CopyFrom(override)
         source = f"config override for model '{name}'"
     else:
+        repo.check_config_file(model_dir, cfg.CONFIG_FILE)
         config, _ = cfg.read_config(model_dir)
     cfg.check_name(config, name, source)
     versions = repo.select_versions(config, model_dir)
-    first_dir = model_dir / str(versions[-1])
+    failed: dict[int, str] = {}
     if config.platform == "ensemble":
         backend_cls = None
         backend_name = "ensemble"
     else:
-        backend_name = registry.backend_name(config, first_dir, source)
+        backend_name = registry.backend_name(config, model_dir / str(versions[-1]), source)
         backend_cls = registry.resolve(backend_name)
-        filename = config.default_model_filename or backend_cls.default_filename
-        model_path = repo.model_file(first_dir, filename)
-        backend_cls.auto_complete_config(config, model_path)
+        config, failed = _auto_complete(repo, model_dir, config, backend_cls, versions)
         if not config.backend and not config.platform:
             config.backend = backend_name
     _complete_instance_groups(config)
-    signature = cfg.signature(config, source)
-    return ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions)
+    try:
+        signature = cfg.signature(config, source)
+    except ModelLoadError:
+        if len(failed) == len(versions):  # nothing to complete from: the file is the cause
+            raise ModelLoadError(failed[versions[-1]]) from None
+        raise
+    plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed)
+    plan.fingerprints = {v: version_fingerprint(repo, plan, v) for v in versions}
+    return plan
+
+
+def _auto_complete(
+    repo: Repository, model_dir: Path, config: mc.ModelConfig, backend: type[Backend], versions: list[int]
+) -> tuple[mc.ModelConfig, dict[int, str]]:
+    """Complete the config from the newest version whose model file can be read. Versions
+    whose file cannot be are returned as failed, so that a broken new version fails alone
+    (and the manager keeps the serving versions) instead of failing the whole model."""
+    failed: dict[int, str] = {}
+    filename = config.default_model_filename or backend.default_filename
+    for v in reversed(versions):
+        candidate = mc.ModelConfig()
+        candidate.CopyFrom(config)
+        try:
+            backend.auto_complete_config(candidate, repo.model_file(model_dir / str(v), filename))
+        except ModelLoadError as e:
+            failed[v] = e.message
+            continue
+        return candidate, failed
+    return config, failed  # every version fails; a complete config still lets each say why
+
+
+def version_fingerprint(repo: Repository, plan: ModelPlan, version: int) -> str:
+    """What a loaded version depends on: the completed config (so comment-only edits of
+    config.pbtxt do not reload), the version folder's files, and the model folder's other
+    files (``warmup/``, label files) except config.pbtxt and the version folders."""
+    digest = hashlib.sha256(plan.config.SerializeToString(deterministic=True))
+    version_names = frozenset(e.name for e in plan.model_dir.iterdir() if e.name.isdigit())
+    shared = repo.fingerprint(plan.model_dir, skip=version_names | {cfg.CONFIG_FILE})
+    own = repo.fingerprint(plan.model_dir / str(version))
+    digest.update(repr((shared, own)).encode())
+    return digest.hexdigest()
 
 
 def _complete_instance_groups(config: mc.ModelConfig) -> None:
@@ -70,8 +113,7 @@ def _complete_instance_groups(config: mc.ModelConfig) -> None:
     for i, group in enumerate(config.instance_group):
         if not group.name:
             group.name = f"{config.name}_{i}"
-        if group.count < 1:
-            group.count = 1
+        group.count = max(group.count, 1)
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
             group.kind = mc.ModelInstanceGroup.KIND_GPU if group.gpus else mc.ModelInstanceGroup.KIND_CPU
 

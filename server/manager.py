@@ -1,8 +1,12 @@
 """Model lifecycle: which versions are loaded, their states and reasons, and swapping them.
 
-New versions are loaded next to the old ones; traffic moves by replacing one dict entry (a
-single assignment on the event loop thread, so it is atomic for requests), and only then are
-replaced versions drained and unloaded.
+A load plans the model (config, auto-complete, version policy) and fingerprints every selected
+version (completed config + files). Versions whose fingerprint is unchanged keep serving
+untouched; new and changed ones are loaded and warmed up next to the serving ones. Then, in one
+step with no ``await`` in between (so atomic for requests on the event loop), traffic moves to
+them and versions that left the policy stop taking requests; replaced versions are drained and
+unloaded in the background. If any version fails while the model is serving, nothing moves:
+the serving versions stay as they were and the index shows why.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.registry import platform_of
@@ -19,12 +24,15 @@ from .loader import ModelPlan, load_workers, plan_model
 from .model import ModelVersion
 from .repository import Repository, check_model_name
 from .scheduling import make_scheduler
+from .scheduling.worker import InstanceWorker
 from .stats import ModelStats, Observer
 from .types import ModelIndexEntry
+from .warmup import build_samples, run_samples
 
 log = logging.getLogger(__name__)
 
 UNKNOWN, LOADING, READY, UNLOADING, UNAVAILABLE = "UNKNOWN", "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
+UNLOADED = "unloaded"  # Triton's reason for a version that was unloaded on purpose
 DRAIN_TIMEOUT_S = 30.0
 
 
@@ -32,18 +40,22 @@ DRAIN_TIMEOUT_S = 30.0
 class VersionSlot:
     state: str = UNKNOWN
     reason: str = ""
-    model: ModelVersion | None = None
+    model: ModelVersion | None = None  # set exactly while the version takes traffic (READY)
+    fingerprint: str = ""  # of what ``model`` was loaded from
 
 
 @dataclass
 class ModelRecord:
     name: str
-    state: str = UNKNOWN  # model-level state when no version could be planned
+    state: str = UNKNOWN  # model-level state, shown while no version can be listed
     reason: str = ""
     config: mc.ModelConfig | None = None
     versions: dict[int, VersionSlot] = field(default_factory=dict)
     load_seconds: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def serving(self) -> list[int]:
+        return [v for v, s in self.versions.items() if s.model is not None]
 
 
 class ModelManager:
@@ -52,7 +64,9 @@ class ModelManager:
         self.models: dict[str, ModelRecord] = {}
         self.observers = observers if observers is not None else []
         self.core: object = None  # set by the core; handed to backends that call other models
+        self._loads: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     # --- lookup -------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
@@ -65,14 +79,16 @@ class ModelManager:
             slot = record.versions.get(int(version))
             if slot is None:
                 raise NotFound(f"model '{name}' has no version {version}")
-            if slot.model is None or slot.state not in (READY, LOADING):
+            if slot.model is None:
                 raise Unavailable(f"model '{name}' version {version} is not ready: {slot.state} {slot.reason}".rstrip())
             return slot.model
-        ready = [v for v, s in record.versions.items() if s.model is not None]
-        if not ready:
-            why = record.reason or "; ".join(f"version {v}: {s.state} {s.reason}".rstrip() for v, s in record.versions.items())
+        serving = record.serving()
+        if not serving:
+            why = record.reason or "; ".join(
+                f"version {v}: {s.state} {s.reason}".rstrip() for v, s in sorted(record.versions.items())
+            )
             raise Unavailable(f"model '{name}' is not ready" + (f": {why}" if why else ""))
-        return record.versions[max(ready)].model  # type: ignore[return-value]
+        return record.versions[max(serving)].model  # type: ignore[return-value]
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -81,22 +97,23 @@ class ModelManager:
             return False
         return True
 
-    def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+    def index(self, ready_only: bool = False, names: list[str] | None = None) -> list[ModelIndexEntry]:
+        """Every model of the repository or the manager; ``names`` is the repository's listing
+        when the caller already has it (it is read here otherwise)."""
         entries: list[ModelIndexEntry] = []
-        names = sorted(set(self.repository.model_names()) | set(self.models))
-        for name in names:
+        listed = self.repository.model_names() if names is None else names
+        for name in sorted(set(listed) | set(self.models)):
             record = self.models.get(name)
-            if record is None:
+            if record is None:  # in the repository, never loaded: Triton lists the name only
                 if not ready_only:
                     entries.append(ModelIndexEntry(name, "", "", ""))
                 continue
-            if not record.versions or record.state == UNAVAILABLE:
-                if not ready_only:
-                    entries.append(ModelIndexEntry(name, "", record.state, record.reason))
+            serving = record.serving()
+            if not ready_only and (not record.versions or (record.reason and not serving)):
+                entries.append(ModelIndexEntry(name, "", record.state, record.reason))
             for v, slot in sorted(record.versions.items()):
-                if ready_only and slot.state != READY:
-                    continue
-                entries.append(ModelIndexEntry(name, str(v), slot.state, slot.reason))
+                if not ready_only or slot.state == READY:
+                    entries.append(ModelIndexEntry(name, str(v), slot.state, slot.reason))
         return entries
 
     def loaded_versions(self, name: str) -> list[ModelVersion]:
@@ -109,88 +126,210 @@ class ModelManager:
     async def load(self, name: str, override: mc.ModelConfig | None = None) -> None:
         """Load (or reload) every version the policy selects; raises ModelLoadError on failure.
 
-        On failure the versions that were serving keep serving."""
+        On failure the versions that were serving keep serving. The load itself is shielded:
+        a caller that goes away (a cancelled RPC) does not abandon half-loaded instances."""
         check_model_name(name)
+        if self._closing:
+            raise Unavailable("server is shutting down")
+        if name not in self.models:
+            self.repository.model_dir(name)  # unknown names leave no record behind
+        task = asyncio.get_running_loop().create_task(self._load(name, override))
+        self._loads.add(task)
+        task.add_done_callback(_settled)
+        task.add_done_callback(self._loads.discard)
+        await asyncio.shield(task)
+
+    async def _load(self, name: str, override: mc.ModelConfig | None) -> None:
         record = self.models.setdefault(name, ModelRecord(name))
         async with record.lock:
             started = time.monotonic()
+            if not record.serving():
+                record.state, record.reason = LOADING, ""
             loop = asyncio.get_running_loop()
             try:
                 plan = await loop.run_in_executor(None, plan_model, self.repository, name, override)
-            except InferdError as e:
-                if not record.versions or all(s.model is None for s in record.versions.values()):
-                    record.state, record.reason = UNAVAILABLE, e.message
-                log.error("failed to load model '%s': %s", name, e.message)
-                raise ModelLoadError(e.message, e.code) from None
-            record.config = plan.config
-            errors = []
-            for v in plan.versions:
+            except Exception as e:
+                error = _as_load_error(e)
+                self._plan_failed(record, error.message)
+                raise error from None
+            errors = dict(plan.failed)
+            for v in errors:
+                record.versions.setdefault(v, VersionSlot())
+                log.error("failed to load model '%s' version %d: %s", name, v, errors[v])
+            todo = [
+                v for v in plan.versions
+                if v not in errors and not _unchanged(record.versions.get(v), plan.fingerprints[v])
+            ]
+            loaded: dict[int, ModelVersion] = {}
+            for v in todo:
                 slot = record.versions.setdefault(v, VersionSlot())
                 if slot.model is None:
                     slot.state, slot.reason = LOADING, ""
                 try:
-                    new = await self._load_version(plan, v)
-                except InferdError as e:
-                    errors.append(e.message)
-                    if slot.model is None:
-                        slot.state, slot.reason = UNAVAILABLE, e.message
-                    else:
-                        slot.reason = f"reload failed, previous load still serving: {e.message}"
-                    log.error("failed to load model '%s' version %d: %s", name, v, e.message)
-                    continue
-                old, slot.model = slot.model, new  # traffic moves here
-                slot.state, slot.reason = READY, ""
-                if old is not None:
-                    self._retire(old)
-            for v in [v for v in record.versions if v not in plan.versions]:
-                await self._unload_slot(record, v)
-            serving = any(s.model is not None for s in record.versions.values())
-            record.state = READY if serving else UNAVAILABLE
-            record.reason = "; ".join(errors)
+                    loaded[v] = await self._load_version(plan, v)
+                except Exception as e:
+                    errors[v] = _as_load_error(e).message
+                    log.error("failed to load model '%s' version %d: %s", name, v, errors[v])
+            if errors and record.serving():
+                self._keep_serving(record, plan, loaded, errors)
+            else:
+                self._commit(record, plan, loaded, errors)
             record.load_seconds = time.monotonic() - started
-            log.info("model '%s' versions %s: %s", name, plan.versions,
-                     "loaded" if not errors else f"errors: {'; '.join(errors)}")
             if errors:
-                raise ModelLoadError("; ".join(errors))
+                raise ModelLoadError("; ".join(f"version {v}: {m}" for v, m in sorted(errors.items())))
+            log.info("model '%s': serving versions %s (%s loaded in %.2fs)", name, plan.versions,
+                     sorted(loaded) or "none", record.load_seconds)
+
+    def _plan_failed(self, record: ModelRecord, message: str) -> None:
+        log.error("failed to load model '%s': %s", record.name, message)
+        serving = record.serving()
+        if not serving:
+            record.state, record.reason = UNAVAILABLE, message
+            return
+        for v in serving:
+            record.versions[v].reason = f"reload failed, still serving the previous load: {message}"
+
+    def _keep_serving(
+        self, record: ModelRecord, plan: ModelPlan, loaded: dict[int, ModelVersion], errors: dict[int, str]
+    ) -> None:
+        """A load failed while the model serves: discard what did load and change no routing."""
+        for model in loaded.values():
+            self._retire(model)  # never routed: closes at once
+        failed = ", ".join(str(v) for v in sorted(errors))
+        for v, slot in record.versions.items():
+            if v in loaded and slot.model is None:
+                slot.state, slot.reason = UNAVAILABLE, f"loaded but not put in service: version {failed} failed"
+            elif v in errors:
+                if slot.model is None:
+                    slot.state, slot.reason = UNAVAILABLE, errors[v]
+                else:
+                    slot.reason = f"reload failed, still serving the previous load: {errors[v]}"
+            elif slot.model is not None:
+                slot.reason = f"kept as it was: version {failed} failed to load"
+        for v in [v for v, s in record.versions.items() if v not in plan.versions and s.model is None]:
+            self._unload_slot(record, v)  # failed earlier and left the policy since: drop it
+
+    def _commit(
+        self, record: ModelRecord, plan: ModelPlan, loaded: dict[int, ModelVersion], errors: dict[int, str]
+    ) -> None:
+        """Move traffic; runs without awaiting, so no request sees a half-applied change."""
+        for v, model in loaded.items():
+            slot = record.versions[v]
+            old, slot.model = slot.model, model  # traffic moves here
+            slot.state, slot.reason, slot.fingerprint = READY, "", plan.fingerprints[v]
+            if old is not None:
+                self._retire(old)
+        for v, message in errors.items():
+            record.versions[v].state, record.versions[v].reason = UNAVAILABLE, message
+        for v in plan.versions:
+            if v not in loaded and v not in errors:
+                record.versions[v].reason = ""  # unchanged and serving
+        for v in [v for v in record.versions if v not in plan.versions]:
+            self._unload_slot(record, v)
+        record.config = plan.config
+        record.state = READY if record.serving() else UNAVAILABLE
+        record.reason = ""  # the versions carry their own reasons
 
     async def _load_version(self, plan: ModelPlan, version: int) -> ModelVersion:
+        if plan.backend is None:  # the hook for server/ensemble.py, which is not wired in yet
+            raise ModelLoadError(f"model '{plan.name}': platform 'ensemble' cannot be loaded yet")
         loop = asyncio.get_running_loop()
         workers = await loop.run_in_executor(None, load_workers, self.repository, plan, version, self.core)
-        stats = ModelStats(plan.name, str(version), self.observers)
         label = f"model '{plan.name}' version {version}"
+        try:
+            if plan.config.model_warmup:
+                samples = await loop.run_in_executor(
+                    None, build_samples, self.repository, plan.model_dir, plan.config, plan.signature, label
+                )
+                seconds = await run_samples(workers, samples, label)
+                log.info("%s: warmup (%d sample(s)) took %.3fs", label, len(samples), seconds)
+        except BaseException:
+            await loop.run_in_executor(None, _close, workers)
+            raise
+        stats = ModelStats(plan.name, str(version), self.observers)
         scheduler = make_scheduler(plan.config, workers, stats, label)
         platform = plan.config.platform or platform_of(plan.backend_name)
         return ModelVersion(plan.name, version, plan.config, plan.signature, platform, scheduler, stats)
 
     async def unload(self, name: str) -> None:
+        """Stop routing to every version of ``name`` and wait (up to the drain timeout) until
+        their requests finished and their memory is released. Unloading a model that is not
+        loaded succeeds, as in Triton."""
         check_model_name(name)
         record = self.models.get(name)
         if record is None:
-            raise NotFound(f"unknown model '{name}'")
+            self.repository.model_dir(name)  # NotFound for names the repository does not have
+            return
         async with record.lock:
-            for v in list(record.versions):
-                await self._unload_slot(record, v)
-            del self.models[name]
+            drains = [t for v in list(record.versions) if (t := self._unload_slot(record, v)) is not None]
+            record.state = UNAVAILABLE
+            record.reason = "" if record.versions else UNLOADED
+            record.config = None
+        if drains:  # outside the lock: a new load of the model need not wait for the drain
+            await asyncio.gather(*drains, return_exceptions=True)
 
-    async def _unload_slot(self, record: ModelRecord, version: int) -> None:
-        slot = record.versions.pop(version)
-        if slot.model is not None:
-            slot.state = UNLOADING
-            self._retire(slot.model)
+    def _unload_slot(self, record: ModelRecord, version: int) -> asyncio.Task[None] | None:
+        slot = record.versions[version]
+        if slot.model is None:
+            if slot.state != UNLOADING and slot.reason != UNLOADED:
+                del record.versions[version]  # never served: nothing to unload or show
+            return None
+        model, slot.model = slot.model, None  # no new request reaches it from here on
+        slot.state, slot.reason, slot.fingerprint = UNLOADING, "", ""
 
-    def _retire(self, model: ModelVersion) -> None:
+        def unloaded() -> None:
+            if slot.model is None and slot.state == UNLOADING:
+                slot.state, slot.reason = UNAVAILABLE, UNLOADED
+
+        return self._retire(model, unloaded)
+
+    def _retire(self, model: ModelVersion, then: Callable[[], None] | None = None) -> asyncio.Task[None]:
         """Drain and close a version that no longer takes new traffic, in the background."""
         async def drain() -> None:
-            if not await model.scheduler.retire(DRAIN_TIMEOUT_S):
-                log.warning("%s: requests still running after %.0fs; closing anyway", model.label, DRAIN_TIMEOUT_S)
-            log.info("%s unloaded", model.label)
+            try:
+                if not await model.scheduler.retire(DRAIN_TIMEOUT_S):
+                    log.warning("%s: requests still running after %.0fs; closed anyway", model.label, DRAIN_TIMEOUT_S)
+                log.info("%s unloaded", model.label)
+            except Exception:  # a backend failing to release must not wedge the slot in UNLOADING
+                log.exception("%s: unloading failed", model.label)
+            finally:
+                if then is not None:
+                    then()
 
         task = asyncio.get_running_loop().create_task(drain())
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
+        return task
 
     async def close(self) -> None:
+        """Finish loads in progress, then unload everything and wait for the drains."""
+        self._closing = True
+        if self._loads:
+            await asyncio.gather(*list(self._loads), return_exceptions=True)
         for name in list(self.models):
             await self.unload(name)
         if self._drains:
-            await asyncio.gather(*self._drains, return_exceptions=True)
+            await asyncio.gather(*list(self._drains), return_exceptions=True)
+
+
+def _as_load_error(e: Exception) -> InferdError:
+    """Any failure while loading becomes the model's reason; unexpected ones are logged in full."""
+    if isinstance(e, InferdError):
+        return ModelLoadError(e.message, e.code)
+    log.error("unexpected error while loading a model", exc_info=e)
+    return ModelLoadError(f"{type(e).__name__}: {e}")
+
+
+def _unchanged(slot: VersionSlot | None, fingerprint: str) -> bool:
+    return slot is not None and slot.model is not None and slot.fingerprint == fingerprint
+
+
+def _close(workers: list[InstanceWorker]) -> None:
+    for w in workers:
+        w.close()
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    """Retrieve the outcome so a load whose caller went away logs no 'never retrieved'."""
+    if not task.cancelled():
+        task.exception()

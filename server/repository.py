@@ -1,26 +1,48 @@
-"""The model repository folder: model names, version folders and the version policy.
+"""The model repository folder: model names, version folders, the version policy and file
+fingerprints.
 
 Every path handed out is confined to the repository root: model names with separators or
-``..`` are refused, and a symlink that resolves outside the root is refused too.
+``..`` are refused, a symlink that resolves outside the root is refused, and file names taken
+from a config (``default_model_filename``, warmup data files) must stay inside their folder.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePath
 
 from ..clients.pb import model_config_pb2 as mc
 from .errors import InvalidArgument, ModelLoadError, NotFound
+
+# One entry per file under a folder: (path relative to the folder, size, mtime_ns).
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def check_model_name(name: str) -> None:
     """Model names are single path components; anything else is the client's error."""
     if not name or not name.strip():
         raise InvalidArgument("model name is empty")
-    if "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or name.startswith("."):
+    if (
+        "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith(".")
+        or name != name.strip()
+        or any(ord(c) < 32 for c in name)
+    ):
         raise InvalidArgument(
-            f"invalid model name '{name}': names are a single folder name without path "
-            "separators, '..' or a leading '.'"
+            f"invalid model name {name!r}: names are a single folder name without path "
+            "separators, '..', a leading '.', surrounding spaces or control characters"
         )
+
+
+def is_model_name(name: str) -> bool:
+    try:
+        check_model_name(name)
+    except InvalidArgument:
+        return False
+    return True
 
 
 class Repository:
@@ -28,37 +50,41 @@ class Repository:
         self.root = root.resolve()
 
     def model_names(self) -> list[str]:
-        """Folders of the repository that may hold a model (hidden ones are skipped)."""
+        """Folders of the repository that may hold a model (hidden ones are skipped, so that
+        copying into ``.name`` and renaming it is an atomic way to add a model)."""
         if not self.root.is_dir():
             return []
         names = []
         for entry in sorted(self.root.iterdir()):
-            if entry.name.startswith(".") or not entry.is_dir():
+            if not is_model_name(entry.name) or not entry.is_dir():
                 continue
-            if self._inside(entry):
+            if self.inside(entry):
                 names.append(entry.name)
         return names
 
     def model_dir(self, name: str) -> Path:
         check_model_name(name)
         path = self.root / name
+        # Confinement first: nothing outside the repository is even looked at.
+        if not self.inside(path):
+            raise InvalidArgument(f"model folder '{name}' resolves outside the model repository")
         if not path.is_dir():
             raise NotFound(f"model '{name}' is not in the model repository")
-        if not self._inside(path):
-            raise InvalidArgument(f"model folder '{name}' resolves outside the model repository")
         return path
 
-    def _inside(self, path: Path) -> bool:
+    def inside(self, path: Path, folder: Path | None = None) -> bool:
+        """Whether ``path`` (symlinks resolved) lies inside ``folder`` (default: the root)."""
+        base = self.root if folder is None else folder.resolve()
         try:
-            path.resolve().relative_to(self.root)
-        except ValueError:
+            path.resolve().relative_to(base)
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: symlink loop
             return False
         return True
 
     def available_versions(self, model_dir: Path) -> list[int]:
         versions = []
         for entry in model_dir.iterdir():
-            if entry.is_dir() and entry.name.isdigit() and self._inside(entry):
+            if entry.name.isdigit() and self.inside(entry) and entry.is_dir():
                 versions.append(int(entry.name))
         return sorted(versions)
 
@@ -78,7 +104,7 @@ class Repository:
                     f"{source}: version_policy.specific asks for version(s) {missing} "
                     f"but the folder has {available or 'none'}"
                 )
-            chosen = sorted(wanted)
+            chosen = sorted(set(wanted))
         else:
             n = policy.latest.num_versions if choice == "latest" else 1
             if n < 1:
@@ -90,10 +116,49 @@ class Repository:
             )
         return chosen
 
+    def file_in(self, folder: Path, relative: str, what: str) -> Path:
+        """``folder / relative``, refusing names that leave ``folder`` (absolute paths, ``..``)
+        and symlinks that resolve outside the repository. Does not check existence."""
+        parts = PurePath(relative).parts
+        if not relative or PurePath(relative).is_absolute() or ".." in parts or "\\" in relative:
+            raise ModelLoadError(f"{what} '{relative}' must name a file inside {folder}")
+        path = folder / relative
+        if not self.inside(path):
+            raise ModelLoadError(f"{what} '{relative}' resolves outside the model repository")
+        return path
+
     def model_file(self, version_dir: Path, filename: str) -> Path:
-        path = version_dir / filename
+        path = self.file_in(version_dir, filename, "model file")
         if not path.exists():
             raise ModelLoadError(f"{path}: model file not found")
-        if not self._inside(path):
-            raise ModelLoadError(f"{path}: resolves outside the model repository")
         return path
+
+    def check_config_file(self, model_dir: Path, filename: str) -> None:
+        """A ``config.pbtxt`` that is a symlink out of the repository is never read."""
+        path = model_dir / filename
+        if path.is_symlink() and not self.inside(path):
+            raise ModelLoadError(f"{path}: resolves outside the model repository")
+
+    def fingerprint(self, folder: Path, skip: frozenset[str] = frozenset()) -> Fingerprint:
+        """(relative path, size, mtime_ns) of every entry under ``folder``, sorted.
+
+        Symlinks are not followed into folders; a symlink to a file inside the repository
+        counts with its target's size and mtime, one pointing outside only as the link itself
+        (its target is never looked at). Top-level names in ``skip`` are left out."""
+        entries: list[tuple[str, int, int]] = []
+        for top, dirs, files in os.walk(folder, followlinks=False):
+            rel_top = os.path.relpath(top, folder)
+            if rel_top == ".":
+                dirs[:] = [d for d in dirs if d not in skip]
+                files = [f for f in files if f not in skip]
+            for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(top, d))):
+                path = os.path.join(top, name)
+                rel = os.path.normpath(os.path.join(rel_top, name))
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISLNK(st.st_mode) and self.inside(Path(path)):
+                        st = os.stat(path)
+                except OSError:
+                    continue  # vanished between listing and stat: the next scan sees the change
+                entries.append((rel, st.st_size, st.st_mtime_ns))
+        return tuple(sorted(entries))

@@ -8,8 +8,8 @@ figures (``batch_stats``, ``execution_count``) are added once per execution.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from inferd.server.app import InferdServer
 from inferd.server.settings import Settings
 
@@ -29,7 +28,11 @@ class RunningServer:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{getattr(self.server, 'http_port', None)}"
+        return f"127.0.0.1:{self.server.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"127.0.0.1:{self.server.metrics_port}"
 
     def call(self, coro, timeout: float = 60):  # type: ignore[no-untyped-def]
         """Run a coroutine on the server's loop from the test thread."""

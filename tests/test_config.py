@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from inferd.server import config as cfg
 from inferd.server.errors import ModelLoadError
 

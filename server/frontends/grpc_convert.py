@@ -6,7 +6,8 @@ This is the only place that knows the protobuf layout of tensors and parameters.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, NoReturn
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import grpc
 
@@ -28,6 +29,7 @@ STATUS = {
     Code.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Code.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     Code.CANCELLED: grpc.StatusCode.CANCELLED,
+    Code.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }

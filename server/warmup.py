@@ -1,0 +1,130 @@
+"""``model_warmup``: sample requests a new version runs before it is marked READY.
+
+Follows Triton's config: each sample has a ``batch_size`` (the one sample is repeated along the
+batch dimension), ``count`` executions (0 means once), and per input ``zero_data``,
+``random_data`` or ``input_data_file`` (raw row-major bytes of one sample, BYTES elements with
+their 4-byte length prefix) read from the model's ``warmup/`` folder.
+
+Samples run on every instance's worker directly: the version is not routed yet, so the public
+name lookup would not find it, and warmup executions stay out of the statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+from . import codec
+from .config import Signature
+from .errors import InferdError, ModelLoadError
+from .repository import Repository
+from .scheduling.work import Work
+from .scheduling.worker import InstanceWorker
+from .validation import validate
+
+WARMUP_FOLDER = "warmup"
+# A typo in dims must not allocate the machine away: warmup tensors are small by nature.
+MAX_WARMUP_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    batch_size: int
+    count: int
+
+
+def build_samples(
+    repo: Repository, model_dir: Path, config: mc.ModelConfig, sig: Signature, label: str
+) -> list[Sample]:
+    """Turn ``model_warmup`` into ready arrays; blocking (reads files), run it off the loop."""
+    samples = []
+    for i, w in enumerate(config.model_warmup):
+        where = f"{label}: model_warmup[{i}]" + (f" '{w.name}'" if w.name else "")
+        batch = w.batch_size
+        if batch < 1 or (sig.max_batch_size == 0 and batch != 1) or batch > max(sig.max_batch_size, 1):
+            raise ModelLoadError(
+                f"{where}: batch_size {batch} must be 1 for models without batching, "
+                f"else 1..max_batch_size ({sig.max_batch_size})"
+            )
+        if w.count < 0:
+            raise ModelLoadError(f"{where}: count must be >= 0")
+        inputs = {}
+        for name, spec in w.inputs.items():
+            one = _sample_input(repo, model_dir, f"{where} input '{name}'", spec)
+            inputs[name] = np.repeat(one[np.newaxis], batch, axis=0) if sig.max_batch_size > 0 else one
+        try:
+            checked = validate(where, sig, inputs, None)
+        except InferdError as e:
+            raise ModelLoadError(e.message) from None
+        samples.append(Sample(w.name, checked.inputs, checked.outputs, batch, max(w.count, 1)))
+    return samples
+
+
+def _sample_input(repo: Repository, model_dir: Path, where: str, spec: mc.ModelWarmup.Input) -> np.ndarray:
+    try:
+        dt = codec.from_config_type(mc.DataType.Name(spec.data_type))
+    except InferdError:
+        raise ModelLoadError(f"{where}: unsupported data_type {mc.DataType.Name(spec.data_type)}") from None
+    dims = list(spec.dims)
+    if any(d < 1 for d in dims):
+        raise ModelLoadError(f"{where}: dims {dims} must all be >= 1 (warmup shapes are concrete)")
+    count = math.prod(dims)
+    if count * max(dt.itemsize, 1) > MAX_WARMUP_BYTES:
+        raise ModelLoadError(f"{where}: dims {dims} exceed the {MAX_WARMUP_BYTES >> 20} MiB warmup limit")
+    source = spec.WhichOneof("input_data_type")
+    if source == "input_data_file":
+        return _from_file(repo, model_dir, where, spec.input_data_file, dt, dims)
+    if dt is codec.BYTES:
+        out = np.empty(count, dtype=object)
+        out[:] = [b""] * count  # Triton warms string inputs with empty elements
+        return out.reshape(dims)
+    if source == "random_data":
+        rng = np.random.default_rng(0)
+        if dt.dtype.kind == "b":
+            return rng.integers(0, 2, size=dims).astype(dt.dtype)
+        if dt.dtype.kind in "iu":
+            return rng.integers(0, 64, size=dims).astype(dt.dtype)
+        return rng.random(size=dims).astype(dt.dtype)
+    if source == "zero_data":
+        return np.zeros(dims, dtype=dt.dtype)
+    raise ModelLoadError(f"{where}: set one of zero_data, random_data or input_data_file")
+
+
+def _from_file(
+    repo: Repository, model_dir: Path, where: str, relative: str, dt: codec.DataType, dims: list[int]
+) -> np.ndarray:
+    path = repo.file_in(model_dir / WARMUP_FOLDER, relative, f"{where}: input_data_file")
+    if not path.is_file():
+        raise ModelLoadError(f"{where}: input_data_file {path} not found")
+    size = path.stat().st_size
+    if size > MAX_WARMUP_BYTES:
+        raise ModelLoadError(f"{where}: input_data_file {path} is larger than {MAX_WARMUP_BYTES >> 20} MiB")
+    try:
+        return codec.from_raw(path.read_bytes(), dt, dims, f"{where}: input_data_file {path}").copy()
+    except InferdError as e:
+        raise ModelLoadError(e.message) from None
+
+
+async def run_samples(workers: Sequence[InstanceWorker], samples: Sequence[Sample], label: str) -> float:
+    """Run every sample ``count`` times on every instance; returns the seconds it took."""
+    started = time.monotonic()
+    for worker in workers:
+        for s in samples:
+            for _ in range(s.count):
+                work = Work(s.inputs, s.outputs, s.batch_size, time.monotonic_ns(), None)
+                try:
+                    results, _ = await worker.run([work])
+                except InferdError as e:
+                    raise ModelLoadError(f"{label}: warmup sample '{s.name}' failed: {e.message}") from None
+                if isinstance(results[0], InferdError):
+                    raise ModelLoadError(f"{label}: warmup sample '{s.name}' failed: {results[0].message}")
+    return time.monotonic() - started
