@@ -1,0 +1,136 @@
+"""Helpers the framework backends share: config parameters, datatypes through the one codec,
+config auto-completion from a model's own tensor metadata, and output checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+from ..server import codec
+from ..server.errors import Internal, ModelLoadError
+
+# Triton's default when auto-completing a batchable model.
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a model file says about one of its tensors (dims include any batch dimension)."""
+
+    name: str
+    datatype: codec.DataType | None  # None when the framework type has no KServe datatype
+    shape: tuple[int, ...] | None  # -1 for unknown dims; None for unknown rank
+
+
+def int_param(params: Mapping[str, str], keys: Sequence[str], default: int) -> int:
+    """An integer ``parameters`` entry; the first of ``keys`` present wins (spelling aliases)."""
+    for key in keys:
+        value = params.get(key)
+        if value is None or value == "":
+            continue
+        try:
+            return int(value)
+        except ValueError:
+            raise ModelLoadError(f"parameter '{key}' must be an integer, got '{value}'") from None
+    return default
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a ``taskset`` or container limit counts, unlike cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(config: mc.ModelConfig) -> int:
+    """Intra-op threads per instance so that a model's instances together fill the cores once."""
+    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    return max(1, usable_cpus() // instances)
+
+
+def datatype_of(dtype: Any) -> codec.DataType | None:
+    """The KServe datatype of a numpy dtype (or numpy scalar type), through the codec."""
+    try:
+        return codec.of_array(np.empty(0, dtype=dtype))
+    except Exception:
+        return None
+
+
+def complete_config(
+    config: mc.ModelConfig,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> None:
+    """Fill in the tensors a config leaves out, Triton style: a model whose every tensor has a
+    variable first dimension gets ``max_batch_size`` and dynamic batching when the config names
+    no tensors and no batch size; declared fields are never overwritten."""
+    everything = list(inputs) + list(outputs)
+    batchable = bool(everything) and all(t.shape and t.shape[0] < 0 for t in everything)
+    if config.max_batch_size == 0 and not config.input and not config.output and batchable:
+        config.max_batch_size = max_batch_size
+        if config.WhichOneof("scheduling_choice") is None:
+            config.dynamic_batching.SetInParent()
+    skip = 1 if config.max_batch_size > 0 else 0
+    for items, found in ((config.input, inputs), (config.output, outputs)):
+        by_name = {t.name: t for t in items}
+        for info in found:
+            t = by_name.get(info.name)
+            if t is None:
+                t = items.add()
+                t.name = info.name
+            if t.data_type == mc.TYPE_INVALID and info.datatype is not None:
+                t.data_type = mc.DataType.Value(info.datatype.config_name)
+            if not t.dims and info.shape is not None:
+                t.dims.extend(info.shape[skip:])
+
+
+def check_tensors(
+    source: str, config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]
+) -> None:
+    """Refuse a config whose tensor names, datatypes or batching disagree with the model file."""
+    for kind, items, found in (("input", config.input, inputs), ("output", config.output, outputs)):
+        by_name = {t.name: t for t in found}
+        for t in items:
+            info = by_name.get(t.name)
+            if info is None:
+                raise ModelLoadError(f"{source}: {kind} '{t.name}' is not in the model ({sorted(by_name)})")
+            declared = mc.DataType.Name(t.data_type)
+            if info.datatype is not None and declared != info.datatype.config_name:
+                raise ModelLoadError(
+                    f"{source}: {kind} '{t.name}' is declared {declared} but the model has {info.datatype.config_name}"
+                )
+            if info.shape is None:
+                continue
+            if config.max_batch_size > 0 and (not info.shape or info.shape[0] > 0):
+                raise ModelLoadError(
+                    f"{source}: max_batch_size is {config.max_batch_size} but the model's {kind} "
+                    f"'{t.name}' has shape {list(info.shape)} without a variable batch dimension"
+                )
+            model_dims = info.shape[1:] if config.max_batch_size > 0 else info.shape
+            dims = list(t.dims)
+            if len(dims) != len(model_dims) or any(d > 0 and m > 0 and d != m for d, m in zip(dims, model_dims)):
+                raise ModelLoadError(
+                    f"{source}: {kind} '{t.name}' has dims {dims} but the model's shape is {list(info.shape)}"
+                    + (" (the first dimension is the batch)" if config.max_batch_size > 0 else "")
+                )
+
+
+def output_types(config: mc.ModelConfig) -> dict[str, codec.DataType]:
+    return {t.name: codec.from_config_type(mc.DataType.Name(t.data_type)) for t in config.output}
+
+
+def check_output(label: str, name: str, array: np.ndarray, expected: codec.DataType | None) -> np.ndarray:
+    """Fail an execution whose output datatype contradicts config.pbtxt, as Triton does."""
+    if expected is None:
+        return array
+    got = codec.of_array(array)
+    if got is not expected:
+        raise Internal(f"{label}: output '{name}' came back as {got.name} but config.pbtxt declares {expected.name}")
+    return array

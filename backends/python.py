@@ -1,0 +1,191 @@
+"""Python models (``backend: "python"``, ``model.py``), in-process, with Triton's contract.
+
+``model.py`` defines ``class TritonPythonModel`` with ``initialize(args)`` (optional),
+``execute(requests) -> responses`` (one per request, in order; plain or ``async def``),
+``finalize()`` (optional) and an optional ``@staticmethod auto_complete_config(config)``.
+Each instance imports its own copy of ``model.py`` by file path under a unique module name,
+so instances and versions share no module state. Execution runs on the instance's thread with
+the requests' numpy arrays as they are (no copies); see :mod:`inferd.backends.python_api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import re
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..clients.pb import model_config_pb2 as mc
+from ..server.errors import InferdError, Internal, ModelLoadError
+from . import python_api as api
+from .base import Backend, LoadContext
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "TritonPythonModel"
+_serial = itertools.count()
+
+
+def _where(e: BaseException, path: Path) -> str:
+    """The line of model.py an exception came from, to point the model's author at it."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename) == path]
+    return f" (model.py line {frames[-1].lineno})" if frames else ""
+
+
+def _import(path: Path, module_name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses, pickle and typing look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"{path}: importing failed: {type(e).__name__}: {e}{_where(e, path)}") from None
+    return module
+
+
+def _model_class(module: ModuleType, path: Path) -> type:
+    cls = getattr(module, MODEL_CLASS, None)
+    if not isinstance(cls, type):
+        raise ModelLoadError(f"{path}: defines no class {MODEL_CLASS}")
+    if not callable(getattr(cls, "execute", None)):
+        raise ModelLoadError(f"{path}: {MODEL_CLASS} has no execute(requests) method")
+    return cls
+
+
+def _module_name(model: str, version: int | str, instance: int | str) -> str:
+    safe = re.sub(r"\W", "_", model)
+    return f"inferd_model_{safe}_v{version}_{instance}_{next(_serial)}"
+
+
+class PythonBackend(Backend):
+    name = "python"
+    platforms = ()
+    default_filename = "model.py"
+    takes_request_list = True
+
+    @classmethod
+    def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:
+        if not config.backend and not config.platform:
+            config.backend = "python"
+        module = _import(model_path, _module_name(config.name, "autocomplete", 0))
+        try:
+            hook = getattr(_model_class(module, model_path), "auto_complete_config", None)
+            if hook is None:
+                return
+            try:
+                result = hook(api.ModelConfig(api.config_to_dict(config)))
+            except Exception as e:
+                raise ModelLoadError(
+                    f"{model_path}: auto_complete_config failed: {type(e).__name__}: {e}{_where(e, model_path)}"
+                ) from None
+            if not isinstance(result, api.ModelConfig):
+                raise ModelLoadError(f"{model_path}: auto_complete_config must return the config it was given")
+            try:
+                config.CopyFrom(api.config_from_dict(result.as_dict()))
+            except InferdError as e:
+                raise ModelLoadError(f"{model_path}: {e.message}") from None
+        finally:
+            sys.modules.pop(module.__name__, None)
+
+    def __init__(self, context: LoadContext) -> None:
+        config = context.config
+        self.label = f"model '{context.model_name}' version {context.version}"
+        if config.model_transaction_policy.decoupled:
+            raise ModelLoadError(f"{self.label}: decoupled Python models are not supported by inferd yet")
+        self.path = context.model_path
+        self.core = context.core
+        self.module_name = _module_name(context.model_name, context.version, context.instance.index)
+        module = _import(self.path, self.module_name)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            self.model = _model_class(module, self.path)()
+            self.is_async = inspect.iscoroutinefunction(self.model.execute)
+            initialize = getattr(self.model, "initialize", None)
+            if initialize is not None:
+                api._bind_core(self.core)
+                # Triton's arguments: every value is a string, the config is JSON.
+                initialize(
+                    {
+                        "model_config": json.dumps(api.config_to_dict(config)),
+                        "model_instance_kind": context.instance.kind,
+                        "model_instance_name": context.instance.name,
+                        "model_instance_device_id": str(context.instance.device_id),
+                        "model_repository": str(context.model_dir),
+                        "model_version": str(context.version),
+                        "model_name": context.model_name,
+                    }
+                )
+        except ModelLoadError:
+            sys.modules.pop(self.module_name, None)
+            raise
+        except Exception as e:
+            sys.modules.pop(self.module_name, None)
+            raise ModelLoadError(
+                f"{self.label}: initialize failed: {type(e).__name__}: {e}{_where(e, self.path)}"
+            ) from None
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        result = self.execute_requests([inputs], outputs)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def execute_requests(
+        self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        api._bind_core(self.core)
+        incoming = [api.InferenceRequest._incoming(r, outputs) for r in requests]
+        try:
+            responses = self.model.execute(incoming)
+            if self.is_async:
+                responses = self._run(responses)
+        except api.TritonError as e:  # fails every request of the call, with the model's code
+            raise api.to_inferd_error(e) from None
+        if not isinstance(responses, (list, tuple)):
+            raise Internal(
+                f"{self.label}: execute() returned {type(responses).__name__}, not a list of InferenceResponse"
+            )
+        return [self._result(r) for r in responses]
+
+    def _result(self, response: Any) -> dict[str, np.ndarray] | Exception:
+        if not isinstance(response, api.InferenceResponse):
+            return Internal(
+                f"{self.label}: execute() returned a {type(response).__name__} instead of an InferenceResponse"
+            )
+        error = response.error()
+        if error is not None:
+            return api.to_inferd_error(error)
+        return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+    def _run(self, coroutine: Any) -> Any:
+        # An async execute gets a loop of its own on the instance thread, where async_exec's
+        # awaits resolve while the server's loop runs the called models.
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coroutine)
+
+    def unload(self) -> None:
+        finalize = getattr(self.model, "finalize", None)
+        try:
+            if finalize is not None:
+                finalize()
+        except Exception:
+            log.exception("%s: finalize failed", self.label)
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+            sys.modules.pop(self.module_name, None)

@@ -1,0 +1,431 @@
+"""The API a Python model (``model.py``) uses, with the names of Triton's
+``triton_python_backend_utils``, so that porting a Triton model is a one-line change::
+
+    import triton_python_backend_utils as pb_utils   # Triton
+    import inferd.backends.python_api as pb_utils    # inferd
+
+Tensors are numpy arrays, passed without copies in both directions (BYTES tensors are object
+arrays of ``bytes``). ``InferenceRequest(model_name=..., ...).exec()`` calls another model
+through its own scheduler (Triton's BLS); ``await request.async_exec()`` does the same from an
+``async def execute``. Not provided: decoupled response senders, GPU tensors, metrics, and
+``request_id``/``parameters`` of incoming requests (always empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+
+from ..clients.pb import model_config_pb2 as mc
+from ..server import codec
+from ..server.errors import Code, InferdError, InvalidArgument
+from ..server.types import InferRequest, InferResponse
+
+_log = logging.getLogger("inferd.python_model")
+
+
+# --- errors --------------------------------------------------------------------------------
+class TritonError(Exception):
+    """An error for one response (``InferenceResponse(error=...)``) or, raised from
+    ``execute``, for every request of the call."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self._msg = msg
+        self._code = code
+
+    def message(self) -> str:
+        return self._msg
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(TritonError):
+    """Raised to fail a call; kept for models written against older Triton releases."""
+
+
+_TO_CODE = {
+    TritonError.NOT_FOUND: Code.NOT_FOUND,
+    TritonError.INVALID_ARG: Code.INVALID_ARGUMENT,
+    TritonError.UNAVAILABLE: Code.UNAVAILABLE,
+    TritonError.UNSUPPORTED: Code.UNIMPLEMENTED,
+    TritonError.ALREADY_EXISTS: Code.ALREADY_EXISTS,
+    TritonError.CANCELLED: Code.CANCELLED,
+}
+_FROM_CODE = {v: k for k, v in _TO_CODE.items()}
+
+
+def to_inferd_error(error: TritonError) -> InferdError:
+    return InferdError(error.message(), _TO_CODE.get(error.code(), Code.INTERNAL))
+
+
+def _from_inferd_error(error: InferdError) -> TritonError:
+    return TritonError(error.message, _FROM_CODE.get(error.code, TritonError.INTERNAL))
+
+
+# --- tensors -------------------------------------------------------------------------------
+def triton_string_to_numpy(triton_type_string: str) -> type:
+    """``"TYPE_FP32"`` -> ``np.float32``."""
+    return codec.from_config_type(triton_type_string).dtype.type  # type: ignore[no-any-return]
+
+
+def triton_to_numpy_type(data_type: int) -> type:
+    """A ``TYPE_*`` number (11 = TYPE_FP32) -> its numpy type."""
+    return triton_string_to_numpy(mc.DataType.Name(data_type))
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    try:
+        return mc.DataType.Value(codec.of_array(np.empty(0, dtype=data_type)).config_name)
+    except (InferdError, TypeError):
+        return None
+
+
+class Tensor:
+    """A named numpy array; ``as_numpy()`` returns the very array it was given."""
+
+    def __init__(self, name: str, numpy_array: Any, triton_dtype: int | None = None) -> None:
+        array = np.asarray(numpy_array)
+        if triton_dtype is not None:
+            array = array.view(triton_to_numpy_type(triton_dtype))
+        elif array.dtype.kind in "US":
+            array = codec.as_object_array(array)  # BYTES travel as object arrays of bytes
+        self._name = name
+        self._array = array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def triton_dtype(self) -> int | None:
+        return numpy_to_triton_type(self._array.dtype)
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        return self._array.__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, dlpack_tensor: Any) -> Tensor:
+        """From any object with ``__dlpack__`` (a CPU torch tensor, a numpy array, ...)."""
+        return Tensor(name, np.from_dlpack(dlpack_tensor))
+
+
+# --- requests and responses ----------------------------------------------------------------
+class InferenceResponse:
+    def __init__(
+        self,
+        output_tensors: Sequence[Tensor] = (),
+        error: TritonError | str | None = None,
+        parameters: Mapping[str, Any] | str | None = None,
+    ) -> None:
+        self._tensors = list(output_tensors)
+        self._error = TritonError(error) if isinstance(error, str) else error
+        self._parameters = parameters if isinstance(parameters, str) else json.dumps(dict(parameters or {}))
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._tensors
+
+    def get_output_tensor_by_name(self, name: str) -> Tensor | None:
+        return next((t for t in self._tensors if t.name() == name), None)
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return self._parameters
+
+
+class InferenceRequest:
+    """A request handed to ``execute``, or one a model builds to call another model (BLS).
+
+    ``preferred_memory`` and ``trace`` are accepted for source compatibility and ignored.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "",
+        inputs: Sequence[Tensor] = (),
+        requested_output_names: Sequence[str] = (),
+        model_version: int = -1,
+        flags: int = 0,
+        correlation_id: int | str = 0,
+        request_id: str = "",
+        timeout: int = 0,
+        parameters: Mapping[str, Any] | str | None = None,
+        preferred_memory: Any = None,
+        trace: Any = None,
+    ) -> None:
+        self._model_name = model_name
+        self._inputs = {t.name(): t for t in inputs}
+        self._outputs = list(requested_output_names)
+        self._model_version = model_version
+        self._flags = flags
+        self._correlation_id = correlation_id
+        self._request_id = request_id
+        self._timeout_us = timeout
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+
+    @classmethod
+    def _incoming(cls, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> InferenceRequest:
+        request = cls(requested_output_names=outputs)
+        request._inputs = {n: Tensor(n, a) for n, a in inputs.items()}
+        return request
+
+    def inputs(self) -> list[Tensor]:
+        return list(self._inputs.values())
+
+    def get_input_tensor_by_name(self, name: str) -> Tensor | None:
+        return self._inputs.get(name)
+
+    def requested_output_names(self) -> list[str]:
+        return self._outputs
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def request_id(self) -> str:
+        return self._request_id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def timeout(self) -> int:
+        return self._timeout_us
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def get_response_sender(self) -> Any:
+        raise TritonError("decoupled Python models are not supported by inferd yet", TritonError.UNSUPPORTED)
+
+    # --- BLS ---------------------------------------------------------------------------
+    def _to_core(self) -> InferRequest:
+        if not self._model_name:
+            raise TritonError("InferenceRequest.exec() needs a model_name", TritonError.INVALID_ARG)
+        return InferRequest(
+            model_name=self._model_name,
+            inputs={n: t.as_numpy() for n, t in self._inputs.items()},
+            model_version="" if self._model_version < 0 else str(self._model_version),
+            id=self._request_id,
+            outputs=self._outputs or None,
+            parameters={k: v for k, v in self._parameters.items() if isinstance(v, (bool, int, float, str))},
+            deadline_ns=time.monotonic_ns() + self._timeout_us * 1000 if self._timeout_us > 0 else None,
+        )
+
+    def exec(self, decoupled: bool = False) -> Any:
+        """Run the request on another model and wait: an :class:`InferenceResponse` (with
+        ``error()`` set if it failed), or an iterator of them when ``decoupled``."""
+        core = _current_core()
+        try:
+            if decoupled:
+                future = asyncio.run_coroutine_threadsafe(_collect(core, self._to_core()), core.loop)
+                return iter([_response(r) for r in future.result()])
+            return _response(core.infer_blocking(self._to_core()))
+        except InferdError as e:
+            failed = InferenceResponse(error=_from_inferd_error(e))
+            return iter([failed]) if decoupled else failed
+
+    def async_exec(self, decoupled: bool = False) -> Awaitable[Any]:
+        """``exec`` for ``async def execute``: ``await`` it, or gather several."""
+        core = _current_core()
+
+        async def run() -> Any:
+            try:
+                request = self._to_core()
+                if decoupled:
+                    future = asyncio.run_coroutine_threadsafe(_collect(core, request), core.loop)
+                    return iter([_response(r) for r in await asyncio.wrap_future(future)])
+                future = asyncio.run_coroutine_threadsafe(core.infer(request), core.loop)
+                return _response(await asyncio.wrap_future(future))
+            except InferdError as e:
+                failed = InferenceResponse(error=_from_inferd_error(e))
+                return iter([failed]) if decoupled else failed
+
+        return run()
+
+
+def _response(r: InferResponse) -> InferenceResponse:
+    return InferenceResponse([Tensor(n, a) for n, a in r.outputs.items()], parameters=dict(r.parameters))
+
+
+async def _collect(core: Any, request: InferRequest) -> list[InferResponse]:
+    return [r async for r in core.infer_stream(request)]
+
+
+# The server core for BLS calls: set on the threads that run a model, with a process-wide
+# fallback for threads a model starts itself.
+_local = threading.local()
+_fallback_core: Any = None
+
+
+def _bind_core(core: Any) -> None:
+    global _fallback_core
+    _local.core = core
+    if core is not None:
+        _fallback_core = core
+
+
+def _current_core() -> Any:
+    core = getattr(_local, "core", None) or _fallback_core
+    if core is None or getattr(core, "loop", None) is None:
+        raise TritonError("calling another model needs a running inferd server", TritonError.UNAVAILABLE)
+    return core
+
+
+# --- helpers with Triton's names ------------------------------------------------------------
+def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:
+    return inference_request.get_input_tensor_by_name(name)
+
+
+def get_output_tensor_by_name(inference_response: InferenceResponse, name: str) -> Tensor | None:
+    return inference_response.get_output_tensor_by_name(name)
+
+
+def get_input_config_by_name(model_config: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("input", []) if t.get("name") == name), None)
+
+
+def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+class Logger:
+    """``pb_utils.Logger.log_info(...)``: goes to the server's log."""
+
+    @staticmethod
+    def log(message: str, level: int = logging.INFO) -> None:
+        _log.log(level, message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        _log.info(message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        _log.warning(message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        _log.error(message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        _log.debug(message)
+
+
+# --- model configuration -------------------------------------------------------------------
+def config_to_dict(config: mc.ModelConfig) -> dict[str, Any]:
+    """The config as Triton hands it to models: proto field names, every field, int64 as ints."""
+    return json_format.MessageToDict(
+        config,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
+        unquote_int64_if_possible=True,
+    )
+
+
+def config_from_dict(data: Mapping[str, Any]) -> mc.ModelConfig:
+    config = mc.ModelConfig()
+    try:
+        json_format.ParseDict(data, config)
+    except json_format.ParseError as e:
+        raise InvalidArgument(f"auto_complete_config produced an invalid configuration: {e}") from None
+    return config
+
+
+class ModelConfig:
+    """What ``TritonPythonModel.auto_complete_config(auto_complete_model_config)`` receives and
+    returns: the config so far, with methods that add to it but never contradict it."""
+
+    def __init__(self, model_config: Mapping[str, Any]) -> None:
+        self._config = dict(model_config)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        current = self._config.get("max_batch_size", 0)
+        if current > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {current}, but auto_complete_config "
+                f"for model '{self._config.get('name')}' specified max_batch_size {max_batch_size}"
+            )
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._config:
+                raise ValueError(f"cannot set dynamic_batching: the configuration already sets {other}")
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: Mapping[str, Any]) -> None:
+        self._config["model_transaction_policy"] = dict(transaction_policy_dict)
+
+    def add_input(self, input: Mapping[str, Any]) -> None:  # noqa: A002 (Triton's name)
+        self._add("input", input)
+
+    def add_output(self, output: Mapping[str, Any]) -> None:
+        self._add("output", output)
+
+    def _add(self, kind: str, tensor: Mapping[str, Any]) -> None:
+        if "name" not in tensor:
+            raise ValueError(f"an {kind} added by auto_complete_config needs a 'name'")
+        items = self._config.setdefault(kind, [])
+        existing = next((t for t in items if t.get("name") == tensor["name"]), None)
+        if existing is None:
+            items.append(dict(tensor))
+            return
+        for key, value in tensor.items():
+            have = existing.get(key)
+            if have in (None, "", [], "TYPE_INVALID"):
+                existing[key] = value
+            elif key in ("data_type", "dims") and list(np.atleast_1d(have)) != list(np.atleast_1d(value)):
+                raise ValueError(
+                    f"{kind} '{tensor['name']}': auto_complete_config says {key} {value} but the "
+                    f"configuration has {have}"
+                )
+
+
+__all__ = [
+    "InferenceRequest",
+    "InferenceResponse",
+    "Logger",
+    "ModelConfig",
+    "Tensor",
+    "TritonError",
+    "TritonModelException",
+    "get_input_config_by_name",
+    "get_input_tensor_by_name",
+    "get_output_config_by_name",
+    "get_output_tensor_by_name",
+    "numpy_to_triton_type",
+    "triton_string_to_numpy",
+    "triton_to_numpy_type",
+]
