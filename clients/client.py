@@ -1,0 +1,356 @@
+"""A small KServe v2 / Triton gRPC client over numpy arrays: :class:`InferenceClient` (blocking)
+and :class:`AsyncInferenceClient` (grpc.aio).
+
+It needs only grpcio, protobuf, numpy and the generated stubs in ``inferd.clients.pb`` (BF16
+also needs ``ml_dtypes``, imported when present), so it never imports the server. Tensors always
+travel as ``raw_input_contents`` / ``raw_output_contents``, as Triton's own clients do.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from .pb import grpc_service_pb2 as pb
+from .pb import grpc_service_pb2_grpc as pb_grpc
+from .pb import model_config_pb2 as mc
+
+try:  # BF16 has no numpy dtype of its own
+    import ml_dtypes
+
+    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency of the server, not of clients
+    _BF16 = None
+
+__all__ = [
+    "AsyncInferenceClient",
+    "InferenceClient",
+    "InferenceError",
+    "build_infer_request",
+    "datatype_of",
+    "decode_bytes",
+    "encode_bytes",
+    "numpy_dtype",
+    "parse_infer_response",
+]
+
+# Triton and tritonclient accept messages up to 2 GiB; grpcio's default receive limit is 4 MiB.
+DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
+
+# KServe datatype <-> numpy dtype. BYTES is variable length (object arrays of bytes).
+_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+if _BF16 is not None:
+    _DTYPES["BF16"] = _BF16
+_NAMES = {dt: name for name, dt in _DTYPES.items()}
+_LEN = struct.Struct("<I")
+
+
+class InferenceError(Exception):
+    """A failed RPC: the gRPC status ``code`` and the server's ``message``."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"[{code.name}] {message}")
+        self.code = code
+        self.message = message
+
+
+# --- tensors ------------------------------------------------------------------------------
+def numpy_dtype(datatype: str) -> np.dtype | None:
+    """The numpy dtype of a fixed-size KServe datatype; None for BYTES and unknown names."""
+    return _DTYPES.get(datatype)
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The KServe datatype name of a numpy array (str, bytes and object arrays are BYTES)."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    name = _NAMES.get(array.dtype.newbyteorder("=") if array.dtype.byteorder == ">" else array.dtype)
+    if name is None:
+        raise TypeError(f"numpy dtype {array.dtype} has no KServe datatype")
+    return name
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """BYTES wire format: each element as a 4-byte little-endian length, then its bytes."""
+    parts: list[bytes] = []
+    for e in array.ravel():
+        b = e.encode("utf-8") if isinstance(e, str) else bytes(e)
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def decode_bytes(raw: bytes, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of :func:`encode_bytes`: an object array of ``bytes`` of ``shape``."""
+    count = int(np.prod(shape)) if len(shape) else 1
+    out = np.empty(count, dtype=object)
+    view, pos = memoryview(raw), 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise ValueError(f"BYTES data ends after {i} of {count} elements")
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != len(view):
+        raise ValueError(f"{len(view) - pos} bytes left over after {count} BYTES elements")
+    return out.reshape(tuple(shape))
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """Raw tensor bytes: little-endian, row-major, unpadded (BYTES length-prefixed)."""
+    if array.dtype.kind in "OSU":
+        return encode_bytes(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+def from_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
+    if datatype == "BYTES":
+        return decode_bytes(raw, shape)
+    dtype = _DTYPES.get(datatype)
+    if dtype is None:
+        hint = " (install ml_dtypes for BF16)" if datatype == "BF16" else ""
+        raise TypeError(f"cannot decode datatype {datatype}{hint}")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype).reshape(
+        tuple(shape)
+    )
+
+
+def _set_parameter(target: Any, value: bool | int | float | str) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def build_infer_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+    version: str = "",
+    parameters: Mapping[str, bool | int | float | str] | None = None,
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest carrying every input in ``raw_input_contents``."""
+    msg = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    raw = []
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        t = msg.inputs.add()
+        t.name = name
+        t.datatype = datatype_of(array)
+        t.shape.extend(array.shape)
+        raw.append(to_raw(array))
+    msg.raw_input_contents.extend(raw)
+    for name in outputs or ():
+        msg.outputs.add().name = name
+    for key, v in (parameters or {}).items():
+        _set_parameter(msg.parameters[key], v)
+    return msg
+
+
+def parse_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Output name -> numpy array, from raw_output_contents (typed ``contents`` as a fallback)."""
+    result: dict[str, np.ndarray] = {}
+    raw = response.raw_output_contents
+    for i, t in enumerate(response.outputs):
+        if i < len(raw):
+            result[t.name] = from_raw(raw[i], t.datatype, t.shape)
+        else:
+            result[t.name] = _from_contents(t)
+    return result
+
+
+def _from_contents(t: Any) -> np.ndarray:
+    field = {
+        "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+        "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+        "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+        "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    }.get(t.datatype)
+    if field is None:
+        raise TypeError(f"output '{t.name}': {t.datatype} without raw_output_contents")
+    values = list(getattr(t.contents, field))
+    dtype = object if t.datatype == "BYTES" else _DTYPES[t.datatype]
+    out = np.empty(len(values), dtype=dtype)
+    out[:] = values
+    return out.reshape(tuple(t.shape))
+
+
+def _error(e: grpc.RpcError) -> InferenceError:
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = e.details() if hasattr(e, "details") else str(e)
+    return InferenceError(code, details or "")
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def _load_request(name: str, config_json: str | None) -> pb.RepositoryModelLoadRequest:
+    request = pb.RepositoryModelLoadRequest(model_name=name)
+    if config_json is not None:
+        request.parameters["config"].string_param = config_json
+    return request
+
+
+# --- clients ------------------------------------------------------------------------------
+class InferenceClient:
+    """Blocking client for one server. Metadata calls return the protobuf messages."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.url = url
+        self.channel = grpc.insecure_channel(url, options=_channel_options(max_message_bytes))
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        parameters: Mapping[str, bool | int | float | str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        request = build_infer_request(model, inputs, outputs, version, parameters)
+        return parse_infer_response(self._call("ModelInfer", request, timeout))
+
+    def is_server_live(self) -> bool:
+        return bool(self._call("ServerLive", pb.ServerLiveRequest()).live)
+
+    def is_server_ready(self) -> bool:
+        return bool(self._call("ServerReady", pb.ServerReadyRequest()).ready)
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        return bool(self._call("ModelReady", pb.ModelReadyRequest(name=name, version=version)).ready)
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return self._call("ServerMetadata", pb.ServerMetadataRequest())
+
+    def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
+        return self._call("ModelMetadata", pb.ModelMetadataRequest(name=name, version=version))
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self._call("ModelConfig", pb.ModelConfigRequest(name=name, version=version)).config
+
+    def model_statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
+        return self._call("ModelStatistics", pb.ModelStatisticsRequest(name=name, version=version))
+
+    def repository_index(self, ready: bool = False) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        return list(self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready)).models)
+
+    def load_model(self, name: str, config_json: str | None = None) -> None:
+        self._call("RepositoryModelLoad", _load_request(name, config_json))
+
+    def unload_model(self, name: str) -> None:
+        self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=name))
+
+
+class AsyncInferenceClient:
+    """The grpc.aio counterpart of :class:`InferenceClient` (same methods, awaitable).
+
+    Create it inside a running event loop; one channel is reused for every call.
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8001", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.url = url
+        self.channel = grpc.aio.insecure_channel(url, options=_channel_options(max_message_bytes))
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncInferenceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        parameters: Mapping[str, bool | int | float | str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        request = build_infer_request(model, inputs, outputs, version, parameters)
+        return parse_infer_response(await self._call("ModelInfer", request, timeout))
+
+    async def is_server_live(self) -> bool:
+        return bool((await self._call("ServerLive", pb.ServerLiveRequest())).live)
+
+    async def is_server_ready(self) -> bool:
+        return bool((await self._call("ServerReady", pb.ServerReadyRequest())).ready)
+
+    async def is_model_ready(self, name: str, version: str = "") -> bool:
+        return bool((await self._call("ModelReady", pb.ModelReadyRequest(name=name, version=version))).ready)
+
+    async def server_metadata(self) -> pb.ServerMetadataResponse:
+        return await self._call("ServerMetadata", pb.ServerMetadataRequest())
+
+    async def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
+        return await self._call("ModelMetadata", pb.ModelMetadataRequest(name=name, version=version))
+
+    async def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return (await self._call("ModelConfig", pb.ModelConfigRequest(name=name, version=version))).config
+
+    async def model_statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
+        return await self._call("ModelStatistics", pb.ModelStatisticsRequest(name=name, version=version))
+
+    async def repository_index(self, ready: bool = False) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        return list((await self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready))).models)
+
+    async def load_model(self, name: str, config_json: str | None = None) -> None:
+        await self._call("RepositoryModelLoad", _load_request(name, config_json))
+
+    async def unload_model(self, name: str) -> None:
+        await self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=name))

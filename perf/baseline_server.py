@@ -1,0 +1,111 @@
+"""The protocol-overhead baseline (issue 2): the least a Python gRPC server can do to answer
+KServe v2 ModelInfer for the bundled element-wise ``add_sub`` model.
+
+A bare ``grpc.aio`` servicer on inferd's generated stubs: it decodes the two raw FP32 inputs
+with numpy, adds and subtracts, and answers with raw outputs - no validation, no scheduling,
+no executor hop, no statistics. What inferd achieves relative to this is the cost of its own
+layers; what this achieves is the ceiling of the Python protocol layer on this machine.
+
+Because it is a baseline, the model is hard-coded: ModelMetadata and ModelConfig describe
+add_sub (FP32 [-1, 16] inputs INPUT0/INPUT1, outputs OUTPUT0/OUTPUT1, max_batch_size 8) whatever
+name is asked for, and ServerMetadata lists no extensions, so perf_analyzer and ``inferd perf``
+skip the statistics API. Those, plus the health RPCs, are all the start-up calls they make.
+
+    python -m inferd.perf.baseline_server --port 0     # prints "baseline listening on HOST:PORT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ..clients.pb import grpc_service_pb2 as pb
+from ..clients.pb import grpc_service_pb2_grpc as pb_grpc
+from ..clients.pb import model_config_pb2 as mc
+
+MODEL = "add_sub"
+SIZE = 16
+
+
+def add_sub_config() -> mc.ModelConfig:
+    config = mc.ModelConfig(name=MODEL, platform="onnxruntime_onnx", max_batch_size=8)
+    for name in ("INPUT0", "INPUT1"):
+        config.input.add(name=name, data_type=mc.TYPE_FP32, dims=[SIZE])
+    for name in ("OUTPUT0", "OUTPUT1"):
+        config.output.add(name=name, data_type=mc.TYPE_FP32, dims=[SIZE])
+    return config
+
+
+class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self) -> None:
+        T = pb.ModelMetadataResponse.TensorMetadata
+        self._metadata = pb.ModelMetadataResponse(
+            name=MODEL, versions=["1"], platform="onnxruntime_onnx",
+            inputs=[T(name=n, datatype="FP32", shape=[-1, SIZE]) for n in ("INPUT0", "INPUT1")],
+            outputs=[T(name=n, datatype="FP32", shape=[-1, SIZE]) for n in ("OUTPUT0", "OUTPUT1")],
+        )
+        self._config = pb.ModelConfigResponse(config=add_sub_config())
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="inferd-baseline", version="0", extensions=[])
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        return self._metadata
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        return self._config
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        raw = request.raw_input_contents
+        a = np.frombuffer(raw[0], dtype="<f4")
+        b = np.frombuffer(raw[1], dtype="<f4")
+        shape = list(request.inputs[0].shape)
+        response = pb.ModelInferResponse(model_name=MODEL, model_version="1", id=request.id)
+        response.outputs.add(name="OUTPUT0", datatype="FP32", shape=shape)
+        response.outputs.add(name="OUTPUT1", datatype="FP32", shape=shape)
+        response.raw_output_contents.extend([(a + b).tobytes(), (a - b).tobytes()])
+        return response
+
+
+async def serve(host: str, port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(BaselineServicer(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"cannot bind {host}:{port}")
+    await server.start()
+    print(f"baseline listening on {host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m inferd.perf.baseline_server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001, help="0 = any free port (printed on start)")
+    args = p.parse_args(argv)
+    asyncio.run(serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

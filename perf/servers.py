@@ -1,0 +1,106 @@
+"""Start servers as subprocesses for benchmarks: on port 0, reading the bound port back from
+their log (never the bind-close-rebind "free port" trick), optionally pinned to CPUs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PORT = re.compile(r"listening on [\w.\-\[\]:]*?:(\d+)\s*$")
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def pin_prefix(cpus: Sequence[int] | None) -> list[str]:
+    """``taskset -c ...`` when pinning is asked for and possible, else nothing."""
+    if not cpus or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", ",".join(str(c) for c in cpus)]
+
+
+def start(name: str, argv: Sequence[str], cpus: Sequence[int] | None = None, timeout: float = 60,
+          ready_line: str = "listening on", wait_for: str | None = None) -> ServerProcess:
+    """Run ``argv``; wait for the line announcing the port (and ``wait_for``, if given)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [*pin_prefix(cpus), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert proc.stdout is not None
+    port: int | None = None
+    seen_wait = wait_for is None
+    lines: list[str] = []
+    done = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+        done.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        while seen < len(lines):
+            line = lines[seen]
+            seen += 1
+            m = _PORT.search(line) if ready_line in line else None
+            if m and port is None:
+                port = int(m.group(1))
+            if wait_for is not None and wait_for in line:
+                seen_wait = True
+        if port is not None and seen_wait:
+            return ServerProcess(name, proc, port, lines)
+        if done.is_set() and seen >= len(lines):
+            break
+        time.sleep(0.05)
+    proc.kill()
+    tail = "\n".join(lines[-20:])
+    raise RuntimeError(f"{name} did not start (exit code {proc.poll()}):\n{tail}")
+
+
+def baseline_argv(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "inferd.perf.baseline_server", "--port", "0"]
+
+
+def inferd_argv(repository: Path | None = None, models: Sequence[str] = (), python: str = sys.executable) -> list[str]:
+    """``inferd serve`` with gRPC only, on any free port; only ``models`` loaded when given
+    (explicit mode), so that other models' frameworks do not share the CPU."""
+    argv = [python, "-m", "inferd.server.cli", "serve", "--grpc-port", "0", "--http-port", "0",
+            "--metrics-port", "0", "--allow-http", "false", "--allow-metrics", "false"]
+    if models:
+        argv += ["--model-control-mode", "explicit"]
+        for m in models:
+            argv += ["--load-model", m]
+    else:
+        argv += ["--model-control-mode", "none"]
+    if repository is not None:
+        argv += ["--model-repository", str(repository)]
+    return argv
