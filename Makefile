@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= onnx,test,perf
+# Frameworks the bundled torch/tf models and their tests run on (CPU builds); `FRAMEWORKS=` leaves them out:
+# those models are then UNAVAILABLE with the reason and their tests skip. torch 2.13.0 is the CPU build kept on disk here.
+FRAMEWORKS ?= torch==2.13.0 tensorflow-cpu
+FW_STAMP := $(VENV)/.frameworks
 
 .PHONY: serve test lint proto models perf clean
 
@@ -13,10 +17,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-serve: $(STAMP)
+serve: $(STAMP) $(FW_STAMP)
 	$(VENV)/bin/inferd serve
 
-test: $(STAMP)
+$(FW_STAMP): $(STAMP)
+	$(if $(strip $(FRAMEWORKS)),$(PY) -m pip install -q $(FRAMEWORKS))
+	touch $(FW_STAMP)
+
+test: $(STAMP) $(FW_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

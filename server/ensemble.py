@@ -157,6 +157,8 @@ class EnsembleScheduler(Scheduler):
         params = {"priority": work.priority} if work.priority else {}
         try:
             while waiting or running:
+                if waiting and work.deadline_ns is not None and time.monotonic_ns() >= work.deadline_ns:
+                    raise work.expired_error(self.label, f"before {waiting[0].label}")
                 for step in [s for s in waiting if all(t in tensors for t in s.inputs.values())]:
                     waiting.remove(step)
                     request = InferRequest(

@@ -15,6 +15,7 @@ from ..backends import registry
 from ..backends.base import Backend, Instance, LoadContext
 from ..clients.pb import model_config_pb2 as mc
 from . import config as cfg
+from .ensemble import EnsemblePlan, plan_ensemble
 from .errors import InferdError, ModelLoadError
 from .repository import Repository
 from .scheduling.worker import InstanceWorker
@@ -37,6 +38,7 @@ class ModelPlan:
     # Per version: a digest of the completed config and the version's files; a version whose
     # digest did not change since it was loaded is not reloaded.
     fingerprints: dict[int, str] = field(default_factory=dict)
+    ensemble: EnsemblePlan | None = None  # the checked DAG of an ensemble
 
 
 def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = None) -> ModelPlan:
@@ -52,9 +54,11 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
     cfg.check_name(config, name, source)
     versions = repo.select_versions(config, model_dir)
     failed: dict[int, str] = {}
+    ensemble = None
     if config.platform == "ensemble":
         backend_cls = None
         backend_name = "ensemble"
+        ensemble = plan_ensemble(config, source)
     else:
         backend_name = registry.backend_name(config, model_dir / str(versions[-1]), source)
         backend_cls = registry.resolve(backend_name)
@@ -68,7 +72,7 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
         if len(failed) == len(versions):  # nothing to complete from: the file is the cause
             raise ModelLoadError(failed[versions[-1]]) from None
         raise
-    plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed)
+    plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed, ensemble=ensemble)
     plan.fingerprints = {v: version_fingerprint(repo, plan, v) for v in versions}
     return plan
 

@@ -12,6 +12,7 @@ the serving versions stay as they were and the index shows why.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..backends.registry import platform_of
 from ..clients.pb import model_config_pb2 as mc
+from .ensemble import EnsembleScheduler, check_types
 from .errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .loader import ModelPlan, load_workers, plan_model
 from .model import ModelVersion
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 UNKNOWN, LOADING, READY, UNLOADING, UNAVAILABLE = "UNKNOWN", "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
 UNLOADED = "unloaded"  # Triton's reason for a version that was unloaded on purpose
 DRAIN_TIMEOUT_S = 30.0
+# The ensembles whose load led to the current one: an ensemble that (through others) contains
+# itself fails instead of waiting for its own lock forever.
+_ENSEMBLE_CHAIN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ensemble_chain", default=())
 
 
 @dataclass
@@ -92,10 +97,18 @@ class ModelManager:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.get(name, version)
+            model = self.get(name, version)
         except InferdError:
             return False
-        return True
+        return self.missing_dependency(model) is None
+
+    def missing_dependency(self, model: ModelVersion) -> str | None:
+        """Why an ensemble cannot serve (a composing model is not ready), or None."""
+        for dep, dep_version in model.dependencies:
+            if not self.is_ready(dep, dep_version):
+                which = f"'{dep}'" + (f" version {dep_version}" if dep_version else "")
+                return f"composing model {which} is not ready"
+        return None
 
     def index(self, ready_only: bool = False, names: list[str] | None = None) -> list[ModelIndexEntry]:
         """Every model of the repository or the manager; ``names`` is the repository's listing
@@ -112,8 +125,11 @@ class ModelManager:
             if not ready_only and (not record.versions or (record.reason and not serving)):
                 entries.append(ModelIndexEntry(name, "", record.state, record.reason))
             for v, slot in sorted(record.versions.items()):
-                if not ready_only or slot.state == READY:
-                    entries.append(ModelIndexEntry(name, str(v), slot.state, slot.reason))
+                state, reason = slot.state, slot.reason
+                if slot.model is not None and (missing := self.missing_dependency(slot.model)):
+                    state, reason = UNAVAILABLE, missing
+                if not ready_only or state == READY:
+                    entries.append(ModelIndexEntry(name, str(v), state, reason))
         return entries
 
     def loaded_versions(self, name: str) -> list[ModelVersion]:
@@ -231,8 +247,9 @@ class ModelManager:
         record.reason = ""  # the versions carry their own reasons
 
     async def _load_version(self, plan: ModelPlan, version: int) -> ModelVersion:
-        if plan.backend is None:  # the hook for server/ensemble.py, which is not wired in yet
-            raise ModelLoadError(f"model '{plan.name}': platform 'ensemble' cannot be loaded yet")
+        if plan.ensemble is not None:
+            return await self._load_ensemble(plan, version)
+        assert plan.backend is not None
         loop = asyncio.get_running_loop()
         workers = await loop.run_in_executor(None, load_workers, self.repository, plan, version, self.core)
         label = f"model '{plan.name}' version {version}"
@@ -250,6 +267,38 @@ class ModelManager:
         scheduler = make_scheduler(plan.config, workers, stats, label)
         platform = plan.config.platform or platform_of(plan.backend_name)
         return ModelVersion(plan.name, version, plan.config, plan.signature, platform, scheduler, stats)
+
+    async def _load_ensemble(self, plan: ModelPlan, version: int) -> ModelVersion:
+        """Load the composing models that are not ready (in every control mode: an ensemble
+        is useless without them), check the DAG's types against them, then route."""
+        assert plan.ensemble is not None
+        label = f"model '{plan.name}' version {version}"
+        chain = _ENSEMBLE_CHAIN.get() + (plan.name,)
+        token = _ENSEMBLE_CHAIN.set(chain)
+        try:
+            for dep in plan.ensemble.dependencies:
+                if dep in chain:
+                    raise ModelLoadError(f"{label}: ensembles contain each other: {' -> '.join(chain + (dep,))}")
+                if self.is_ready(dep):
+                    continue
+                try:
+                    await self.core.load(dep)  # type: ignore[attr-defined]
+                except InferdError as e:
+                    raise ModelLoadError(f"{label}: composing model '{dep}' is not ready: {e.message}") from None
+        finally:
+            _ENSEMBLE_CHAIN.reset(token)
+
+        def signature_of(step):  # type: ignore[no-untyped-def]
+            try:
+                return self.get(step.model_name, step.model_version).signature
+            except InferdError as e:
+                raise ModelLoadError(f"{label}: {step.label}: {e.message}") from None
+
+        check_types(plan.config, plan.ensemble, plan.signature, signature_of, label)
+        stats = ModelStats(plan.name, str(version), self.observers)
+        scheduler = EnsembleScheduler(plan.ensemble, self.core, stats, label)
+        deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
+        return ModelVersion(plan.name, version, plan.config, plan.signature, "ensemble", scheduler, stats, deps)
 
     async def unload(self, name: str) -> None:
         """Stop routing to every version of ``name`` and wait (up to the drain timeout) until

@@ -26,6 +26,8 @@ class ModelVersion:
     platform: str
     scheduler: Scheduler
     stats: ModelStats
+    # (model, version) pairs this one calls, for an ensemble; it is ready only while they are.
+    dependencies: list[tuple[str, str]] = field(default_factory=list)
     label: str = field(init=False)
 
     def __post_init__(self) -> None:
