@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 from ..clients.pb import model_config_pb2 as mc
 from ..server.errors import ModelLoadError
 from .base import Backend, LoadContext
+from .common import default_threads
 from .registry import require
 
 # ONNX Runtime's type strings -> config.pbtxt data types.
@@ -87,10 +87,12 @@ class OnnxRuntimeBackend(Backend):
         config = context.config
         params = context.parameters
         options = ort.SessionOptions()
-        instances = sum(max(g.count, 1) for g in config.instance_group) or 1
-        default_threads = max(1, (os.cpu_count() or 1) // instances)
-        options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", default_threads)
+        options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", default_threads(config))
         options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
+        # onnxruntime's pool threads otherwise spin after every run, taking a core from the event
+        # loop and the other models; a model with cores to itself can turn it back on.
+        spinning = "1" if params.get("allow_spinning", "").lower() in ("1", "true", "yes") else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         level = config.optimization.graph.level if config.HasField("optimization") else 0
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level >= 0 else ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -5,10 +5,12 @@
     taskset -c 1 python -m inferd.perf.bench_ensemble --grpc-url 127.0.0.1:18001 --rounds 3
 
 Per concurrency and mode it prints throughput, p50/p99 latency and, from the server's
-statistics, the compute of the three models per request. For the ensemble, its overhead is
-the ensemble's own server-side request time minus that compute (the steps' queueing and the
-in-process hand-offs); one round trip is what the client chain spends beyond compute, divided
-by its three calls. The goal is overhead / round trip well below 1. "in-process" is the same
+statistics, the three models' compute and queue time per request (the queue time is mostly
+their dynamic batchers' ``max_queue_delay_microseconds``, paid the same in both modes). The
+ensemble's overhead is its own server-side request time minus that compute and queue time:
+what chaining in-process adds (per-step validation, scheduler and thread hand-offs). One round
+trip is what the client chain's p50 spends beyond compute and queue, divided by its three
+calls. The goal is overhead / round trip well below 1. "in-process" is the same
 three steps called directly in this process at batch 1 (numpy + onnxruntime): the ceiling.
 It starts nothing and sends only to the loopback URL it is given, each cell for a bounded time.
 """
@@ -38,14 +40,15 @@ MODES = ("ensemble", "client-chain")
 class Row:
     cell: Cell
     compute_us: float  # the three models' compute (input + infer + output) per request
+    queue_us: float  # the three models' queue time per request (their dynamic batchers' delays)
     ensemble_us: float  # the ensemble's server-side request time per request (ensemble mode)
 
 
-async def _totals(client: AsyncInferenceClient, model: str) -> tuple[int, int, int]:
-    """(successful requests, their summed request ns, summed compute ns) of a model."""
+async def _totals(client: AsyncInferenceClient, model: str) -> tuple[int, int, int, int]:
+    """(successful requests, their summed request ns, summed compute ns, summed queue ns)."""
     s = (await client.model_statistics(model)).model_stats[0].inference_stats
     compute = s.compute_input.ns + s.compute_infer.ns + s.compute_output.ns
-    return s.success.count, s.success.ns, compute
+    return s.success.count, s.success.ns, compute, s.queue.ns
 
 
 async def _measured(
@@ -58,9 +61,10 @@ async def _measured(
     # Per pipeline request: every step runs once per request in both modes.
     requests = max(after["dense"][0] - before["dense"][0], 1)
     compute_ns = sum(after[m][2] - before[m][2] for m in STEPS)
+    queue_ns = sum(after[m][3] - before[m][3] for m in STEPS)
     ens_count = after[ENSEMBLE][0] - before[ENSEMBLE][0]
     ens_ns = after[ENSEMBLE][1] - before[ENSEMBLE][1]
-    return Row(cell, compute_ns / requests / 1000, ens_ns / ens_count / 1000 if ens_count else 0.0)
+    return Row(cell, compute_ns / requests / 1000, queue_ns / requests / 1000, ens_ns / ens_count / 1000 if ens_count else 0.0)
 
 
 def in_process_ceiling(repo: Path, seconds: float) -> Cell:
@@ -114,29 +118,30 @@ async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Row]]:
 def render(rows: dict[tuple[int, str], list[Row]], ceiling: Cell | None) -> str:
     med = statistics.median
     lines = [
-        "| mode | concurrency | infer/s | p50 (µs) | p99 (µs) | x in-process | step compute (µs) "
+        "| mode | concurrency | infer/s | p50 (µs) | p99 (µs) | x in-process | step compute (µs) | step queue (µs) "
         "| ensemble overhead (µs) | one round trip (µs) | overhead / round trip | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in sorted({k[0] for k in rows}):
         chain, ens = rows.get((c, "client-chain"), []), rows.get((c, "ensemble"), [])
-        trip = med((r.cell.p50_us - r.compute_us) / 3 for r in chain) if chain else 0.0
+        trip = med((r.cell.p50_us - r.compute_us - r.queue_us) / 3 for r in chain) if chain else 0.0
         for mode, rs in (("ensemble", ens), ("client-chain", chain)):
             if not rs:
                 continue
             rate = med(r.cell.rate for r in rs)
             x = f"{rate / ceiling.rate:.2f}" if ceiling else "-"
-            overhead = med(r.ensemble_us - r.compute_us for r in rs) if mode == "ensemble" else None
+            overhead = med(r.ensemble_us - r.compute_us - r.queue_us for r in rs) if mode == "ensemble" else None
             ratio = f"{overhead / trip:.2f}" if overhead is not None and trip > 0 else "-"
             lines.append(
                 f"| {mode} | {c} | {rate:,.0f} | {med(r.cell.p50_us for r in rs):,.0f} | "
                 f"{med(r.cell.p99_us for r in rs):,.0f} | {x} | {med(r.compute_us for r in rs):,.0f} | "
+                f"{med(r.queue_us for r in rs):,.0f} | "
                 f"{'-' if overhead is None else f'{overhead:,.0f}'} | {trip:,.0f} | {ratio} | "
                 f"{sum(r.cell.errors for r in rs)} |"
             )
     if ceiling:
         lines.append(f"| in-process | 1 | {ceiling.rate:,.0f} | {ceiling.p50_us:,.0f} | {ceiling.p99_us:,.0f} "
-                     "| 1.00 | - | - | - | - | 0 |")
+                     "| 1.00 | - | - | - | - | - | 0 |")
     return "\n".join(lines)
 
 

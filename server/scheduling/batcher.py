@@ -33,6 +33,10 @@ from .worker import InstanceWorker
 log = logging.getLogger(__name__)
 
 
+# The last part of a queue delay that is waited by yielding rather than by a timer.
+SPIN_NS = 1_500_000
+
+
 class _Level:
     def __init__(self, policy: mc.ModelQueuePolicy) -> None:
         self.max_size = policy.max_queue_size or DEFAULT_MAX_QUEUE
@@ -178,9 +182,15 @@ class DynamicBatcher(Scheduler):
                     (level.delayed if w.delayed else level.ready).remove(w)
                     self._dequeued(w)
                 return batch
+            if wait_ns <= SPIN_NS:
+                # asyncio's selector sleeps in whole milliseconds (epoll rounds up), which would
+                # turn a 200 µs delay into more than 1 ms: yield to the loop (which still serves
+                # I/O and new requests) until the delay ends instead.
+                await asyncio.sleep(0)
+                continue
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), wait_ns / 1e9)
+                await asyncio.wait_for(self._wakeup.wait(), (wait_ns - SPIN_NS) / 1e9)
             except asyncio.TimeoutError:
                 pass
 
