@@ -55,6 +55,10 @@ class Backend(ABC):
     #: True for backends that take a batch as its separate requests (Python models, as in
     #: Triton's ``execute(requests)``) instead of merged tensors.
     takes_request_list: ClassVar[bool] = False
+    #: True when ``execute`` is pure computation that never waits on the server (no calls to
+    #: other models, no locks held by other threads): short executions of such a backend may
+    #: run on the event loop instead of paying the hop to the instance thread.
+    inline_safe: ClassVar[bool] = False
 
     @classmethod
     def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:

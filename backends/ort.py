@@ -44,6 +44,7 @@ def _dims(shape: Sequence[Any]) -> list[int]:
 
 
 class OnnxRuntimeBackend(Backend):
+    inline_safe = True
     name = "onnxruntime"
     platforms = ("onnxruntime_onnx",)
     default_filename = "model.onnx"

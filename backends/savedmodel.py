@@ -96,6 +96,7 @@ def read_signature(config: mc.ModelConfig, model_path: Path) -> tuple[str, list[
 
 
 class SavedModelBackend(Backend):
+    inline_safe = True
     name = "tensorflow"
     platforms = ("tensorflow_savedmodel",)
     default_filename = "model.savedmodel"

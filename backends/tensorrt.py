@@ -91,6 +91,7 @@ def _first_gpu(config: mc.ModelConfig) -> int:
 
 
 class TensorRTBackend(Backend):
+    inline_safe = True
     name = "tensorrt"
     platforms = ("tensorrt_plan",)
     default_filename = "model.plan"

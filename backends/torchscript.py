@@ -45,6 +45,7 @@ def _torch() -> Any:
 
 
 class TorchScriptBackend(Backend):
+    inline_safe = True
     name = "pytorch"
     platforms = ("pytorch_libtorch",)
     default_filename = "model.pt"

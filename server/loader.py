@@ -141,11 +141,19 @@ def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object) 
     model_path = repo.model_file(version_dir, filename)
     params = {k: v.string_value for k, v in plan.config.parameters.items()}
     workers: list[InstanceWorker] = []
+    placed = instances(plan.config)
+    # Inline execution (see InstanceWorker) only for a single CPU instance: more instances were
+    # asked for to run side by side, which only their threads can do, and GPU instances keep
+    # their thread's device context.
+    inline = (
+        len(placed) == 1 and placed[0].kind == "CPU"
+        and params.get("inline_execution", "true").lower() not in ("0", "false", "no")
+    )
     try:
-        for inst in instances(plan.config):
+        for inst in placed:
             ctx = LoadContext(plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, core, params)
             backend = plan.backend(ctx)
-            workers.append(InstanceWorker(backend, f"{plan.name}.v{version}.{inst.name}", plan.config.max_batch_size > 0))
+            workers.append(InstanceWorker(backend, f"{plan.name}.v{version}.{inst.name}", plan.config.max_batch_size > 0, inline))
     except BaseException as e:
         for w in workers:
             w.close()

@@ -50,11 +50,16 @@ class DirectScheduler(Scheduler):
         if work.deadline_ns is not None and started >= work.deadline_ns:
             self._idle.put_nowait(worker)
             raise work.expired_error(self.label, "before execution")
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(worker.executor, worker.execute, [work])
-        # The worker is free only when its thread is: a cancelled caller does not free it early.
-        fut.add_done_callback(lambda _: self._idle.put_nowait(worker))
-        results, times = await asyncio.shield(fut)
+        if worker.runs_inline([work]):
+            try:
+                results, times = worker.execute([work])
+            finally:
+                self._idle.put_nowait(worker)
+        else:
+            fut = asyncio.get_running_loop().run_in_executor(worker.executor, worker.execute, [work])
+            # The worker is free only when its thread is: a cancelled caller does not free it early.
+            fut.add_done_callback(lambda _: self._idle.put_nowait(worker))
+            results, times = await asyncio.shield(fut)
         self.stats.record_execution(times)
         result = results[0]
         if isinstance(result, InferdError):

@@ -21,16 +21,32 @@ from .work import Work
 
 # One request's outcome: its outputs, or the error that failed it alone.
 Result = dict[str, np.ndarray] | InferdError
+# The hop to an instance thread and back costs ~50 µs of CPU and more of wall time (two thread
+# wake-ups and the GIL changing hands), more than a small model's whole execution. So a single
+# instance whose backend is ``inline_safe`` runs executions on the event loop while they are
+# this short (a moving average) and their inputs this small; longer ones go back to the thread.
+INLINE_MAX_NS = 100_000
+INLINE_MAX_BYTES = 64 * 1024
+_EWMA = 0.2
 
 
 class InstanceWorker:
-    def __init__(self, backend: Backend, name: str, batching: bool) -> None:
+    def __init__(self, backend: Backend, name: str, batching: bool, inline: bool = False) -> None:
         self.backend = backend
         self.name = name
         self.batching = batching
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.inline = inline and backend.inline_safe
+        self.recent_ns: float | None = None  # moving average of whole executions; None = unmeasured
+
+    def runs_inline(self, items: Sequence[Work]) -> bool:
+        if not self.inline or self.recent_ns is None or self.recent_ns > INLINE_MAX_NS:
+            return False
+        return sum(a.nbytes for w in items for a in w.inputs.values()) <= INLINE_MAX_BYTES
 
     async def run(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
+        if self.runs_inline(items):
+            return self.execute(items)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.execute, items)
 
@@ -62,6 +78,8 @@ class InstanceWorker:
             raise Internal(f"{self.name}: backend did not produce output(s) {missing}")
         results = self._split(items, produced, outputs, total)
         t3 = time.monotonic_ns()
+        took = t3 - t0
+        self.recent_ns = took if self.recent_ns is None else self.recent_ns + _EWMA * (took - self.recent_ns)
         return results, ExecutionTimes(total, t1 - t0, t2 - t1, t3 - t2)
 
     def _execute_list(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
