@@ -42,6 +42,7 @@ from ..clients.client import AsyncInferenceClient
 from .inputs import DataOptions, ModelInfo, build_requests
 from .loadgen import LoadGenerator
 from .servers import ServerProcess, inferd_argv, pin_prefix, start
+from .stats import percentile
 from .transport import make_transport
 
 BACKENDS = ("onnxruntime", "pytorch", "tensorflow", "python")
@@ -213,6 +214,10 @@ class Served:
     rows_per_s: float
     avg_batch: float
     errors: int
+    p50_us: float = 0.0
+    p99_us: float = 0.0
+    queue_us: float = 0.0  # server-side, per request
+    compute_us: float = 0.0  # server-side compute input + infer + output, per request
 
 
 async def serve_point(url: str, model: str, batch: int, concurrency: int, warmup: float, duration: float) -> Served:
@@ -234,9 +239,15 @@ async def serve_point(url: str, model: str, batch: int, concurrency: int, warmup
     finally:
         await transport.close()
     ok = sum(1 for r in records if r.ok)
-    executions = after.execution_count - before.execution_count
-    inferences = after.inference_count - before.inference_count
-    return Served(ok * batch / ((end - start) / 1e9), inferences / executions if executions else 0.0, len(records) - ok)
+    lat = sorted(r.latency_ns for r in records if r.ok)
+    d = after - before
+    executions, requests = d.execution_count, max(d.success_count, 1)
+    return Served(
+        ok * batch / ((end - start) / 1e9), d.inference_count / executions if executions else 0.0, len(records) - ok,
+        percentile(lat, 50) / 1000 if lat else 0.0, percentile(lat, 99) / 1000 if lat else 0.0,
+        d.queue_ns / requests / 1000,
+        (d.compute_input_ns + d.compute_infer_ns + d.compute_output_ns) / requests / 1000,
+    )
 
 
 async def load_times(url: str, model: str) -> tuple[float, float]:
