@@ -337,3 +337,25 @@ def _expect_load_error(client, name: str, expected: str) -> None:  # type: ignor
     entries = [v for (n, _), v in index(client).items() if n == name]
     assert entries and all(state == "UNAVAILABLE" and expected in reason for state, reason in entries), entries
     assert client.is_server_live()
+
+
+def test_perf_analyzer_breaks_an_ensemble_down_by_step(server: RunningServer) -> None:
+    """NVIDIA's perf_analyzer reads the ensemble's config, then every composing model's
+    statistics, and prints a breakdown per step."""
+    import subprocess
+
+    from .test_perf_analyzer import find_perf_analyzer
+
+    pa = find_perf_analyzer()
+    if pa is None:
+        pytest.skip("perf_analyzer is not installed (bash ../shared/tools/install-perf-analyzer.sh)")
+    cmd = [pa, "-m", "dense_pipeline", "-i", "grpc", "-u", server.grpc_url, "-p", "500",
+           "--concurrency-range", "2", "-s", "100", "--max-trials", "10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"perf_analyzer failed:\n{proc.stdout}\n{proc.stderr}"
+    out = proc.stdout
+    assert "Composing models:" in out
+    for step in ("preprocess", "dense", "postprocess"):
+        block = out.split(f"{step}, version: 1", 1)
+        assert len(block) == 2, f"no breakdown for {step}:\n{out}"
+        assert "compute infer" in block[1].split("version:", 1)[0]
