@@ -41,7 +41,7 @@ import numpy as np
 from ..clients.client import AsyncInferenceClient
 from .inputs import DataOptions, ModelInfo, build_requests
 from .loadgen import LoadGenerator
-from .servers import ServerProcess, inferd_argv, pin_prefix, start
+from .servers import ServerProcess, inferd_argv, pin_prefix, split_cpus, start
 from .stats import percentile
 from .transport import make_transport
 
@@ -322,11 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(ceilings(a.ceiling, a.folder, a.batch, a.ceiling_seconds, a.rounds)))
         return 0
 
-    ncpu = len(os.sched_getaffinity(0))
-    pin = not a.no_pin and ncpu >= 2
-    server_cpus = [0] if pin else None
-    if pin:
-        os.sched_setaffinity(0, set(range(1, ncpu)))  # before gRPC starts threads
+    server_cpus, ncpu = split_cpus(a.no_pin)
+    pin = server_cpus is not None
     print(
         f"# {ncpu} CPUs; " + ("server and ceilings on CPU 0, load generator on CPUs 1.." if pin else "no pinning"),
         file=sys.stderr,

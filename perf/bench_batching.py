@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bench_backends import SHAPE, THREAD_ENV, Served, _builders, _ceilings_in_child, serve_point
-from .servers import inferd_argv, start
+from .servers import inferd_argv, split_cpus, start
 
 BATCHES = [1, 8, 32, 64]
 CONCURRENCY = [1, 8, 32]
@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     p.add_argument("--no-pin", action="store_true")
     a = p.parse_args(argv)
-    ncpu = len(os.sched_getaffinity(0))
-    pin = not a.no_pin and ncpu >= 2
-    server_cpus = [0] if pin else None
-    if pin:
-        os.sched_setaffinity(0, set(range(1, ncpu)))
+    server_cpus, _ = split_cpus(a.no_pin)
     os.environ.update(THREAD_ENV)
     ceiling: dict[int, list[float]] = {b: [] for b in BATCHES}
     protocol: dict[int, list[Served]] = {c: [] for c in CONCURRENCY}

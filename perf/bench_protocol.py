@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from .inputs import DataOptions, build_requests
 from .loadgen import LoadGenerator
 from .procs import ProcessLoad
-from .servers import ServerProcess, baseline_argv, inferd_argv, start
+from .servers import ServerProcess, baseline_argv, inferd_argv, split_cpus, start
 from .stats import LatencySummary
 from .transport import make_transport
 
@@ -107,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-repository", type=Path, default=None, help="inferd's repository (default: bundled)")
     a = p.parse_args(argv)
 
-    ncpu = len(os.sched_getaffinity(0))
-    pin = not a.no_pin and ncpu >= 2
-    server_cpus = [0] if pin else None
-    if pin:
-        # Before any gRPC thread exists, so that they all inherit it.
-        os.sched_setaffinity(0, set(range(1, ncpu)))
+    server_cpus, ncpu = split_cpus(a.no_pin)
+    pin = server_cpus is not None
     print(f"# {ncpu} CPUs; " + ("servers on CPU 0, load generator on CPUs 1.." if pin else "no pinning")
           + f"; {a.processes} generator process(es)", file=sys.stderr)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import statistics
@@ -41,7 +40,7 @@ from ..clients.pb import grpc_service_pb2 as pb
 from ..clients.pb import grpc_service_pb2_grpc as pb_grpc
 from .inputs import DataOptions, build_requests
 from .loadgen import LoadGenerator, Record
-from .servers import ServerProcess, inferd_argv, start
+from .servers import ServerProcess, inferd_argv, split_cpus, start
 from .stats import LatencySummary
 from .transport import make_transport
 
@@ -230,11 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the generator to separate CPUs")
     a = p.parse_args(argv)
 
-    ncpu = len(os.sched_getaffinity(0))
-    pin = not a.no_pin and ncpu >= 2
-    cpus = [0] if pin else None
-    if pin:
-        os.sched_setaffinity(0, set(range(1, ncpu)))  # before any gRPC thread exists
+    cpus, ncpu = split_cpus(a.no_pin)
+    pin = cpus is not None
     print(f"# {ncpu} CPUs; " + ("server on CPU 0, load generator on CPUs 1.." if pin else "no pinning"),
           file=sys.stderr)
     drops = drop_to_ready(a.poll_secs, a.drops, cpus) if a.drops > 0 else {}

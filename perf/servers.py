@@ -45,6 +45,17 @@ def pin_prefix(cpus: Sequence[int] | None) -> list[str]:
     return ["taskset", "-c", ",".join(str(c) for c in cpus)]
 
 
+def split_cpus(no_pin: bool) -> tuple[list[int] | None, int]:
+    """Reserve CPU 0 for the servers and move this process (the load generator) to the others.
+    Call it before any gRPC thread exists, so they all inherit the affinity. Returns the
+    servers' CPUs (None when not pinning: asked not to, or a single CPU) and the CPU count."""
+    ncpu = len(os.sched_getaffinity(0))
+    if no_pin or ncpu < 2:
+        return None, ncpu
+    os.sched_setaffinity(0, set(range(1, ncpu)))
+    return [0], ncpu
+
+
 def start(name: str, argv: Sequence[str], cpus: Sequence[int] | None = None, timeout: float = 60,
           ready_line: str = "listening on", wait_for: str | None = None) -> ServerProcess:
     """Run ``argv``; wait for the line announcing the port (and ``wait_for``, if given)."""
