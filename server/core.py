@@ -4,6 +4,7 @@ statistics and the repository. Front ends only translate their wire format to th
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
@@ -27,8 +28,11 @@ from .types import (
 SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"
 # What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
-EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
-              "model_configuration", "statistics", "binary_tensor_data", "parameters"]
+log = logging.getLogger(__name__)
+# Only what inferd implements: clients (perf_analyzer among them) decide what to call from this.
+# Not listed: classification and model_repository(unload_dependents), which are not supported.
+EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "binary_tensor_data",
+              "parameters"]
 
 
 class InferenceCore:
@@ -41,6 +45,7 @@ class InferenceCore:
         # Only "explicit" lets clients load and unload models (RepositoryModelLoad/Unload).
         self.model_control_mode = model_control_mode
         self.shutting_down = False
+        self._background: set[asyncio.Task[None]] = set()
         # Models strict readiness waits for: those requested at start-up and every model that
         # has been READY since, until it is unloaded. A new model that never loaded does not
         # take the whole server out of rotation; a serving model that breaks does.
@@ -174,10 +179,27 @@ class InferenceCore:
         finally:
             if self.manager.is_ready(name):
                 self.required_models.add(name)
+                self._retry_dependents(name)
+
+    def _retry_dependents(self, name: str) -> None:
+        """Load again, in the background, the ensembles that failed because ``name`` was not ready."""
+        for ensemble in sorted(self.manager.waiting.pop(name, set())):
+            log.info("model '%s' is ready: loading ensemble '%s' again", name, ensemble)
+            task = asyncio.get_running_loop().create_task(self.load(ensemble))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(_log_failure)
 
     async def unload(self, name: str) -> None:
+        for ensembles in self.manager.waiting.values():
+            ensembles.discard(name)  # unloaded on purpose: not to be retried
         self.required_models.discard(name)
         try:
             await self.manager.unload(name)
         finally:  # a load that finished while this one waited for the model may have re-added it
             self.required_models.discard(name)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.warning("background load failed: %s", e)

@@ -69,6 +69,9 @@ class ModelManager:
         self.models: dict[str, ModelRecord] = {}
         self.observers = observers if observers is not None else []
         self.core: object = None  # set by the core; handed to backends that call other models
+        # Composing model -> ensembles whose load failed for want of it; the core retries them
+        # once it is ready (as Triton reloads dependents), so fixing a step heals its ensembles.
+        self.waiting: dict[str, set[str]] = {}
         self._loads: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -284,6 +287,7 @@ class ModelManager:
                 try:
                     await self.core.load(dep)  # type: ignore[attr-defined]
                 except InferdError as e:
+                    self.waiting.setdefault(dep, set()).add(plan.name)
                     raise ModelLoadError(f"{label}: composing model '{dep}' is not ready: {e.message}") from None
         finally:
             _ENSEMBLE_CHAIN.reset(token)

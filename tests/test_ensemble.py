@@ -359,3 +359,17 @@ def test_perf_analyzer_breaks_an_ensemble_down_by_step(server: RunningServer) ->
         block = out.split(f"{step}, version: 1", 1)
         assert len(block) == 2, f"no breakdown for {step}:\n{out}"
         assert "compute infer" in block[1].split("version:", 1)[0]
+
+
+def test_an_ensemble_waiting_for_a_broken_step_loads_once_the_step_is_fixed(repo: Path, client) -> None:  # type: ignore[no-untyped-def]
+    (repo / "mending" / "1").mkdir(parents=True)
+    (repo / "mending" / "config.pbtxt").write_text('name: "mending"\nbackend: "no_such_backend"\n')
+    ensemble(repo, "heals", [chain("mending", "X", "Y")])
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("heals")
+    assert "composing model 'mending' is not ready" in info.value.message()
+    step_model(repo, "mending", add=4.0)  # the step is fixed and loaded on its own
+    client.load_model("mending")
+    wait_for(lambda: client.is_model_ready("heals"), what="the ensemble to load again by itself")
+    x = np.zeros((1, SIZE), np.float32)
+    np.testing.assert_allclose(client.infer("heals", [fp32("X", x)]).as_numpy("Y"), x + 4.0)
