@@ -27,10 +27,9 @@ from .types import (
 
 SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"
-# What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
 log = logging.getLogger(__name__)
-# Only what inferd implements: clients (perf_analyzer among them) decide what to call from this.
-# Not listed: classification and model_repository(unload_dependents), which are not supported.
+# What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
+# Only what inferd implements (not classification, nor model_repository(unload_dependents)).
 EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "binary_tensor_data",
               "parameters"]
 
