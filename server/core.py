@@ -81,6 +81,16 @@ class InferenceCore:
         scheduler; never call this from the event loop thread itself."""
         if self.loop is None:
             raise Unavailable("the server core is not running")
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:  # waiting here for the loop would wait forever
+            raise InvalidArgument(
+                f"model '{request.model_name}' was called from a model that runs on the event loop "
+                "(parameter inline_execution: \"true\"); a model that calls other models needs "
+                "inline_execution \"auto\" or \"false\""
+            )
         return asyncio.run_coroutine_threadsafe(self.infer(request), self.loop).result(timeout)
 
     # --- health -------------------------------------------------------------------------

@@ -133,6 +133,28 @@ def instances(config: mc.ModelConfig) -> list[Instance]:
     return out
 
 
+INLINE_CHOICES = ("auto", "true", "false")
+
+
+def inline_execution(plan: ModelPlan, placed: list[Instance], params: dict[str, str]) -> bool:
+    """Whether the instance may run short executions on the event loop (see InstanceWorker).
+
+    Parameter ``inline_execution``: "auto" (default) lets backends that declare themselves
+    pure computation do it; "true" also lets a Python model that never calls other models;
+    "false" turns it off. Only ever for a single CPU instance: more instances were asked for to
+    run side by side, which only their threads can do, and GPU instances keep their thread's
+    device context."""
+    assert plan.backend is not None
+    choice = params.get("inline_execution", "auto").strip().lower()
+    if choice not in INLINE_CHOICES:
+        raise ModelLoadError(
+            f"model '{plan.name}': parameter 'inline_execution' is '{choice}'; use one of {', '.join(INLINE_CHOICES)}"
+        )
+    if len(placed) != 1 or placed[0].kind != "CPU" or choice == "false":
+        return False
+    return choice == "true" or plan.backend.inline_safe
+
+
 def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object) -> list[InstanceWorker]:
     """Create every instance of one version; on failure, unload what was created."""
     assert plan.backend is not None
@@ -142,13 +164,7 @@ def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object) 
     params = {k: v.string_value for k, v in plan.config.parameters.items()}
     workers: list[InstanceWorker] = []
     placed = instances(plan.config)
-    # Inline execution (see InstanceWorker) only for a single CPU instance: more instances were
-    # asked for to run side by side, which only their threads can do, and GPU instances keep
-    # their thread's device context.
-    inline = (
-        len(placed) == 1 and placed[0].kind == "CPU"
-        and params.get("inline_execution", "true").lower() not in ("0", "false", "no")
-    )
+    inline = inline_execution(plan, placed, params)
     try:
         for inst in placed:
             ctx = LoadContext(plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, core, params)

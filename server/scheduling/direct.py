@@ -52,7 +52,7 @@ class DirectScheduler(Scheduler):
             raise work.expired_error(self.label, "before execution")
         if worker.runs_inline([work]):
             try:
-                results, times = worker.execute([work])
+                results, times = worker.execute([work], inline=True)
             finally:
                 self._idle.put_nowait(worker)
         else:

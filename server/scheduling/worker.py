@@ -22,12 +22,25 @@ from .work import Work
 # One request's outcome: its outputs, or the error that failed it alone.
 Result = dict[str, np.ndarray] | InferdError
 # The hop to an instance thread and back costs ~50 µs of CPU and more of wall time (two thread
-# wake-ups and the GIL changing hands), more than a small model's whole execution. So a single
-# instance whose backend is ``inline_safe`` runs executions on the event loop while they are
-# this short (a moving average) and their inputs this small; longer ones go back to the thread.
+# wake-ups and the GIL changing hands), more than a small model's whole execution. So an
+# instance allowed to (see loader.inline_execution) runs executions on the event loop while they
+# are this short and their inputs this small.
+#
+# How short is measured twice, because each way misleads alone: on the thread, as the thread's
+# CPU time (its wall time includes waiting for the GIL, which the loop holds while busy, so a
+# 5 µs model can look like 200 µs); on the loop, as wall time (a backend whose calling thread
+# waits, for an intra-op pool or anything else, shows it there). Once the loop's average is over
+# the limit the instance stays on its thread; that average fades by a tenth with every threaded
+# execution, so one unlucky inline sample is retried after a few, and a model that really is too
+# slow on the loop runs there about once in twenty executions.
 INLINE_MAX_NS = 100_000
 INLINE_MAX_BYTES = 64 * 1024
 _EWMA = 0.2
+_FADE = 0.9
+
+
+def _average(old: float | None, new: int) -> float:
+    return float(new) if old is None else old + _EWMA * (new - old)
 
 
 class InstanceWorker:
@@ -36,25 +49,40 @@ class InstanceWorker:
         self.name = name
         self.batching = batching
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.inline = inline and backend.inline_safe
-        self.recent_ns: float | None = None  # moving average of whole executions; None = unmeasured
+        self.inline = inline  # decided by the loader from the backend and the config
+        self.thread_cpu_ns: float | None = None  # moving average on the thread; None = unmeasured
+        self.inline_wall_ns: float | None = None  # moving average on the loop
+        self.executions = 0
 
     def runs_inline(self, items: Sequence[Work]) -> bool:
-        if not self.inline or self.recent_ns is None or self.recent_ns > INLINE_MAX_NS:
+        if not self.inline or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
+            return False
+        if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
             return False
         return sum(a.nbytes for w in items for a in w.inputs.values()) <= INLINE_MAX_BYTES
 
     async def run(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
         if self.runs_inline(items):
-            return self.execute(items)
+            return self.execute(items, inline=True)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.execute, items)
 
-    def execute(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
-        """Runs on the instance thread. Raises InferdError when the whole batch failed; a
-        request-list backend may also fail single requests (an InferdError in its slot)."""
-        if self.backend.takes_request_list:
-            return self._execute_list(items)
+    def execute(self, items: Sequence[Work], inline: bool = False) -> tuple[list[Result], ExecutionTimes]:
+        """Runs on the instance thread, or on the event loop when ``inline``. Raises InferdError
+        when the whole batch failed; a request-list backend may also fail single requests (an
+        InferdError in its slot)."""
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+        done = self._execute_list(items) if self.backend.takes_request_list else self._execute_merged(items)
+        self.executions += 1
+        if inline:
+            self.inline_wall_ns = _average(self.inline_wall_ns, time.monotonic_ns() - t0)
+        elif self.executions > 1:  # the first is cold (lazy initialisation, a new thread): no measure
+            self.thread_cpu_ns = _average(self.thread_cpu_ns, time.thread_time_ns() - c0)
+            if self.inline_wall_ns is not None:
+                self.inline_wall_ns *= _FADE
+        return done
+
+    def _execute_merged(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
         t0 = time.monotonic_ns()
         if len(items) == 1:
             inputs = items[0].inputs  # zero-copy: the request's own arrays
@@ -78,8 +106,6 @@ class InstanceWorker:
             raise Internal(f"{self.name}: backend did not produce output(s) {missing}")
         results = self._split(items, produced, outputs, total)
         t3 = time.monotonic_ns()
-        took = t3 - t0
-        self.recent_ns = took if self.recent_ns is None else self.recent_ns + _EWMA * (took - self.recent_ns)
         return results, ExecutionTimes(total, t1 - t0, t2 - t1, t3 - t2)
 
     def _execute_list(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
