@@ -29,9 +29,9 @@ SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
 # What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
-# Only what inferd implements (not classification, nor model_repository(unload_dependents)).
-EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics", "binary_tensor_data",
-              "parameters"]
+# Only what inferd implements (not classification).
+EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "schedule_policy", "model_configuration",
+              "statistics", "binary_tensor_data", "parameters"]
 
 
 class InferenceCore:
@@ -165,11 +165,15 @@ class InferenceCore:
                 raise InvalidArgument(f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}") from None
         await self.load(name, override)
 
-    async def unload_model(self, name: str) -> None:
-        """RepositoryModelUnload (explicit mode only)."""
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        """RepositoryModelUnload (explicit mode only). With ``unload_dependents``, the loaded
+        ensembles that use the model are unloaded too, as Triton's parameter of that name does."""
         check_model_name(name)
         self._check_explicit()
+        dependents = self.manager.dependents(name) if unload_dependents else []
         await self.unload(name)
+        for ensemble in dependents:
+            await self.unload(ensemble)
 
     def _check_explicit(self) -> None:
         if self.model_control_mode != "explicit":

@@ -135,6 +135,20 @@ class ModelManager:
                     entries.append(ModelIndexEntry(name, str(v), state, reason))
         return entries
 
+    def dependents(self, name: str) -> list[str]:
+        """Loaded ensembles that call ``name`` in a step, directly or through other ensembles."""
+        found: list[str] = []
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            for other, record in self.models.items():
+                if other in found or other == name:
+                    continue
+                if any(current == dep for s in record.versions.values() if s.model for dep, _ in s.model.dependencies):
+                    found.append(other)
+                    todo.append(other)
+        return found
+
     def loaded_versions(self, name: str) -> list[ModelVersion]:
         record = self.models.get(name)
         if record is None:

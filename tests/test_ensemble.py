@@ -373,3 +373,31 @@ def test_an_ensemble_waiting_for_a_broken_step_loads_once_the_step_is_fixed(repo
     wait_for(lambda: client.is_model_ready("heals"), what="the ensemble to load again by itself")
     x = np.zeros((1, SIZE), np.float32)
     np.testing.assert_allclose(client.infer("heals", [fp32("X", x)]).as_numpy("Y"), x + 4.0)
+
+
+def test_unload_dependents_unloads_the_ensembles_using_a_model(repo: Path, server: RunningServer, client) -> None:  # type: ignore[no-untyped-def]
+    step_model(repo, "shared_step", add=1.0)
+    ensemble(repo, "outer_a", [chain("shared_step", "X", "Y")])
+    ensemble(repo, "outer_b", [chain("shared_step", "X", "Y")])
+    ensemble(repo, "outermost", [("outer_a", {"X": "X"}, {"Y": "Y"})])  # through another ensemble
+    for name in ("outer_a", "outer_b", "outermost"):
+        client.load_model(name)
+    assert "model_repository(unload_dependents)" in client.get_server_metadata().extensions
+    client.unload_model("shared_step")  # without the flag: the ensembles stay, not ready
+    wait_for(lambda: not client.is_model_ready("outer_a"), what="outer_a to stop being ready")
+    assert index(client)[("outer_a", "1")][0] == "UNAVAILABLE"
+    client.load_model("shared_step")
+    wait_for(lambda: client.is_model_ready("outermost"), what="the ensembles to serve again")
+    client.unload_model("shared_step", unload_dependents=True)
+    for name in ("outer_a", "outer_b", "outermost"):
+        wait_for(lambda n=name: index(client)[(n, "1")] == ("UNAVAILABLE", "unloaded"), what=f"{name} unloaded")
+    # Over HTTP, the same parameter; a non-boolean is refused.
+    http = httpclient.InferenceServerClient(server.http_url)
+    client.load_model("outer_b")
+    http.unload_model("shared_step", unload_dependents=True)
+    wait_for(lambda: index(client)[("outer_b", "1")] == ("UNAVAILABLE", "unloaded"), what="outer_b unloaded")
+    import httpx
+
+    r = httpx.post(f"http://{server.http_url}/v2/repository/models/first/unload",
+                   json={"parameters": {"unload_dependents": "yes"}})
+    assert r.status_code == 400 and "unload_dependents" in r.json()["error"]

@@ -17,7 +17,7 @@ from ...clients.pb import grpc_service_pb2 as pb
 from ...clients.pb import grpc_service_pb2_grpc as pb_grpc
 from ...clients.pb import health_pb2, health_pb2_grpc
 from ..core import InferenceCore
-from ..errors import Code, InferdError
+from ..errors import Code, InferdError, InvalidArgument
 from .grpc_convert import request_from_pb, response_to_pb, statistics_to_pb
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
         try:
-            await self.core.unload_model(request.model_name)
+            param = request.parameters.get("unload_dependents")
+            if param is not None and param.WhichOneof("parameter_choice") != "bool_param":
+                raise InvalidArgument("parameter 'unload_dependents' must be a bool")
+            await self.core.unload_model(request.model_name, bool(param is not None and param.bool_param))
         except InferdError as e:
             await _abort(context, e)
         return pb.RepositoryModelUnloadResponse()

@@ -188,8 +188,13 @@ class HttpApi:
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
-        await self._optional_json(request)  # {"parameters": {"unload_dependents": ...}}: nothing depends
-        await self.core.unload_model(request.path_params["model"])
+        params = (await self._optional_json(request)).get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidArgument("'parameters' must be a JSON object")
+        dependents = params.get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise InvalidArgument("parameter 'unload_dependents' must be true or false")
+        await self.core.unload_model(request.path_params["model"], dependents)
         return Response(status_code=200)
 
 
