@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..clients.pb import model_config_pb2 as mc
+from ..server import codec
 from ..server.errors import ModelLoadError
 from .base import Backend, LoadContext
-from .common import default_threads
+from .common import TensorInfo, complete_config, default_threads
 from .registry import require
 
 # ONNX Runtime's type strings -> config.pbtxt data types.
@@ -31,8 +32,6 @@ _ORT_TYPES = {
     "tensor(bfloat16)": "TYPE_BF16",
     "tensor(string)": "TYPE_STRING",
 }
-# Triton's default when auto-completing a batchable model.
-DEFAULT_MAX_BATCH_SIZE = 4
 
 
 def _ort() -> Any:
@@ -60,28 +59,14 @@ class OnnxRuntimeBackend(Backend):
             session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"{model_path}: onnxruntime cannot read the model: {e}") from None
-        graph_in = [(i.name, i.type, i.shape) for i in session.get_inputs()]
-        graph_out = [(o.name, o.type, o.shape) for o in session.get_outputs()]
+        inputs, outputs = (
+            [TensorInfo(t.name, codec.BY_CONFIG_NAME.get(_ORT_TYPES.get(t.type, "")), tuple(_dims(t.shape or [])))
+             for t in tensors]
+            for tensors in (session.get_inputs(), session.get_outputs())
+        )
         if not config.platform and not config.backend:
             config.platform = "onnxruntime_onnx"
-        # Batching is possible when every graph tensor has a variable first dimension.
-        batchable = all(shape and not (isinstance(shape[0], int) and shape[0] > 0) for _, _, shape in graph_in + graph_out)
-        if config.max_batch_size == 0 and not config.input and not config.output and batchable:
-            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
-            if config.WhichOneof("scheduling_choice") is None:
-                config.dynamic_batching.SetInParent()
-        skip = 1 if config.max_batch_size > 0 else 0
-        for items, graph in ((config.input, graph_in), (config.output, graph_out)):
-            by_name = {t.name: t for t in items}
-            for name, type_str, shape in graph:
-                t = by_name.get(name)
-                if t is None:
-                    t = items.add()
-                    t.name = name
-                if t.data_type == mc.TYPE_INVALID and type_str in _ORT_TYPES:
-                    t.data_type = mc.DataType.Value(_ORT_TYPES[type_str])
-                if not t.dims:
-                    t.dims.extend(_dims(shape[skip:]) if shape else [])
+        complete_config(config, inputs, outputs)
 
     def __init__(self, context: LoadContext) -> None:
         ort = _ort()
