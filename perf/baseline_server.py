@@ -28,6 +28,7 @@ import numpy as np
 from ..clients.pb import grpc_service_pb2 as pb
 from ..clients.pb import grpc_service_pb2_grpc as pb_grpc
 from ..clients.pb import model_config_pb2 as mc
+from ..server.frontends.io_threads import apply_io_policy  # stdlib only
 
 MODEL = "add_sub"
 SIZE = 16
@@ -82,13 +83,15 @@ class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, io_sched: str = "other") -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(BaselineServicer(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"cannot bind {host}:{port}")
     await server.start()
+    if io_sched != "other":  # only for a like-for-like comparison with inferd's default
+        apply_io_policy(io_sched)
     print(f"baseline listening on {host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inferd.perf.baseline_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001, help="0 = any free port (printed on start)")
+    p.add_argument("--io-sched", choices=["other", "batch"], default="other",
+                   help="scheduling policy of grpc's I/O threads (default: the kernel's, untouched)")
     args = p.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, args.io_sched))
     return 0
 
 

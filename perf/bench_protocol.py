@@ -3,11 +3,12 @@
 
     python -m inferd.perf.bench_protocol [--duration 5] [--concurrency 1 16] [--rounds 3]
 
-Both servers run as subprocesses on free loopback ports. With two or more CPUs the servers are
-pinned to CPU 0 and this process (the load generator) to CPU 1, so that client and server do
-not steal each other's core; each round measures both servers back to back and the table
-shows the median over rounds. Goal for inferd: >= 90% of the baseline's throughput and a p99
-no more than 1.2x the baseline's.
+The servers run as subprocesses on free loopback ports. With two or more CPUs they are pinned
+to CPU 0 and this process (the load generator) to CPU 1, so that client and server do not steal
+each other's core; each round measures every server back to back and the table shows the
+median over rounds. Goal for inferd: >= 90% of the baseline's throughput and a p99 no more than
+1.2x the baseline's. Two more servers separate inferd's own cost from its thread policy: the
+baseline with inferd's grpc I/O thread policy (like for like), and inferd without it.
 """
 
 from __future__ import annotations
@@ -75,23 +76,49 @@ def _median(points: list[Point]) -> Point:
     )
 
 
-def render(results: dict[tuple[str, int], Point], concurrencies: list[int]) -> str:
+# name -> (how it is started, what it shows)
+SERVERS = {
+    "baseline": "the bare grpc.aio servicer (the goal's reference)",
+    "inferd": "inferd as shipped (grpc I/O threads SCHED_BATCH)",
+    "baseline-batch": "the bare servicer with inferd's I/O thread policy (like for like)",
+    "inferd-other": "inferd with --grpc-io-sched other (the kernel's default policy)",
+}
+# (numerator, denominator, whether this ratio is the goal's)
+RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-batch", False), ("inferd-other", "baseline", False)]
+
+
+def render(results: dict[tuple[str, int], Point], concurrencies: list[int], names: list[str]) -> str:
     lines = [
         "| concurrency | server | infer/s | p50 (us) | p99 (us) |",
         "|---:|---|---:|---:|---:|",
     ]
     for c in concurrencies:
-        for name in ("baseline", "inferd"):
+        for name in names:
             p = results[(name, c)]
             err = f" ({p.errors} errors)" if p.errors else ""
             lines.append(f"| {c} | {name}{err} | {p.throughput:.0f} | {p.p50_ns // 1000} | {p.p99_ns // 1000} |")
-        b, i = results[("baseline", c)], results[("inferd", c)]
-        tp = i.throughput / b.throughput if b.throughput else 0.0
-        p99 = i.p99_ns / b.p99_ns if b.p99_ns else 0.0
-        verdict = "meets" if tp >= 0.9 and p99 <= 1.2 else "misses"
-        lines.append(f"| {c} | **inferd/baseline** | **{100 * tp:.0f}%** | {i.p50_ns / max(b.p50_ns, 1):.2f}x "
-                     f"| **{p99:.2f}x** ({verdict} the goal) |")
+        for num, den, goal in RATIOS:
+            if num not in names or den not in names:
+                continue
+            b, i = results[(den, c)], results[(num, c)]
+            tp = i.throughput / b.throughput if b.throughput else 0.0
+            p99 = i.p99_ns / b.p99_ns if b.p99_ns else 0.0
+            label = f"{num}/{den}"
+            note = ""
+            if goal:
+                label = f"**{label}**"
+                note = " (meets the goal)" if tp >= 0.9 and p99 <= 1.2 else " (misses the goal)"
+            lines.append(f"| {c} | {label} | {100 * tp:.0f}% | {i.p50_ns / max(b.p50_ns, 1):.2f}x "
+                         f"| {p99:.2f}x{note} |")
     return "\n".join(lines)
+
+
+def _argv(name: str, repository: Path | None) -> tuple[list[str], dict[str, str]]:
+    if name.startswith("baseline"):
+        argv = baseline_argv() + (["--io-sched", "batch"] if name == "baseline-batch" else [])
+        return argv, {}
+    argv = inferd_argv(repository, ["add_sub"]) + (["--grpc-io-sched", "other"] if name == "inferd-other" else [])
+    return argv, {"ready_line": "gRPC (KServe v2) listening on", "wait_for": "model(s) requested"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator processes (default 2: one Python process tops out near the baseline)")
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and generator to separate CPUs")
     p.add_argument("--model-repository", type=Path, default=None, help="inferd's repository (default: bundled)")
+    p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS),
+                   help="which servers to measure (default all: " + "; ".join(f"{k}: {v}" for k, v in SERVERS.items())
+                   + ")")
     a = p.parse_args(argv)
 
     server_cpus, ncpu = split_cpus(a.no_pin)
@@ -113,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
 
     servers: dict[str, ServerProcess] = {}
     try:
-        servers["baseline"] = start("baseline", baseline_argv(), server_cpus)
-        servers["inferd"] = start("inferd", inferd_argv(a.model_repository, ["add_sub"]), server_cpus,
-                                  ready_line="gRPC (KServe v2) listening on", wait_for="model(s) requested")
+        for name in a.servers:
+            argv, wait = _argv(name, a.model_repository)
+            servers[name] = start(name, argv, server_cpus, **wait)
         raw: dict[tuple[str, int], list[Point]] = {}
         for rnd in range(a.rounds):
             for c in a.concurrency:
-                for name in ("baseline", "inferd"):
+                for name in a.servers:
                     point = asyncio.run(measure(servers[name].url, c, a.duration, a.warmup, a.processes))
                     raw.setdefault((name, c), []).append(point)
                     print(f"# round {rnd + 1}/{a.rounds} concurrency {c} {name}: {point.throughput:.0f} infer/s, "
@@ -127,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in servers.values():
             s.stop()
-    print(render({k: _median(v) for k, v in raw.items()}, a.concurrency))
+    print(render({k: _median(v) for k, v in raw.items()}, a.concurrency, a.servers))
     return 0
 
 

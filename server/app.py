@@ -17,6 +17,7 @@ from .core import InferenceCore
 from .frontends.asgi_server import AsgiServer
 from .frontends.grpc_service import build_server
 from .frontends.http_service import build_app
+from .frontends.io_threads import apply_io_policy
 from .manager import ModelManager
 from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
@@ -56,6 +57,8 @@ class InferdServer:
                 self.core, f"{s.host}:{s.grpc_port}", s.grpc_max_message_bytes
             )
             await self.grpc_server.start()
+            moved = apply_io_policy(s.grpc_io_sched)
+            log.debug("gRPC I/O threads: %d under policy %s", moved, s.grpc_io_sched)
             log.info("gRPC (KServe v2) listening on %s:%d", s.host, self.grpc_port)
         try:
             if s.allow_http:

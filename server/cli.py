@@ -32,6 +32,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-metrics", type=_bool, default=d.allow_metrics, metavar="BOOL")
     p.add_argument("--grpc-max-message-bytes", type=int, default=d.grpc_max_message_bytes,
                    help="largest gRPC message accepted or sent (default %(default)s = 256 MiB)")
+    p.add_argument("--grpc-io-sched", choices=["batch", "other"], default=d.grpc_io_sched,
+                   help="Linux scheduling policy of grpc's I/O threads: batch (default) keeps them from "
+                   "preempting the event loop on a shared CPU; other is the kernel's default")
     p.add_argument("--http-max-body-bytes", type=int, default=d.http_max_body_bytes,
                    help="largest HTTP request body (default %(default)s = 64 MiB)")
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
@@ -56,6 +59,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         allow_http=a.allow_http,
         allow_metrics=a.allow_metrics,
         grpc_max_message_bytes=a.grpc_max_message_bytes,
+        grpc_io_sched=a.grpc_io_sched,
         http_max_body_bytes=a.http_max_body_bytes,
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,

@@ -24,6 +24,9 @@ class Settings:
     allow_http: bool = True
     allow_metrics: bool = True
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Linux scheduling policy of grpc's I/O helper threads (frontends/io_threads.py): "batch"
+    # keeps them from preempting the event loop on a shared CPU; "other" is the kernel default.
+    grpc_io_sched: str = "batch"
     http_max_body_bytes: int = 64 * 1024 * 1024
     model_control_mode: str = "poll"  # none | poll | explicit
     repository_poll_secs: float = 2.0

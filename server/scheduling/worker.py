@@ -32,15 +32,23 @@ Result = dict[str, np.ndarray] | InferdError
 # waits, for an intra-op pool or anything else, shows it there). Once the loop's average is over
 # the limit the instance stays on its thread; that average fades by a tenth with every threaded
 # execution, so one unlucky inline sample is retried after a few, and a model that really is too
-# slow on the loop runs there about once in twenty executions.
+# slow on the loop runs there about once in twenty executions. Wall time on the loop also counts
+# the times the kernel switched the loop thread out (under load on a shared CPU, several times a
+# second), so a loop sample moves the average at most to twice itself: one preempted execution
+# no longer sends the instance to its thread, a model that really slowed down gets there within
+# a few executions.
 INLINE_MAX_NS = 100_000
 INLINE_MAX_BYTES = 64 * 1024
 _EWMA = 0.2
 _FADE = 0.9
 
 
-def _average(old: float | None, new: int) -> float:
-    return float(new) if old is None else old + _EWMA * (new - old)
+def _average(old: float | None, new: int, clip: bool = False) -> float:
+    if old is None:
+        return float(new)
+    if clip and new > 2 * old:
+        new = int(2 * old)
+    return old + _EWMA * (new - old)
 
 
 class InstanceWorker:
@@ -75,7 +83,7 @@ class InstanceWorker:
         done = self._execute_list(items) if self.backend.takes_request_list else self._execute_merged(items)
         self.executions += 1
         if inline:
-            self.inline_wall_ns = _average(self.inline_wall_ns, time.monotonic_ns() - t0)
+            self.inline_wall_ns = _average(self.inline_wall_ns, time.monotonic_ns() - t0, clip=True)
         elif self.executions > 1:  # the first is cold (lazy initialisation, a new thread): no measure
             self.thread_cpu_ns = _average(self.thread_cpu_ns, time.thread_time_ns() - c0)
             if self.inline_wall_ns is not None:
