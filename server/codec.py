@@ -23,11 +23,13 @@ class DataType:
     config_name: str  # model_config.proto enum name, e.g. "TYPE_FP32"
     dtype: np.dtype  # numpy dtype; object for BYTES
     itemsize: int  # 0 for BYTES (variable length)
+    wire: np.dtype  # the dtype of raw wire bytes: little-endian
 
 
 def _dt(name: str, config_name: str, dtype: object) -> DataType:
     d = np.dtype(dtype)  # type: ignore[call-overload]
-    return DataType(name, config_name, d, 0 if d == np.dtype(object) else d.itemsize)
+    itemsize = 0 if d == np.dtype(object) else d.itemsize
+    return DataType(name, config_name, d, itemsize, d.newbyteorder("<") if itemsize > 1 else d)
 
 
 _ALL = [
@@ -49,6 +51,9 @@ _ALL = [
 BY_NAME: dict[str, DataType] = {d.name: d for d in _ALL}
 BY_CONFIG_NAME: dict[str, DataType] = {d.config_name: d for d in _ALL}
 _BY_DTYPE: dict[np.dtype, DataType] = {d.dtype: d for d in _ALL}
+# The per-request lookup: dtype.str ("<f4") is cheaper to hash than a dtype. Only numeric kinds,
+# whose str is unambiguous ("<V2" could be any 2-byte void, so bfloat16 takes the slow path).
+_BY_STR: dict[str, DataType] = {d.dtype.str: d for d in _ALL if d.dtype.kind in "biuf"}
 BYTES = BY_NAME["BYTES"]
 
 _LEN = struct.Struct("<I")
@@ -74,6 +79,9 @@ def from_config_type(config_name: str) -> DataType:
 def of_array(array: np.ndarray) -> DataType:
     """The KServe datatype of a numpy array (str/bytes arrays are BYTES)."""
     dt = array.dtype
+    found = _BY_STR.get(dt.str)
+    if found is not None:
+        return found
     if dt.kind in "OSU":
         return BYTES
     found = _BY_DTYPE.get(dt.newbyteorder("=")) if dt.byteorder not in "=|" else _BY_DTYPE.get(dt)
@@ -101,8 +109,7 @@ def from_raw(raw: bytes | memoryview, dt: DataType, shape: Sequence[int], what: 
             f"{what}: {len(raw)} bytes of raw data but shape {list(shape)} of {dt.name} "
             f"needs {expected} bytes"
         )
-    array = np.frombuffer(raw, dtype=dt.dtype.newbyteorder("<") if dt.itemsize > 1 else dt.dtype)
-    return array.reshape(shape)
+    return np.frombuffer(raw, dtype=dt.wire).reshape(shape)
 
 
 def _decode_bytes(raw: bytes | memoryview, count: int, shape: Sequence[int], what: str) -> np.ndarray:

@@ -63,7 +63,7 @@ class InferenceCore:
     async def infer(self, request: InferRequest) -> InferResponse:
         """The unary path: exactly one response (refused for decoupled models)."""
         model = self._model_for(request)
-        if model.config.model_transaction_policy.decoupled:
+        if model.decoupled:
             raise InvalidArgument(
                 f"{model.label} is decoupled (0..N responses); use the streaming API (ModelStreamInfer)"
             )

@@ -29,9 +29,11 @@ class ModelVersion:
     # (model, version) pairs this one calls, for an ensemble; it is ready only while they are.
     dependencies: list[tuple[str, str]] = field(default_factory=list)
     label: str = field(init=False)
+    decoupled: bool = field(init=False)  # 0..N responses per request (read once: upb access is slow)
 
     def __post_init__(self) -> None:
         self.label = f"model '{self.name}' version {self.version}"
+        self.decoupled = self.config.model_transaction_policy.decoupled
         policy = self.config.dynamic_batching
         self._allow_timeout_override = policy.default_queue_policy.allow_timeout_override
         self._priority_levels = policy.priority_levels
@@ -42,17 +44,11 @@ class ModelVersion:
         self.stats.pending += 1
         try:
             checked = validate(self.label, self.signature, request.inputs, request.outputs)
-            work = Work(
-                checked.inputs,
-                checked.outputs,
-                checked.batch_size,
-                start,
-                None,
-                deadline_ns=request.deadline_ns,
-                client_deadline=request.deadline_ns is not None,
-                priority=self._priority(request.parameters),
-            )
-            self._apply_timeout(work, request.parameters)
+            deadline = request.deadline_ns
+            work = Work(checked.inputs, checked.outputs, checked.batch_size, start, None, deadline, deadline is not None)
+            if request.parameters:
+                work.priority = self._priority(request.parameters)
+                self._apply_timeout(work, request.parameters)
             return await self.scheduler.submit(work)
         except InferdError as e:
             self.stats.record_failure(time.monotonic_ns() - start, _reason(e))

@@ -22,18 +22,14 @@ def validate(
     label: str, sig: Signature, inputs: dict[str, np.ndarray], requested: list[str] | None
 ) -> Validated:
     """Check names, datatypes, shapes and batch size; ``label`` names the model in messages."""
-    for name in inputs:
-        if name not in sig.inputs:
-            raise InvalidArgument(
-                f"{label}: unexpected input '{name}'; the model's inputs are {sorted(sig.inputs)}"
-            )
+    spec_by_name = sig.inputs
+    if len(inputs) != len(spec_by_name) or inputs.keys() != spec_by_name.keys():
+        _check_names(label, sig, inputs)
     batch: int | None = None
-    for spec in sig.inputs.values():
+    for spec in spec_by_name.values():
         array = inputs.get(spec.name)
         if array is None:
-            if spec.optional:
-                continue
-            raise InvalidArgument(f"{label}: missing required input '{spec.name}'")
+            continue  # optional (_check_names refused a missing required input)
         rows = _check_tensor(label, sig.max_batch_size, spec, array)
         if batch is None:
             batch = rows
@@ -58,6 +54,18 @@ def validate(
     return Validated(inputs, outputs, batch if batch is not None else 1)
 
 
+def _check_names(label: str, sig: Signature, inputs: dict[str, np.ndarray]) -> None:
+    """The slow path, when the input names differ from the signature's: unknown or missing."""
+    for name in inputs:
+        if name not in sig.inputs:
+            raise InvalidArgument(
+                f"{label}: unexpected input '{name}'; the model's inputs are {sorted(sig.inputs)}"
+            )
+    for spec in sig.inputs.values():
+        if spec.name not in inputs and not spec.optional:
+            raise InvalidArgument(f"{label}: missing required input '{spec.name}'")
+
+
 def _check_tensor(label: str, max_batch_size: int, spec: TensorSpec, array: np.ndarray) -> int:
     got = codec.of_array(array)
     if got is not spec.datatype:
@@ -80,7 +88,7 @@ def _check_tensor(label: str, max_batch_size: int, spec: TensorSpec, array: np.n
                 f"max_batch_size ({max_batch_size})"
             )
         shape = shape[1:]
-    if len(shape) != len(dims) or any(d != -1 and d != s for d, s in zip(dims, shape)):
+    if shape != dims and (len(shape) != len(dims) or any(d != -1 and d != s for d, s in zip(dims, shape))):
         expected = [-1, *dims] if max_batch_size > 0 else list(dims)
         raise InvalidArgument(
             f"{label}: input '{spec.name}' has shape {list(array.shape)} but the model expects {expected}"

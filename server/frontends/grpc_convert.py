@@ -59,28 +59,28 @@ def parameters_to_pb(values: Mapping[str, Scalar], target: Any) -> None:
 def request_from_pb(msg: pb.ModelInferRequest, remaining_s: float | None = None) -> InferRequest:
     model = msg.model_name
     raw = msg.raw_input_contents
-    n_inputs = len(msg.inputs)
-    if raw and len(raw) != n_inputs:
+    tensors = list(msg.inputs)  # one wrapper per tensor, made once (upb makes one per access)
+    if raw and len(raw) != len(tensors):
         raise InvalidArgument(
-            f"model '{model}': raw_input_contents has {len(raw)} entries for {n_inputs} inputs; "
+            f"model '{model}': raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; "
             "there must be one per input, in input order"
         )
     inputs: dict[str, np.ndarray] = {}
-    for i, t in enumerate(msg.inputs):
+    for i, t in enumerate(tensors):
         name = t.name
         if name in inputs:
             raise InvalidArgument(f"model '{model}': input '{name}' is given more than once")
         what = f"model '{model}' input '{name}'"
         dt = codec.datatype(t.datatype)
-        shape = tuple(t.shape)
+        shape = tuple(t.shape[:])  # slicing first is cheaper than iterating the repeated field
         if raw:
             if t.HasField("contents"):
                 raise InvalidArgument(f"{what}: has 'contents' although raw_input_contents is used")
             inputs[name] = codec.from_raw(raw[i], dt, shape, what)
         else:
             inputs[name] = _from_contents(t, dt, shape, what)
-    outputs = [o.name for o in msg.outputs] if msg.outputs else None
-    params = parameters_from_pb(msg.parameters) if msg.parameters else {}
+    outputs = [o.name for o in msg.outputs] if len(msg.outputs) else None
+    params = parameters_from_pb(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
     return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline)
 
@@ -109,14 +109,15 @@ def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
     msg = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
+    tensors = msg.outputs
     raw = []
     for name, array in response.outputs.items():
-        out = msg.outputs.add()
+        out = tensors.add()
         out.name = name
         out.datatype = codec.of_array(array).name
-        out.shape.extend(array.shape)
+        out.shape[:] = array.shape
         raw.append(codec.to_raw(array))
-    msg.raw_output_contents.extend(raw)
+    msg.raw_output_contents[:] = raw
     if response.parameters:
         parameters_to_pb(response.parameters, msg.parameters)
     return msg

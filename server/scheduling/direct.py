@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,38 +28,54 @@ class DirectScheduler(Scheduler):
         max_queue_size: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         super().__init__(workers, stats, label)
-        self._idle: asyncio.Queue[InstanceWorker] = asyncio.Queue()
-        for w in self.workers:
-            self._idle.put_nowait(w)
-        self._waiting = 0
+        # Free instances, and the requests waiting for one in arrival order (a plain list and
+        # deque: this is every request's path, and asyncio.Queue costs several calls per use).
+        self._idle: list[InstanceWorker] = list(self.workers)
+        self._waiters: deque[asyncio.Future[InstanceWorker]] = deque()
         self.max_queue_size = max_queue_size
 
+    async def _acquire(self) -> InstanceWorker:
+        if len(self._waiters) >= self.max_queue_size:
+            raise Unavailable(f"{self.label}: exceeds maximum queue size ({self.max_queue_size} waiting)")
+        fut: asyncio.Future[InstanceWorker] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a worker just as it was cancelled
+                self._release(fut.result())
+            raise
+        finally:
+            if not fut.done() or fut.cancelled():
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+
+    def _release(self, worker: InstanceWorker) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(worker)
+                return
+        self._idle.append(worker)
+
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
-        if self._idle.empty():
-            if self._waiting >= self.max_queue_size:
-                raise Unavailable(
-                    f"{self.label}: exceeds maximum queue size ({self.max_queue_size} waiting)"
-                )
-            self._waiting += 1
-            try:
-                worker = await self._idle.get()
-            finally:
-                self._waiting -= 1
-        else:
-            worker = self._idle.get_nowait()
+        worker = self._idle.pop() if self._idle else await self._acquire()
         started = time.monotonic_ns()
         if work.deadline_ns is not None and started >= work.deadline_ns:
-            self._idle.put_nowait(worker)
+            self._release(worker)
             raise work.expired_error(self.label, "before execution")
-        if worker.runs_inline([work]):
+        items = [work]
+        if worker.runs_inline(items):
             try:
-                results, times = worker.execute([work], inline=True)
+                results, times = worker.execute(items, inline=True)
             finally:
-                self._idle.put_nowait(worker)
+                self._release(worker)
         else:
-            fut = asyncio.get_running_loop().run_in_executor(worker.executor, worker.execute, [work])
+            fut = asyncio.get_running_loop().run_in_executor(worker.executor, worker.execute, items)
             # The worker is free only when its thread is: a cancelled caller does not free it early.
-            fut.add_done_callback(lambda _: self._idle.put_nowait(worker))
+            fut.add_done_callback(lambda _: self._release(worker))
             results, times = await asyncio.shield(fut)
         self.stats.record_execution(times)
         result = results[0]
