@@ -35,7 +35,7 @@ CONCURRENCY = [1, 8, 32]
 MAX_BATCH = 64
 
 
-def build_repository(root: Path) -> None:
+def build_repository(root: Path, max_queue_delay_us: int = 500) -> None:
     b = _builders()
     f, c = SHAPE["features"], SHAPE["classes"]
     io = (
@@ -46,7 +46,10 @@ def build_repository(root: Path) -> None:
         'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
         'parameters { key: "inter_op_thread_count" value { string_value: "1" } }\n'
     )
-    batching = {"dense_batched": "dynamic_batching { max_queue_delay_microseconds: 500 }\n", "dense_plain": ""}
+    batching = {
+        "dense_batched": f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}\n",
+        "dense_plain": "",
+    }
     for name, extra in batching.items():
         (root / name / "1").mkdir(parents=True)
         b._save(b.dense_model(**SHAPE), root / name / "1" / "model.onnx")
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling-seconds", type=float, default=1.5)
     p.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--max-queue-delay-us", type=int, default=500,
+                   help="dense_batched's max_queue_delay_microseconds (default 500)")
     a = p.parse_args(argv)
     server_cpus, _ = split_cpus(a.no_pin)
     os.environ.update(THREAD_ENV)
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     points = [Point(label, c, b, []) for label, _, c, b in plan]
     with tempfile.TemporaryDirectory(prefix="inferd-bench-batching-") as tmp:
         repo = Path(tmp)
-        build_repository(repo)
+        build_repository(repo, a.max_queue_delay_us)
         server = start("inferd", inferd_argv(repo), server_cpus, ready_line="gRPC (KServe v2) listening on",
                        wait_for="model(s) requested")
         try:
