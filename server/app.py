@@ -25,6 +25,7 @@ from .settings import Settings
 from .watcher import RepositoryWatcher
 
 log = logging.getLogger("inferd")
+IO_POLICY_RESCAN_SECS = 2.0
 
 
 class InferdServer:
@@ -46,6 +47,7 @@ class InferdServer:
         self.metrics_server: AsgiServer | None = None
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
+        self._io_policy_task: asyncio.Future[None] | None = None
 
     async def start(self, wait_for_models: bool = True) -> None:
         s = self.settings
@@ -57,8 +59,9 @@ class InferdServer:
                 self.core, f"{s.host}:{s.grpc_port}", s.grpc_max_message_bytes
             )
             await self.grpc_server.start()
-            moved = apply_io_policy(s.grpc_io_sched)
-            log.debug("gRPC I/O threads: %d under policy %s", moved, s.grpc_io_sched)
+            if s.grpc_io_sched != "other":
+                apply_io_policy(s.grpc_io_sched)
+                self._io_policy_task = asyncio.ensure_future(self._keep_io_policy(s.grpc_io_sched))
             log.info("gRPC (KServe v2) listening on %s:%d", s.host, self.grpc_port)
         try:
             if s.allow_http:
@@ -101,8 +104,17 @@ class InferdServer:
         except Exception as e:  # recorded as the model's reason; the server stays up
             log.debug("model %s failed: %s", name, e)
 
+    async def _keep_io_policy(self, policy: str) -> None:
+        """grpc starts EventEngine threads after start-up too, not always from a thread that
+        passes the policy on; a scan every few seconds (a directory listing) catches them."""
+        while True:
+            await asyncio.sleep(IO_POLICY_RESCAN_SECS)
+            apply_io_policy(policy)
+
     async def stop(self) -> None:
         self.core.shutting_down = True
+        if self._io_policy_task is not None:
+            self._io_policy_task.cancel()
         if self.watcher is not None:
             await self.watcher.stop()
         # gRPC and HTTP stop accepting and drain their in-flight requests side by side.

@@ -81,3 +81,32 @@ def test_bad_repository_path_exits_with_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nope" in result.stderr and "not a folder" in result.stderr
+
+
+def _thread_policies(pid: int) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            out.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="thread scheduling policies are Linux-only")
+@pytest.mark.parametrize("flag, expected", [((), getattr(os, "SCHED_BATCH", 3)),
+                                            (("--grpc-io-sched", "other"), getattr(os, "SCHED_OTHER", 0))])
+def test_grpc_io_sched_flag(repo: Path, flag: tuple[str, ...], expected: int) -> None:
+    """grpc's EventEngine threads follow the flag; the event loop thread keeps the default."""
+    proc, _ = start(repo, *flag)
+    try:
+        # Threads grpc starts after start-up are caught by the server's rescan (every 2 s).
+        deadline = time.monotonic() + 10
+        while (policies := _thread_policies(proc.pid)).get("event_engine") != {expected}:
+            assert time.monotonic() < deadline, policies
+            time.sleep(0.2)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER
+    finally:
+        proc.kill()
+        proc.wait(10)

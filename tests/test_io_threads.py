@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -29,7 +30,10 @@ def _policies() -> dict[int, int]:
 
 
 def test_helpers_found_and_batched(server: RunningServer) -> None:
-    policies = _policies()
+    # A thread grpc adds later gets the policy at the server's next rescan (every 2 s).
+    deadline = time.monotonic() + 10
+    while set((policies := _policies()).values()) != {os.SCHED_BATCH} and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _poller_ids() & set(policies), "grpc.aio's completion-queue poller thread was not found"
     assert len(policies) >= 2, "grpc core's EventEngine threads were not found"
     assert set(policies.values()) == {os.SCHED_BATCH}

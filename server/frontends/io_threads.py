@@ -7,8 +7,8 @@ one CPU under 16 concurrent clients the loop thread was switched out involuntari
 request. Linux's SCHED_BATCH policy says "do not preempt on wake-up": a helper then runs when the
 loop blocks or its time slice ends, and handles its events in bursts (~1k instead of ~58k
 involuntary switches over the same 4 s). Where a CPU is free the helper still runs there at once,
-so nothing waits longer on a machine with spare cores. Threads the pool starts later inherit the
-policy from the lifeguard that starts them.
+so nothing waits longer on a machine with spare cores. Threads grpc starts later inherit the
+policy when a helper starts them, but not always; the server rescans every few seconds.
 """
 
 from __future__ import annotations
