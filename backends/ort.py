@@ -115,12 +115,14 @@ class OnnxRuntimeBackend(Backend):
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        feed = dict(inputs)
-        for name in self._string_inputs & feed.keys():
-            # onnxruntime wants str elements for string tensors; inferd carries bytes.
-            feed[name] = np.vectorize(lambda b: b.decode("utf-8", "surrogateescape"), otypes=[object])(feed[name])
-        results = self.session.run(list(outputs), feed)
-        return dict(zip(outputs, results))
+        feed = inputs if type(inputs) is dict else dict(inputs)  # the binding takes a dict
+        if self._string_inputs:
+            feed = dict(inputs)
+            for name in self._string_inputs & feed.keys():
+                # onnxruntime wants str elements for string tensors; inferd carries bytes.
+                feed[name] = np.vectorize(lambda b: b.decode("utf-8", "surrogateescape"), otypes=[object])(feed[name])
+        names = outputs if isinstance(outputs, list) else list(outputs)
+        return dict(zip(names, self.session.run(names, feed)))
 
     def unload(self) -> None:
         del self.session
