@@ -28,6 +28,7 @@ import numpy as np
 from ..clients.pb import grpc_service_pb2 as pb
 from ..clients.pb import grpc_service_pb2_grpc as pb_grpc
 from ..clients.pb import model_config_pb2 as mc
+from ..server import event_loop  # stdlib only (uvloop if asked for)
 from ..server.frontends.io_threads import apply_io_policy  # stdlib only
 
 MODEL = "add_sub"
@@ -107,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8001, help="0 = any free port (printed on start)")
     p.add_argument("--io-sched", choices=["other", "batch"], default="other",
                    help="scheduling policy of grpc's I/O threads (default: the kernel's, untouched)")
+    p.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio",
+                   help="event loop (default asyncio's; uvloop to compare like for like with inferd)")
     args = p.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, args.io_sched))
+    event_loop.run(serve(args.host, args.port, args.io_sched), args.event_loop)
     return 0
 
 

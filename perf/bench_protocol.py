@@ -7,8 +7,9 @@ The servers run as subprocesses on free loopback ports. With two or more CPUs th
 to CPU 0 and this process (the load generator) to CPU 1, so that client and server do not steal
 each other's core; each round measures every server back to back and the table shows the
 median over rounds. Goal for inferd: >= 90% of the baseline's throughput and a p99 no more than
-1.2x the baseline's. Two more servers separate inferd's own cost from its thread policy: the
-baseline with inferd's grpc I/O thread policy (like for like), and inferd without it.
+1.2x the baseline's. Two more servers separate inferd's own cost from its tuning (grpc I/O
+threads under SCHED_BATCH, uvloop): the baseline with the same tuning (like for like), and
+inferd without it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..server import event_loop
 from .inputs import DataOptions, build_requests
 from .loadgen import LoadGenerator
 from .procs import ProcessLoad
@@ -78,13 +80,13 @@ def _median(points: list[Point]) -> Point:
 
 # name -> (how it is started, what it shows)
 SERVERS = {
-    "baseline": "the bare grpc.aio servicer (the goal's reference)",
-    "inferd": "inferd as shipped (grpc I/O threads SCHED_BATCH)",
-    "baseline-batch": "the bare servicer with inferd's I/O thread policy (like for like)",
-    "inferd-other": "inferd with --grpc-io-sched other (the kernel's default policy)",
+    "baseline": "the bare grpc.aio servicer on asyncio's loop (the goal's reference)",
+    "inferd": "inferd as shipped (grpc I/O threads SCHED_BATCH, uvloop when installed)",
+    "baseline-tuned": "the bare servicer with inferd's I/O thread policy and event loop (like for like)",
+    "inferd-untuned": "inferd with --grpc-io-sched other --event-loop asyncio",
 }
 # (numerator, denominator, whether this ratio is the goal's)
-RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-batch", False), ("inferd-other", "baseline", False)]
+RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-tuned", False), ("inferd-untuned", "baseline", False)]
 
 
 def render(results: dict[tuple[str, int], Point], concurrencies: list[int], names: list[str]) -> str:
@@ -115,9 +117,10 @@ def render(results: dict[tuple[str, int], Point], concurrencies: list[int], name
 
 def _argv(name: str, repository: Path | None) -> tuple[list[str], dict[str, str]]:
     if name.startswith("baseline"):
-        argv = baseline_argv() + (["--io-sched", "batch"] if name == "baseline-batch" else [])
-        return argv, {}
-    argv = inferd_argv(repository, ["add_sub"]) + (["--grpc-io-sched", "other"] if name == "inferd-other" else [])
+        tuned = ["--io-sched", "batch", "--event-loop", event_loop.resolve("auto")]
+        return baseline_argv() + (tuned if name == "baseline-tuned" else []), {}
+    untuned = ["--grpc-io-sched", "other", "--event-loop", "asyncio"]
+    argv = inferd_argv(repository, ["add_sub"]) + (untuned if name == "inferd-untuned" else [])
     return argv, {"ready_line": "gRPC (KServe v2) listening on", "wait_for": "model(s) requested"}
 
 

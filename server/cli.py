@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -35,6 +34,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-io-sched", choices=["batch", "other"], default=d.grpc_io_sched,
                    help="Linux scheduling policy of grpc's I/O threads: batch (default) keeps them from "
                    "preempting the event loop on a shared CPU; other is the kernel's default")
+    p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=d.event_loop,
+                   help="the server's event loop: auto (default) is uvloop when installed, else asyncio's")
     p.add_argument("--http-max-body-bytes", type=int, default=d.http_max_body_bytes,
                    help="largest HTTP request body (default %(default)s = 64 MiB)")
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
@@ -60,6 +61,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         allow_metrics=a.allow_metrics,
         grpc_max_message_bytes=a.grpc_max_message_bytes,
         grpc_io_sched=a.grpc_io_sched,
+        event_loop=a.event_loop,
         http_max_body_bytes=a.http_max_body_bytes,
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,
@@ -85,10 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import event_loop
     from .app import InferdServer
 
     try:
-        asyncio.run(InferdServer(settings).serve_forever())
+        kind = event_loop.resolve(settings.event_loop)
+    except RuntimeError as e:  # uvloop asked for and not installed
+        print(f"inferd: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger("inferd").info("event loop: %s", kind)
+    try:
+        event_loop.run(InferdServer(settings).serve_forever(), kind)
     except OSError as e:  # no repository folder, a port in use
         print(f"inferd: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ class Settings:
     # Linux scheduling policy of grpc's I/O helper threads (frontends/io_threads.py): "batch"
     # keeps them from preempting the event loop on a shared CPU; "other" is the kernel default.
     grpc_io_sched: str = "batch"
+    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     http_max_body_bytes: int = 64 * 1024 * 1024
     model_control_mode: str = "poll"  # none | poll | explicit
     repository_poll_secs: float = 2.0

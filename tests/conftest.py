@@ -4,12 +4,14 @@ ephemeral loopback port, running its own event loop in a background thread."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from inferd.server import event_loop
 from inferd.server.app import InferdServer
 from inferd.server.settings import Settings
 
@@ -44,9 +46,14 @@ class RunningServer:
         self.thread.join(30)
 
 
+# The loop the test servers run on: by default the one `inferd serve` picks (uvloop when
+# installed); INFERD_TEST_EVENT_LOOP=asyncio runs the suite on asyncio's own.
+TEST_EVENT_LOOP = event_loop.resolve(os.environ.get("INFERD_TEST_EVENT_LOOP", "auto"))
+
+
 def start_server(settings: Settings) -> RunningServer:
     """Start an InferdServer on its own loop thread; returns once models are loaded."""
-    loop = asyncio.new_event_loop()
+    loop = event_loop.loop_factory(TEST_EVENT_LOOP)()
     thread = threading.Thread(target=loop.run_forever, name="inferd-test-server", daemon=True)
     thread.start()
     server = asyncio.run_coroutine_threadsafe(_make(settings), loop).result(60)
