@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -64,6 +65,9 @@ async def _child_main(conn: Connection, protocol: str, url: str, streaming: bool
             inbox.put_nowait(("exit",))
 
     loop.add_reader(conn.fileno(), readable)
+    # uvloop makes a watched fd non-blocking, and the pipe's one fd also sends: a large
+    # "records" reply would then fail with BlockingIOError once the pipe buffer is full.
+    os.set_blocking(conn.fileno(), True)
     conn.send(("ready",))
     try:
         while True:
