@@ -34,7 +34,9 @@ def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
         import uvloop
 
         return uvloop.new_event_loop
-    return asyncio.new_event_loop
+    # asyncio's own loop class, not asyncio.new_event_loop: that follows the installed policy,
+    # which may be uvloop's (the perf tool installs it in-process).
+    return asyncio.ProactorEventLoop if sys.platform == "win32" else asyncio.SelectorEventLoop
 
 
 def run(main: Coroutine[Any, Any, T], kind: str) -> T:
