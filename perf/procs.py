@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ..server import event_loop  # stdlib only
 from .inputs import InputError, ModelInfo
 from .loadgen import LoadGenerator, Record
 from .transport import make_transport
@@ -28,17 +27,17 @@ def split(total: int, parts: int) -> list[int]:
 
 
 def install_event_loop(kind: str) -> str:
-    """Use uvloop when asked (or when "auto" and it is installed, as the server decides);
-    returns the loop used."""
-    try:
-        resolved = event_loop.resolve(kind)
-    except RuntimeError as e:
-        raise InputError(str(e)) from None
-    if resolved == "uvloop":
-        import uvloop
+    """Use uvloop when asked (or when "auto" and it is installed); returns the loop used."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return resolved
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            return "uvloop"
+        except ImportError:
+            if kind == "uvloop":
+                raise InputError("--event-loop uvloop: uvloop is not installed") from None
+    return "asyncio"
 
 
 def _child(conn: Connection, protocol: str, url: str, streaming: bool, model: ModelInfo,
