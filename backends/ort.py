@@ -115,8 +115,9 @@ class OnnxRuntimeBackend(Backend):
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        feed = inputs if type(inputs) is dict else dict(inputs)  # the binding takes a dict
-        if self._string_inputs:
+        if not self._string_inputs:
+            feed = inputs if type(inputs) is dict else dict(inputs)  # the binding takes a dict
+        else:
             feed = dict(inputs)
             for name in self._string_inputs & feed.keys():
                 # onnxruntime wants str elements for string tensors; inferd carries bytes.

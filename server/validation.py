@@ -22,11 +22,10 @@ def validate(
     label: str, sig: Signature, inputs: dict[str, np.ndarray], requested: list[str] | None
 ) -> Validated:
     """Check names, datatypes, shapes and batch size; ``label`` names the model in messages."""
-    spec_by_name = sig.inputs
-    if len(inputs) != len(spec_by_name) or inputs.keys() != spec_by_name.keys():
+    if inputs.keys() != sig.inputs.keys():
         _check_names(label, sig, inputs)
     batch: int | None = None
-    for spec in spec_by_name.values():
+    for spec in sig.inputs.values():
         array = inputs.get(spec.name)
         if array is None:
             continue  # optional (_check_names refused a missing required input)

@@ -42,15 +42,11 @@ class DirectScheduler(Scheduler):
         try:
             return await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # handed a worker just as it was cancelled
+            if not fut.cancelled():  # handed a worker just as it was cancelled
                 self._release(fut.result())
+            elif fut in self._waiters:  # _release may already have dropped it
+                self._waiters.remove(fut)
             raise
-        finally:
-            if not fut.done() or fut.cancelled():
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
 
     def _release(self, worker: InstanceWorker) -> None:
         while self._waiters:

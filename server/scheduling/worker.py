@@ -110,8 +110,8 @@ class InstanceWorker:
         except Exception as e:
             raise Internal(f"{self.name}: backend execution failed: {type(e).__name__}: {e}") from e
         t2 = time.monotonic_ns()
-        if not produced.keys() >= set(outputs):
-            missing = [n for n in outputs if n not in produced]
+        missing = [n for n in outputs if n not in produced]
+        if missing:
             raise Internal(f"{self.name}: backend did not produce output(s) {missing}")
         results = self._split(items, produced, outputs, total)
         t3 = time.monotonic_ns()
