@@ -35,7 +35,9 @@ class InferdServer:
         # One registry per server, injected (never global); the observer feeds the histograms.
         self.metrics_registry = CollectorRegistry()
         observer = RequestObserver()
-        self.manager = ModelManager(self.repository, observers=[observer] if settings.allow_metrics else None)
+        self.manager = ModelManager(
+            self.repository, [observer] if settings.allow_metrics else None, settings.instance_nice
+        )
         if settings.allow_metrics:
             register_metrics(self.metrics_registry, self.manager, observer)
         self.core = InferenceCore(self.manager, settings.strict_readiness, settings.model_control_mode)

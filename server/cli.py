@@ -18,6 +18,13 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
+def _nice(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"nice steps must be 0..19, not {value}")
+    return value
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument("--model-repository", type=Path, default=d.model_repository,
@@ -34,6 +41,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-io-sched", choices=["batch", "other"], default=d.grpc_io_sched,
                    help="Linux scheduling policy of grpc's I/O threads: batch (default) keeps them from "
                    "preempting the event loop on a shared CPU; other is the kernel's default")
+    p.add_argument("--instance-nice", type=_nice, default=d.instance_nice, metavar="N",
+                   help="Linux: model instance threads run N nice steps below the event loop, so that on a "
+                   "shared CPU requests are admitted (and batches formed) before compute runs "
+                   "(default %(default)s; 0 = the kernel's default priority)")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=d.event_loop,
                    help="the server's event loop: auto (default) is uvloop when installed, else asyncio's")
     p.add_argument("--http-max-body-bytes", type=int, default=d.http_max_body_bytes,
@@ -61,6 +72,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         allow_metrics=a.allow_metrics,
         grpc_max_message_bytes=a.grpc_max_message_bytes,
         grpc_io_sched=a.grpc_io_sched,
+        instance_nice=a.instance_nice,
         event_loop=a.event_loop,
         http_max_body_bytes=a.http_max_body_bytes,
         model_control_mode=a.model_control_mode,

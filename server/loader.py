@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..backends import registry
@@ -155,8 +156,11 @@ def inline_execution(plan: ModelPlan, placed: list[Instance], params: dict[str, 
     return choice == "true" or plan.backend.inline_safe
 
 
-def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object) -> list[InstanceWorker]:
-    """Create every instance of one version; on failure, unload what was created."""
+def load_workers(
+    repo: Repository, plan: ModelPlan, version: int, core: object, nice: int = 0
+) -> list[InstanceWorker]:
+    """Create every instance of one version, each backend on its instance's thread (``nice``
+    steps below the default priority); on failure, unload what was created."""
     assert plan.backend is not None
     version_dir = plan.model_dir / str(version)
     filename = plan.config.default_model_filename or plan.backend.default_filename
@@ -168,8 +172,9 @@ def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object) 
     try:
         for inst in placed:
             ctx = LoadContext(plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, core, params)
-            backend = plan.backend(ctx)
-            workers.append(InstanceWorker(backend, f"{plan.name}.v{version}.{inst.name}", plan.config.max_batch_size > 0, inline))
+            name = f"{plan.name}.v{version}.{inst.name}"
+            batching = plan.config.max_batch_size > 0
+            workers.append(InstanceWorker.build(partial(plan.backend, ctx), name, batching, inline, nice))
     except BaseException as e:
         for w in workers:
             w.close()

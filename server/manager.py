@@ -64,8 +64,11 @@ class ModelRecord:
 
 
 class ModelManager:
-    def __init__(self, repository: Repository, observers: list[Observer] | None = None) -> None:
+    def __init__(
+        self, repository: Repository, observers: list[Observer] | None = None, instance_nice: int = 0
+    ) -> None:
         self.repository = repository
+        self.instance_nice = instance_nice
         self.models: dict[str, ModelRecord] = {}
         self.observers = observers if observers is not None else []
         self.core: object = None  # set by the core; handed to backends that call other models
@@ -268,7 +271,9 @@ class ModelManager:
             return await self._load_ensemble(plan, version)
         assert plan.backend is not None
         loop = asyncio.get_running_loop()
-        workers = await loop.run_in_executor(None, load_workers, self.repository, plan, version, self.core)
+        workers = await loop.run_in_executor(
+            None, load_workers, self.repository, plan, version, self.core, self.instance_nice
+        )
         label = f"model '{plan.name}' version {version}"
         try:
             if plan.config.model_warmup:

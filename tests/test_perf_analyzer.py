@@ -24,9 +24,18 @@ def find_perf_analyzer() -> str | None:
     candidates = [os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer"),
                   str(Path.home() / ".local" / "perf_analyzer" / "bin" / "perf_analyzer")]
     for c in candidates:
-        if c and os.access(c, os.X_OK):
+        if c and os.access(c, os.X_OK) and _runs(c):
             return c
     return None
+
+
+def _runs(binary: str) -> bool:
+    """tritonclient's wheel puts a CUDA build on PATH inside a virtual environment, which
+    cannot start without libcudart: skip past binaries that do not run here."""
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 PERF_ANALYZER = find_perf_analyzer()

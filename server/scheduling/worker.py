@@ -2,21 +2,24 @@
 
 Each worker owns a single-thread executor so that an instance never runs two executions at
 once while different instances (and different models) run in parallel; frameworks release the
-GIL inside their kernels, so the threads really overlap.
+GIL inside their kernels, so the threads really overlap. The thread runs below the event loop's
+priority (thread_priority.py) and builds its backend itself, so framework threads inherit that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
 from ...backends.base import Backend
 from ..errors import InferdError, Internal
 from ..stats import ExecutionTimes
+from .thread_priority import lower_thread_priority
 from .work import Work
 
 # One request's outcome: its outputs, or the error that failed it alone.
@@ -51,16 +54,43 @@ def _average(old: float | None, new: int, clip: bool = False) -> float:
     return old + _EWMA * (new - old)
 
 
+def instance_executor(name: str, nice: int = 0) -> ThreadPoolExecutor:
+    """The instance's one thread, ``nice`` steps below the default priority."""
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=name, initializer=partial(lower_thread_priority, nice)
+    )
+
+
 class InstanceWorker:
-    def __init__(self, backend: Backend, name: str, batching: bool, inline: bool = False) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        batching: bool,
+        inline: bool = False,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.backend = backend
         self.name = name
         self.batching = batching
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.executor = executor or instance_executor(name)
         self.inline = inline  # decided by the loader from the backend and the config
         self.thread_cpu_ns: float | None = None  # moving average on the thread; None = unmeasured
         self.inline_wall_ns: float | None = None  # moving average on the loop
         self.executions = 0
+
+    @classmethod
+    def build(
+        cls, factory: Callable[[], Backend], name: str, batching: bool, inline: bool = False, nice: int = 0
+    ) -> InstanceWorker:
+        """Start the instance's thread and build its backend on it (blocks until built)."""
+        executor = instance_executor(name, nice)
+        try:
+            backend = executor.submit(factory).result()
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(backend, name, batching, inline, executor)
 
     def runs_inline(self, items: Sequence[Work]) -> bool:
         if not self.inline or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
