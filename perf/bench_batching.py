@@ -5,15 +5,18 @@ protocol ceiling (the server answering a trivial element-wise model).
     python -m inferd.perf.bench_batching [--rounds 3] [--duration 2]
 
 One table: in-process throughput at batch 1/8/32/64; add_sub through the server at the
-concurrencies (batch 1); then the dense model at 1, 8 and 32 concurrent batch-1 clients with and
+concurrencies (batch 1); then the dense model at 1, 8, 16 and 32 concurrent batch-1 clients with and
 without dynamic batching, and 2 clients sending batches of 8, each with p50/p99, the server's
 queue and compute per request, the average executed batch and the ratio to
 min(compute ceiling at the batch the clients can form, protocol ceiling at that concurrency).
-Goals: with batching at 32 clients >= 3x the no-batching throughput and >= 80% of that
+Goals: with batching at 16-32 clients >= 3x the no-batching throughput and >= 80% of that
 min-ceiling; batch-8 clients >= 60% of the in-process batch-8 ceiling.
 
 The server and the in-process ceilings run alone on CPU 0 with one framework thread, the load
-generator on CPU 1 (as in bench_backends). Bounded: rounds x points x (warm-up + duration).
+generator on CPU 1 (as in bench_backends). The load is NVIDIA's perf_analyzer when installed
+(``--load``): a Python client's own cost per request delays how fast a burst of responses
+comes back as new requests, which the batcher sees as fewer requests to merge.
+Bounded: rounds x points x (warm-up + duration).
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bench_backends import SHAPE, THREAD_ENV, Served, _builders, _ceilings_in_child, serve_point
+from . import perf_analyzer
+from .bench_backends import SHAPE, THREAD_ENV, Served, _builders, _ceilings_in_child, serve_point, served
 from .servers import inferd_argv, split_cpus, start
+from .transport import make_transport
 
 BATCHES = [1, 8, 32, 64]
-CONCURRENCY = [1, 8, 32]
+CONCURRENCY = [1, 8, 16, 32]
 MAX_BATCH = 64
 
 
@@ -59,6 +64,20 @@ def build_repository(root: Path, max_queue_delay_us: int = 500) -> None:
     (root / "add_sub" / "1").mkdir(parents=True)
     b._save(b.add_sub_model(), root / "add_sub" / "1" / "model.onnx")
     (root / "add_sub" / "config.pbtxt").write_text(f'name: "add_sub"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n{threads}')
+
+
+async def pa_point(binary: str, url: str, model: str, batch: int, concurrency: int, duration: float) -> Served:
+    """perf_analyzer holds the load; the server's statistics over its whole run (warm-up included)."""
+    transport = make_transport("grpc", url)
+    try:
+        before = await transport.statistics(model, "")
+        pt = await asyncio.to_thread(
+            perf_analyzer.measure, binary, url, model, batch, concurrency, max(int(duration * 1000 / 3), 200)
+        )
+        after = await transport.statistics(model, "")
+    finally:
+        await transport.close()
+    return served(pt.rows_per_s, 0, pt.p50_us, pt.p99_us, after - before)
 
 
 @dataclass
@@ -107,14 +126,28 @@ def render(ceiling: dict[int, list[float]], protocol: dict[int, list[Served]], p
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inferd.perf.bench_batching", description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=2.0, help="measured seconds per point (default 2)")
+    p.add_argument("--duration", type=float, default=2.0, help="measured seconds per point (default 2; perf_analyzer: three windows of a third)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     p.add_argument("--ceiling-seconds", type=float, default=1.5)
     p.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--load", choices=["auto", "perf_analyzer", "inferd"], default="auto",
+                   help="load generator: perf_analyzer (auto: when installed) or inferd's own Python one")
     p.add_argument("--max-queue-delay-us", type=int, default=500,
                    help="dense_batched's max_queue_delay_microseconds (default 500)")
     a = p.parse_args(argv)
+    pa = perf_analyzer.find_perf_analyzer() if a.load != "inferd" else None
+    if a.load == "perf_analyzer" and pa is None:
+        print(f"perf_analyzer not found ({perf_analyzer.INSTALL_HINT})", file=sys.stderr)
+        return 2
+    load = "perf_analyzer (C++, --async)" if pa else "inferd's Python load generator"
+    print(f"# load: {load}", file=sys.stderr)
+
+    def measure_point(model: str, batch: int, concurrency: int) -> Served:
+        if pa is not None:
+            return asyncio.run(pa_point(pa, server.url, model, batch, concurrency, a.duration))
+        return asyncio.run(serve_point(server.url, model, batch, concurrency, a.warmup, a.duration))
+
     server_cpus, _ = split_cpus(a.no_pin)
     os.environ.update(THREAD_ENV)
     ceiling: dict[int, list[float]] = {b: [] for b in BATCHES}
@@ -134,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                                                server_cpus).items():
                     ceiling[b].append(v)
                 for c in CONCURRENCY:
-                    protocol[c].append(asyncio.run(serve_point(server.url, "add_sub", 1, c, a.warmup, a.duration)))
+                    protocol[c].append(measure_point("add_sub", 1, c))
                 for point, (_, model, c, b) in zip(points, plan):
-                    s = asyncio.run(serve_point(server.url, model, b, c, a.warmup, a.duration))
+                    s = measure_point(model, b, c)
                     point.served.append(s)
                     print(f"# round {rnd + 1}: {point.label} {c} x {b}: {s.rows_per_s:,.0f}/s, "
                           f"avg batch {s.avg_batch:.1f}", file=sys.stderr)
         finally:
             server.stop()
+    print(f"load: {load}\n")
     print(render(ceiling, protocol, points))
     errors = sum(s.errors for p_ in points for s in p_.served)
     return 0 if errors == 0 else 1

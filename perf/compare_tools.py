@@ -14,30 +14,14 @@ client figures differ, the difference is on the client side.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from .perf_analyzer import INSTALL_HINT, find_perf_analyzer, read_csv
 from .servers import pin_prefix
-
-
-def find_perf_analyzer() -> str | None:
-    for c in (os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer"),
-              str(Path.home() / ".local" / "perf_analyzer" / "bin" / "perf_analyzer")):
-        if c and os.access(c, os.X_OK):
-            return c
-    return None
-
-
-def read_csv(path: Path) -> dict[str, dict[str, str]]:
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    return {r.get("Concurrency") or r.get("Request Rate") or "": r for r in rows}
 
 
 def median_rows(runs: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, str]]:
@@ -67,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = extra[1:]
     pa = find_perf_analyzer()
     if pa is None:
-        print("perf_analyzer not found (bash ../shared/tools/install-perf-analyzer.sh)", file=sys.stderr)
+        print(f"perf_analyzer not found ({INSTALL_HINT})", file=sys.stderr)
         return 2
     out = a.out or Path(tempfile.mkdtemp(prefix="inferd-compare-"))
     out.mkdir(parents=True, exist_ok=True)

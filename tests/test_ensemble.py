@@ -344,7 +344,7 @@ def test_perf_analyzer_breaks_an_ensemble_down_by_step(server: RunningServer) ->
     statistics, and prints a breakdown per step."""
     import subprocess
 
-    from .test_perf_analyzer import find_perf_analyzer
+    from inferd.perf.perf_analyzer import find_perf_analyzer
 
     pa = find_perf_analyzer()
     if pa is None:

@@ -8,40 +8,20 @@ $PERF_ANALYZER, on PATH and in ~/.local/perf_analyzer/bin, and skips with a reas
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from inferd.perf.perf_analyzer import INSTALL_HINT, find_perf_analyzer
 
 from .conftest import RunningServer
 from .test_perf_stats import PA_HEADER
 
-
-def find_perf_analyzer() -> str | None:
-    candidates = [os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer"),
-                  str(Path.home() / ".local" / "perf_analyzer" / "bin" / "perf_analyzer")]
-    for c in candidates:
-        if c and os.access(c, os.X_OK) and _runs(c):
-            return c
-    return None
-
-
-def _runs(binary: str) -> bool:
-    """tritonclient's wheel puts a CUDA build on PATH inside a virtual environment, which
-    cannot start without libcudart: skip past binaries that do not run here."""
-    try:
-        return subprocess.run([binary, "--version"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 PERF_ANALYZER = find_perf_analyzer()
 pytestmark = pytest.mark.skipif(
     PERF_ANALYZER is None,
-    reason="perf_analyzer is not installed (bash ../shared/tools/install-perf-analyzer.sh, or set $PERF_ANALYZER)",
+    reason=f"perf_analyzer is not installed ({INSTALL_HINT})",
 )
 
 _STEP = re.compile(r"Request concurrency: (\d+)\n(.*?)(?=\nRequest concurrency:|\nInferences/Second vs|\Z)", re.S)

@@ -1,0 +1,66 @@
+"""NVIDIA's perf_analyzer as a load generator: finding a binary that runs, and one measured point.
+
+Its C++ client spends ~20-30 µs of CPU per request against ~150-250 µs for a Python grpc.aio
+client, and turns a burst of responses around at once, so where a benchmark asks what the
+*server* can do, perf_analyzer's load disturbs it least (install: ../shared/tools/).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTALL_HINT = "bash ../shared/tools/install-perf-analyzer.sh, or set $PERF_ANALYZER"
+
+
+def find_perf_analyzer() -> str | None:
+    """$PERF_ANALYZER, then PATH, then ~/.local/perf_analyzer/bin: the first that starts."""
+    for c in (os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer"),
+              str(Path.home() / ".local" / "perf_analyzer" / "bin" / "perf_analyzer")):
+        if c and os.access(c, os.X_OK) and _runs(c):
+            return c
+    return None
+
+
+def _runs(binary: str) -> bool:
+    # tritonclient's wheel puts a CUDA build on a virtual environment's PATH that cannot start
+    # without libcudart: skip binaries that do not run here.
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    """perf_analyzer's ``-f`` CSV, rows keyed by their concurrency or request rate."""
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {r.get("Concurrency") or r.get("Request Rate") or "": r for r in rows}
+
+
+@dataclass
+class PaPoint:
+    rows_per_s: float  # perf_analyzer's "inferences": requests x batch
+    p50_us: float
+    p99_us: float
+
+
+def measure(binary: str, url: str, model: str, batch: int, concurrency: int, window_ms: int,
+            timeout_s: float = 300) -> PaPoint:
+    """``concurrency`` requests in flight over gRPC; the average of 3 windows of ``window_ms``
+    (stability is not asked for: ``-s 100`` accepts the first three)."""
+    with tempfile.TemporaryDirectory(prefix="inferd-pa-") as tmp:
+        out = Path(tmp) / "pa.csv"
+        argv = [binary, "-m", model, "-i", "grpc", "-u", url, "-b", str(batch), "--async",
+                "--concurrency-range", str(concurrency), "-p", str(window_ms), "-s", "100",
+                "--max-trials", "10", "-f", str(out)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"perf_analyzer failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
+        row = read_csv(out)[str(concurrency)]
+    return PaPoint(float(row["Inferences/Second"]), float(row["p50 latency"]), float(row["p99 latency"]))
