@@ -42,7 +42,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="Linux scheduling policy of grpc's I/O threads: batch (default) keeps them from "
                    "preempting the event loop on a shared CPU; other is the kernel's default")
     p.add_argument("--instance-nice", type=_nice, default=d.instance_nice, metavar="N",
-                   help="Linux: model instance threads run N nice steps below the event loop, so that on a "
+                   help="Linux: instances of dynamically batched models run N nice steps below the event loop, so that on a "
                    "shared CPU requests are admitted (and batches formed) before compute runs "
                    "(default %(default)s; 0 = the kernel's default priority)")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=d.event_loop,

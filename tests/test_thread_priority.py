@@ -100,10 +100,13 @@ def test_framework_threads_started_by_the_backend_inherit_it(tmp_path: Path) -> 
         worker.close()
 
 
-def test_server_instances_run_at_the_configured_offset(server: RunningServer) -> None:
+def test_server_lowers_only_dynamically_batched_instances(server: RunningServer) -> None:
+    """The offset lets the loop fill batches; a model without a batcher keeps the loop's priority."""
     base = _nice()  # the server's loop thread runs at the process's value, as this one does
-    worker = server.server.manager.get("add_sub").scheduler.workers[0]
-    assert worker.executor.submit(_nice).result(10) == min(base + 5, 19)
+    batched = server.server.manager.get("dense").scheduler.workers[0]  # dynamic_batching {...}
+    assert batched.executor.submit(_nice).result(10) == min(base + 5, 19)
+    direct = server.server.manager.get("add_sub").scheduler.workers[0]
+    assert direct.executor.submit(_nice).result(10) == base
 
 
 def test_instance_nice_flag() -> None:
