@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import socket
 from collections.abc import Generator
@@ -32,6 +33,15 @@ class _EmbeddedServer(uvicorn.Server):
         self.ready.set()
 
 
+def _quiet_uvicorn_lifecycle() -> None:
+    """inferd logs each front end's start and stop itself; uvicorn's own lines ("Started server
+    process", "Shutting down") would repeat them once per server without saying which. Its
+    warnings and errors still show, and everything does at DEBUG or where a level was set."""
+    log = logging.getLogger("uvicorn.error")
+    if log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.WARNING)
+
+
 class AsgiServer:
     """One uvicorn server for ``app`` on ``host:port``; ``port`` is the bound port once started."""
 
@@ -51,6 +61,7 @@ class AsgiServer:
             timeout_graceful_shutdown=math.ceil(graceful_timeout_s),
         )
         self._server = _EmbeddedServer(self._config)
+        _quiet_uvicorn_lifecycle()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
