@@ -10,6 +10,12 @@ median over rounds. Goal for inferd: >= 90% of the baseline's throughput and a p
 1.2x the baseline's. Two more servers separate inferd's own cost from its tuning (grpc I/O
 threads under SCHED_BATCH, uvloop): the baseline with the same tuning (like for like), and
 inferd without it.
+
+``--load perf_analyzer`` drives the points with NVIDIA's perf_analyzer (``--async``, the window
+split in three) instead of inferd's Python generator; its C++ client costs a tenth of the CPU
+per request. Because this machine's speed drifts within a run, the table also gives the median
+of each round's own ratio (inferd and baseline measured back to back), beside the ratio of
+medians.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..server import event_loop
+from . import perf_analyzer
 from .inputs import DataOptions, build_requests
 from .loadgen import LoadGenerator
 from .procs import ProcessLoad
@@ -69,6 +76,11 @@ async def measure(url: str, concurrency: int, duration_s: float, warmup_s: float
                  len(records) - len(ok))
 
 
+def measure_pa(binary: str, url: str, concurrency: int, duration_s: float) -> Point:
+    pt = perf_analyzer.measure(binary, url, "add_sub", 1, concurrency, max(int(duration_s * 1000 / 3), 200))
+    return Point(pt.rows_per_s, int(pt.p50_us * 1000), int(pt.p99_us * 1000), 0)
+
+
 def _median(points: list[Point]) -> Point:
     return Point(
         statistics.median(p.throughput for p in points),
@@ -89,7 +101,8 @@ SERVERS = {
 RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-tuned", False), ("inferd-untuned", "baseline", False)]
 
 
-def render(results: dict[tuple[str, int], Point], concurrencies: list[int], names: list[str]) -> str:
+def render(raw: dict[tuple[str, int], list[Point]], concurrencies: list[int], names: list[str]) -> str:
+    results = {k: _median(v) for k, v in raw.items()}
     lines = [
         "| concurrency | server | infer/s | p50 (us) | p99 (us) |",
         "|---:|---|---:|---:|---:|",
@@ -112,6 +125,12 @@ def render(results: dict[tuple[str, int], Point], concurrencies: list[int], name
                 note = " (meets the goal)" if tp >= 0.9 and p99 <= 1.2 else " (misses the goal)"
             lines.append(f"| {c} | {label} | {100 * tp:.0f}% | {i.p50_ns / max(b.p50_ns, 1):.2f}x "
                          f"| {p99:.2f}x{note} |")
+            if goal and len(raw[(num, c)]) > 1:
+                pairs = list(zip(raw[(num, c)], raw[(den, c)]))
+                per_tp = statistics.median(x.throughput / y.throughput for x, y in pairs if y.throughput)
+                per_p99 = statistics.median(x.p99_ns / y.p99_ns for x, y in pairs if y.p99_ns)
+                lines.append(f"| {c} | {num}/{den}, median of per-round ratios | {100 * per_tp:.0f}% | "
+                             f"| {per_p99:.2f}x |")
     return "\n".join(lines)
 
 
@@ -133,16 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=2,
                    help="load generator processes (default 2: one Python process tops out near the baseline)")
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and generator to separate CPUs")
+    p.add_argument("--load", choices=["inferd", "perf_analyzer"], default="inferd",
+                   help="load generator: inferd's Python one (default) or NVIDIA's perf_analyzer")
     p.add_argument("--model-repository", type=Path, default=None, help="inferd's repository (default: bundled)")
     p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS),
                    help="which servers to measure (default all: " + "; ".join(f"{k}: {v}" for k, v in SERVERS.items())
                    + ")")
     a = p.parse_args(argv)
 
+    pa = perf_analyzer.find_perf_analyzer() if a.load == "perf_analyzer" else None
+    if a.load == "perf_analyzer" and pa is None:
+        print(f"perf_analyzer not found ({perf_analyzer.INSTALL_HINT})", file=sys.stderr)
+        return 2
     server_cpus, ncpu = split_cpus(a.no_pin)
     pin = server_cpus is not None
     print(f"# {ncpu} CPUs; " + ("servers on CPU 0, load generator on CPUs 1.." if pin else "no pinning")
-          + f"; {a.processes} generator process(es)", file=sys.stderr)
+          + (f"; {a.processes} generator process(es)" if pa is None else "; perf_analyzer load"), file=sys.stderr)
 
     servers: dict[str, ServerProcess] = {}
     try:
@@ -153,14 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(a.rounds):
             for c in a.concurrency:
                 for name in a.servers:
-                    point = asyncio.run(measure(servers[name].url, c, a.duration, a.warmup, a.processes))
+                    if pa is not None:
+                        point = measure_pa(pa, servers[name].url, c, a.duration)
+                    else:
+                        point = asyncio.run(measure(servers[name].url, c, a.duration, a.warmup, a.processes))
                     raw.setdefault((name, c), []).append(point)
                     print(f"# round {rnd + 1}/{a.rounds} concurrency {c} {name}: {point.throughput:.0f} infer/s, "
                           f"p50 {point.p50_ns // 1000} us, p99 {point.p99_ns // 1000} us", file=sys.stderr)
     finally:
         for s in servers.values():
             s.stop()
-    print(render({k: _median(v) for k, v in raw.items()}, a.concurrency, a.servers))
+    print(f"load: {'perf_analyzer (C++, --async)' if pa else f'inferd Python generator x {a.processes}'}\n")
+    print(render(raw, a.concurrency, a.servers))
     return 0
 
 
