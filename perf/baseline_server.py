@@ -12,6 +12,11 @@ name is asked for, and ServerMetadata lists no extensions, so perf_analyzer and 
 skip the statistics API. Those, plus the health RPCs, are all the start-up calls they make.
 
     python -m inferd.perf.baseline_server --port 0     # prints "baseline listening on HOST:PORT"
+
+``--compute onnxruntime`` answers through the bundled add_sub ONNX file instead of numpy (one
+intra-op thread, no spinning, as inferd runs it): the same bare servicer paying for a real
+backend's call, which separates what onnxruntime costs per request from what inferd's own
+layers cost.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -44,8 +50,38 @@ def add_sub_config() -> mc.ModelConfig:
     return config
 
 
+# (flat input 0, flat input 1, request shape) -> (output 0, output 1)
+Compute = Callable[[np.ndarray, np.ndarray, list[int]], tuple[np.ndarray, np.ndarray]]
+
+
+def numpy_add_sub(a: np.ndarray, b: np.ndarray, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return a + b, a - b  # flat is enough: the bytes are the same
+
+
+def onnxruntime_add_sub() -> Compute:
+    import onnxruntime as ort  # only for --compute onnxruntime
+
+    from ..server.settings import BUNDLED_REPOSITORY  # stdlib only
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(BUNDLED_REPOSITORY / MODEL / "1" / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    run = getattr(session, "_sess", session).run  # as inferd's backend calls it
+    names = ["OUTPUT0", "OUTPUT1"]
+
+    def add_sub(a: np.ndarray, b: np.ndarray, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        out0, out1 = run(names, {"INPUT0": a.reshape(shape), "INPUT1": b.reshape(shape)}, None)
+        return out0, out1
+
+    return add_sub
+
+
 class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, compute: Compute = numpy_add_sub) -> None:
+        self._compute = compute
         T = pb.ModelMetadataResponse.TensorMetadata
         self._metadata = pb.ModelMetadataResponse(
             name=MODEL, versions=["1"], platform="onnxruntime_onnx",
@@ -74,19 +110,21 @@ class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         raw = request.raw_input_contents
+        shape = list(request.inputs[0].shape)
         a = np.frombuffer(raw[0], dtype="<f4")
         b = np.frombuffer(raw[1], dtype="<f4")
-        shape = list(request.inputs[0].shape)
+        out0, out1 = self._compute(a, b, shape)
         response = pb.ModelInferResponse(model_name=MODEL, model_version="1", id=request.id)
         response.outputs.add(name="OUTPUT0", datatype="FP32", shape=shape)
         response.outputs.add(name="OUTPUT1", datatype="FP32", shape=shape)
-        response.raw_output_contents.extend([(a + b).tobytes(), (a - b).tobytes()])
+        response.raw_output_contents.extend([out0.tobytes(), out1.tobytes()])
         return response
 
 
-async def serve(host: str, port: int, io_sched: str = "other") -> None:
+async def serve(host: str, port: int, io_sched: str = "other", compute: str = "numpy") -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(BaselineServicer(), server)
+    fn = onnxruntime_add_sub() if compute == "onnxruntime" else numpy_add_sub
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(BaselineServicer(fn), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"cannot bind {host}:{port}")
@@ -110,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="scheduling policy of grpc's I/O threads (default: the kernel's, untouched)")
     p.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio",
                    help="event loop (default asyncio's; uvloop to compare like for like with inferd)")
+    p.add_argument("--compute", choices=["numpy", "onnxruntime"], default="numpy",
+                   help="how add_sub is computed (default numpy; onnxruntime: the bundled ONNX file)")
     args = p.parse_args(argv)
-    event_loop.run(serve(args.host, args.port, args.io_sched), args.event_loop)
+    event_loop.run(serve(args.host, args.port, args.io_sched, args.compute), args.event_loop)
     return 0
 
 

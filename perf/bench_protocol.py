@@ -95,10 +95,12 @@ SERVERS = {
     "baseline": "the bare grpc.aio servicer on asyncio's loop (the goal's reference)",
     "inferd": "inferd as shipped (grpc I/O threads SCHED_BATCH, uvloop when installed)",
     "baseline-tuned": "the bare servicer with inferd's I/O thread policy and event loop (like for like)",
+    "baseline-ort": "baseline-tuned computing through onnxruntime: what a real backend's call costs",
     "inferd-untuned": "inferd with --grpc-io-sched other --event-loop asyncio",
 }
 # (numerator, denominator, whether this ratio is the goal's)
-RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-tuned", False), ("inferd-untuned", "baseline", False)]
+RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-tuned", False), ("inferd", "baseline-ort", False),
+          ("inferd-untuned", "baseline", False)]
 
 
 def render(raw: dict[tuple[str, int], list[Point]], concurrencies: list[int], names: list[str]) -> str:
@@ -137,7 +139,10 @@ def render(raw: dict[tuple[str, int], list[Point]], concurrencies: list[int], na
 def _argv(name: str, repository: Path | None) -> tuple[list[str], dict[str, str]]:
     if name.startswith("baseline"):
         tuned = ["--io-sched", "batch", "--event-loop", event_loop.resolve("auto")]
-        return baseline_argv() + (tuned if name == "baseline-tuned" else []), {}
+        extra = tuned if name in ("baseline-tuned", "baseline-ort") else []
+        if name == "baseline-ort":
+            extra = [*extra, "--compute", "onnxruntime"]
+        return baseline_argv() + extra, {}
     untuned = ["--grpc-io-sched", "other", "--event-loop", "asyncio"]
     argv = inferd_argv(repository, ["add_sub"]) + (untuned if name == "inferd-untuned" else [])
     return argv, {"ready_line": "gRPC (KServe v2) listening on", "wait_for": "model(s) requested"}
