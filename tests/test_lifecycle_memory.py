@@ -1,6 +1,6 @@
 """Load/unload cycles release what they take.
 
-The server runs in this process, so its resident set is ours: /proc/self/status VmRSS after a
+The server runs in the measuring process, so its resident set is that process's: VmRSS after a
 gc. The model is the bundled ``dense`` MLP widened to 4.4 MB of weights, with two instances,
 a dynamic batcher and warmup; one load holds ~9 MB (two ONNX Runtime sessions, each with its
 copy of the weights). Bound: 30 MB growth over 50 cycles (the lowest RSS of the last 5
