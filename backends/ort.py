@@ -113,12 +113,7 @@ class OnnxRuntimeBackend(Backend):
             if t.name not in graph_outputs:
                 raise ModelLoadError(f"{source}: output '{t.name}' is not an output of the ONNX graph ({sorted(graph_outputs)})")
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
-        # The binding's own run, without the Python wrapper's per-call checks (input names, which
-        # inferd validated against this graph's config; OrtValue ownership; graph capture; EP
-        # fallback, which only a GPU provider needs): 2-3% of the server's time on add_sub. Kept to the
-        # CPU provider, and only when this onnxruntime still has the attribute.
-        cpu_only = self.session.get_providers() == ["CPUExecutionProvider"]
-        self._run = getattr(self.session, "_sess", self.session).run if cpu_only else self.session.run
+        self._run = binding_run(self.session)
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         if not self._string_inputs:
@@ -133,6 +128,17 @@ class OnnxRuntimeBackend(Backend):
 
     def unload(self) -> None:
         del self._run, self.session  # _run holds the binding too
+
+
+def binding_run(session: Any) -> Any:
+    """``run(output_names, feed, run_options)`` for ``session``: on a CPU-only session the
+    binding's own, without the Python wrapper's per-call checks (input names, which inferd
+    validates against this graph's config; OrtValue ownership; graph capture; EP fallback, which
+    only a GPU provider needs): 2-3% of the server's time on add_sub. Elsewhere, or when this
+    onnxruntime lacks the attribute, the wrapper's."""
+    if session.get_providers() == ["CPUExecutionProvider"]:
+        return getattr(session, "_sess", session).run
+    return session.run
 
 
 def _int_param(params: Mapping[str, str], key: str, default: int) -> int:

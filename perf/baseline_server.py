@@ -61,6 +61,7 @@ def numpy_add_sub(a: np.ndarray, b: np.ndarray, shape: list[int]) -> tuple[np.nd
 def onnxruntime_add_sub() -> Compute:
     import onnxruntime as ort  # only for --compute onnxruntime
 
+    from ..backends.ort import binding_run
     from ..server.settings import BUNDLED_REPOSITORY  # stdlib only
 
     options = ort.SessionOptions()
@@ -69,7 +70,7 @@ def onnxruntime_add_sub() -> Compute:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(BUNDLED_REPOSITORY / MODEL / "1" / "model.onnx"), options,
                                    providers=["CPUExecutionProvider"])
-    run = getattr(session, "_sess", session).run  # as inferd's backend calls it
+    run = binding_run(session)  # as inferd's backend calls it
     names = ["OUTPUT0", "OUTPUT1"]
 
     def add_sub(a: np.ndarray, b: np.ndarray, shape: list[int]) -> tuple[np.ndarray, np.ndarray]:

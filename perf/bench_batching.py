@@ -71,9 +71,7 @@ async def pa_point(binary: str, url: str, model: str, batch: int, concurrency: i
     transport = make_transport("grpc", url)
     try:
         before = await transport.statistics(model, "")
-        pt = await asyncio.to_thread(
-            perf_analyzer.measure, binary, url, model, batch, concurrency, max(int(duration * 1000 / 3), 200)
-        )
+        pt = await asyncio.to_thread(perf_analyzer.measure, binary, url, model, batch, concurrency, duration)
         after = await transport.statistics(model, "")
     finally:
         await transport.close()
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.load == "perf_analyzer" and pa is None:
         print(f"perf_analyzer not found ({perf_analyzer.INSTALL_HINT})", file=sys.stderr)
         return 2
-    load = "perf_analyzer (C++, --async)" if pa else "inferd's Python load generator"
+    load = perf_analyzer.LOAD_LABEL if pa else "inferd's Python load generator"
     print(f"# load: {load}", file=sys.stderr)
 
     def measure_point(model: str, batch: int, concurrency: int) -> Served:

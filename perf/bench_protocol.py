@@ -77,7 +77,7 @@ async def measure(url: str, concurrency: int, duration_s: float, warmup_s: float
 
 
 def measure_pa(binary: str, url: str, concurrency: int, duration_s: float) -> Point:
-    pt = perf_analyzer.measure(binary, url, "add_sub", 1, concurrency, max(int(duration_s * 1000 / 3), 200))
+    pt = perf_analyzer.measure(binary, url, "add_sub", 1, concurrency, duration_s)
     return Point(pt.rows_per_s, int(pt.p50_us * 1000), int(pt.p99_us * 1000), 0)
 
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in servers.values():
             s.stop()
-    print(f"load: {'perf_analyzer (C++, --async)' if pa else f'inferd Python generator x {a.processes}'}\n")
+    print(f"load: {perf_analyzer.LOAD_LABEL if pa else f'inferd Python generator x {a.processes}'}\n")
     print(render(raw, a.concurrency, a.servers))
     return 0
 

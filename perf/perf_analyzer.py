@@ -50,10 +50,15 @@ class PaPoint:
     p99_us: float
 
 
-def measure(binary: str, url: str, model: str, batch: int, concurrency: int, window_ms: int,
+LOAD_LABEL = "perf_analyzer (C++, --async)"
+
+
+def measure(binary: str, url: str, model: str, batch: int, concurrency: int, duration_s: float,
             timeout_s: float = 300) -> PaPoint:
-    """``concurrency`` requests in flight over gRPC; the average of 3 windows of ``window_ms``
-    (stability is not asked for: ``-s 100`` accepts the first three)."""
+    """``concurrency`` requests in flight over gRPC for about ``duration_s``: the average of 3
+    windows of a third each, at least 200 ms (stability is not asked for: ``-s 100`` accepts
+    the first three)."""
+    window_ms = max(int(duration_s * 1000 / 3), 200)
     with tempfile.TemporaryDirectory(prefix="inferd-pa-") as tmp:
         out = Path(tmp) / "pa.csv"
         argv = [binary, "-m", model, "-i", "grpc", "-u", url, "-b", str(batch), "--async",
