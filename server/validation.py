@@ -16,6 +16,7 @@ class Validated:
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     batch_size: int
+    nbytes: int  # of all inputs
 
 
 def validate(
@@ -25,11 +26,13 @@ def validate(
     if inputs.keys() != sig.inputs.keys():
         _check_names(label, sig, inputs)
     batch: int | None = None
+    nbytes = 0
     for spec in sig.inputs.values():
         array = inputs.get(spec.name)
         if array is None:
             continue  # optional (_check_names refused a missing required input)
         rows = _check_tensor(label, sig.max_batch_size, spec, array)
+        nbytes += array.nbytes
         if batch is None:
             batch = rows
         elif rows != batch:
@@ -50,7 +53,7 @@ def validate(
                 raise InvalidArgument(f"{label}: output '{name}' is requested twice")
             seen.add(name)
         outputs = list(requested) or list(sig.outputs)
-    return Validated(inputs, outputs, batch if batch is not None else 1)
+    return Validated(inputs, outputs, batch if batch is not None else 1, nbytes)
 
 
 def _check_names(label: str, sig: Signature, inputs: dict[str, np.ndarray]) -> None:

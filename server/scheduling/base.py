@@ -21,8 +21,7 @@ class Scheduler(ABC):
         self.stats = stats
         self.label = label  # "model 'x' version 1", used in messages
         self._inflight = 0
-        self._idle_event = asyncio.Event()
-        self._idle_event.set()
+        self._drained: asyncio.Future[None] | None = None  # made by drain(), done at zero in flight
         self._closed = False
 
     @abstractmethod
@@ -33,13 +32,12 @@ class Scheduler(ABC):
         if self._closed:
             raise Unavailable(f"{self.label} is unloading and takes no new requests")
         self._inflight += 1
-        self._idle_event.clear()
         try:
             return await self._run(work)
         finally:
             self._inflight -= 1
-            if self._inflight == 0:
-                self._idle_event.set()
+            if self._inflight == 0 and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
 
     def record_success(self, work: Work, times: ExecutionTimes, started_ns: int) -> None:
         self.stats.record_success(time.monotonic_ns() - work.enqueue_ns, started_ns - work.enqueue_ns, times)
@@ -47,8 +45,12 @@ class Scheduler(ABC):
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop taking requests and wait for queued and running ones; True if all finished."""
         self._closed = True
+        if self._inflight == 0:
+            return True
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._idle_event.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self._drained), timeout)
         except asyncio.TimeoutError:
             return False
         return True

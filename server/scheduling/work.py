@@ -26,6 +26,12 @@ class Work:
     timer: asyncio.TimerHandle | None = None
     level: int = 0  # the priority queue it waits in
     queued: bool = False
+    input_bytes: int | None = None  # of all inputs, when the caller already counted them
+
+    def nbytes(self) -> int:
+        if self.input_bytes is None:
+            self.input_bytes = sum(a.nbytes for a in self.inputs.values())
+        return self.input_bytes
 
     def expired_error(self, label: str, where: str) -> InferdError:
         """The error an expired request fails with: the client's deadline or a queue timeout."""

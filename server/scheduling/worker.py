@@ -97,7 +97,25 @@ class InstanceWorker:
             return False
         if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
             return False
-        return sum(a.nbytes for w in items for a in w.inputs.values()) <= INLINE_MAX_BYTES
+        return sum(w.nbytes() for w in items) <= INLINE_MAX_BYTES
+
+    def execute_one_inline(self, work: Work) -> tuple[dict[str, np.ndarray], ExecutionTimes]:
+        """One request on the event loop, the direct scheduler's fast path (``runs_inline`` said
+        yes): the same execution as ``execute`` without a batch to merge or split. Raises
+        InferdError when it fails."""
+        if self.backend.takes_request_list:
+            results, times = self.execute([work], inline=True)
+            if isinstance(results[0], InferdError):
+                raise results[0]
+            return results[0], times
+        t0 = time.monotonic_ns()
+        produced = self._backend_execute(work.inputs, work.outputs)
+        t1 = time.monotonic_ns()
+        result = self._checked(produced, work.outputs, work.batch_size)
+        t2 = time.monotonic_ns()
+        self.executions += 1
+        self.inline_wall_ns = _average(self.inline_wall_ns, t2 - t0, clip=True)
+        return result, ExecutionTimes(work.batch_size, 0, t1 - t0, t2 - t1)
 
     async def run(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
         if self.runs_inline(items):
@@ -133,19 +151,35 @@ class InstanceWorker:
             }
             total = sum(w.batch_size for w in items)
         t1 = time.monotonic_ns()
+        produced = self._backend_execute(inputs, outputs)
+        t2 = time.monotonic_ns()
+        arrays = self._checked(produced, outputs, total)
+        results: list[Result] = [arrays] if len(items) == 1 else self._split(items, arrays)
+        t3 = time.monotonic_ns()
+        return results, ExecutionTimes(total, t1 - t0, t2 - t1, t3 - t2)
+
+    def _backend_execute(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         try:
-            produced = self.backend.execute(inputs, outputs)
+            return self.backend.execute(inputs, outputs)
         except InferdError:
             raise
         except Exception as e:
             raise Internal(f"{self.name}: backend execution failed: {type(e).__name__}: {e}") from e
-        t2 = time.monotonic_ns()
-        missing = [n for n in outputs if n not in produced]
-        if missing:
-            raise Internal(f"{self.name}: backend did not produce output(s) {missing}")
-        results = self._split(items, produced, outputs, total)
-        t3 = time.monotonic_ns()
-        return results, ExecutionTimes(total, t1 - t0, t2 - t1, t3 - t2)
+
+    def _checked(self, produced: dict[str, np.ndarray], outputs: list[str], total: int) -> dict[str, np.ndarray]:
+        """The requested outputs as arrays; with batching, each must have the batch's ``total`` rows."""
+        try:
+            arrays = {n: np.asarray(produced[n]) for n in outputs}
+        except KeyError:
+            missing = [n for n in outputs if n not in produced]
+            raise Internal(f"{self.name}: backend did not produce output(s) {missing}") from None
+        if self.batching:
+            for n, a in arrays.items():
+                if a.ndim == 0 or a.shape[0] != total:
+                    raise Internal(
+                        f"{self.name}: output '{n}' has shape {list(a.shape)} but the batch has {total} rows"
+                    )
+        return arrays
 
     def _execute_list(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
         total = sum(w.batch_size for w in items)
@@ -174,19 +208,8 @@ class InstanceWorker:
         t3 = time.monotonic_ns()
         return results, ExecutionTimes(total, 0, t2 - t1, t3 - t2)
 
-    def _split(
-        self, items: Sequence[Work], produced: dict[str, np.ndarray], outputs: list[str], total: int
-    ) -> list[Result]:
-        arrays = {n: np.asarray(produced[n]) for n in outputs}
-        if not self.batching:
-            return [arrays]
-        for n, a in arrays.items():
-            if a.ndim == 0 or a.shape[0] != total:
-                raise Internal(
-                    f"{self.name}: output '{n}' has shape {list(a.shape)} but the batch has {total} rows"
-                )
-        if len(items) == 1:
-            return [arrays]
+    @staticmethod
+    def _split(items: Sequence[Work], arrays: dict[str, np.ndarray]) -> list[Result]:
         results: list[Result] = []
         start = 0
         for w in items:
