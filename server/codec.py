@@ -55,6 +55,11 @@ _BY_DTYPE: dict[np.dtype, DataType] = {d.dtype: d for d in _ALL}
 # whose str is unambiguous ("<V2" could be any 2-byte void, so bfloat16 takes the slow path).
 _BY_STR: dict[str, DataType] = {d.dtype.str: d for d in _ALL if d.dtype.kind in "biuf"}
 BYTES = BY_NAME["BYTES"]
+# Cheaper still: numpy's built-in dtypes are singletons, so the dtype objects inferd itself makes
+# arrays with (and frameworks return) are found by identity. The DataTypes keep them alive.
+_BY_ID: dict[int, DataType] = {id(d.dtype): d for d in _ALL if d.dtype.kind in "biuf"} | {
+    id(d.wire): d for d in _ALL if d.dtype.kind in "biuf"
+}
 
 _LEN = struct.Struct("<I")
 
@@ -79,7 +84,7 @@ def from_config_type(config_name: str) -> DataType:
 def of_array(array: np.ndarray) -> DataType:
     """The KServe datatype of a numpy array (str/bytes arrays are BYTES)."""
     dt = array.dtype
-    found = _BY_STR.get(dt.str)
+    found = _BY_ID.get(id(dt)) or _BY_STR.get(dt.str)
     if found is not None:
         return found
     if dt.kind in "OSU":

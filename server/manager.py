@@ -93,6 +93,10 @@ class ModelManager:
             if slot.model is None:
                 raise Unavailable(f"model '{name}' version {version} is not ready: {slot.state} {slot.reason}".rstrip())
             return slot.model
+        if len(record.versions) == 1:  # the usual case, without building the serving list
+            (slot,) = record.versions.values()
+            if slot.model is not None:
+                return slot.model
         serving = record.serving()
         if not serving:
             why = record.reason or "; ".join(

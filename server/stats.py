@@ -60,6 +60,7 @@ class ModelStats:
         self.pending = 0  # requests accepted and not yet answered
         self._observers = observers if observers is not None else []
 
+    # Every request's path: the counters are added in place (no Duration.add calls).
     def record_execution(self, times: ExecutionTimes) -> None:
         self.execution_count += 1
         self.inference_count += times.batch_size
@@ -67,16 +68,32 @@ class ModelStats:
         b = self.batch_stats.get(times.batch_size)
         if b is None:
             b = self.batch_stats[times.batch_size] = BatchStats()
-        b.compute_input.add(times.compute_input_ns)
-        b.compute_infer.add(times.compute_infer_ns)
-        b.compute_output.add(times.compute_output_ns)
+        d = b.compute_input
+        d.count += 1
+        d.ns += times.compute_input_ns
+        d = b.compute_infer
+        d.count += 1
+        d.ns += times.compute_infer_ns
+        d = b.compute_output
+        d.count += 1
+        d.ns += times.compute_output_ns
 
     def record_success(self, request_ns: int, queue_ns: int, times: ExecutionTimes) -> None:
-        self.success.add(request_ns)
-        self.queue.add(queue_ns)
-        self.compute_input.add(times.compute_input_ns)
-        self.compute_infer.add(times.compute_infer_ns)
-        self.compute_output.add(times.compute_output_ns)
+        d = self.success
+        d.count += 1
+        d.ns += request_ns
+        d = self.queue
+        d.count += 1
+        d.ns += queue_ns
+        d = self.compute_input
+        d.count += 1
+        d.ns += times.compute_input_ns
+        d = self.compute_infer
+        d.count += 1
+        d.ns += times.compute_infer_ns
+        d = self.compute_output
+        d.count += 1
+        d.ns += times.compute_output_ns
         for observe in self._observers:
             observe(self, True, "", request_ns, queue_ns, times)
 

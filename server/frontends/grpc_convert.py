@@ -5,6 +5,7 @@ This is the only place that knows the protobuf layout of tensors and parameters.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from ..errors import InvalidArgument
 from ..stats import Duration, ModelStats
 from ..types import InferRequest, InferResponse, Scalar
 
+_BY_NAME = codec.BY_NAME
 # Which InferTensorContents field holds each datatype (FP16/BF16 have none: raw only).
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -70,15 +72,20 @@ def request_from_pb(msg: pb.ModelInferRequest, remaining_s: float | None = None)
         name = t.name
         if name in inputs:
             raise InvalidArgument(f"model '{model}': input '{name}' is given more than once")
-        what = f"model '{model}' input '{name}'"
-        dt = codec.datatype(t.datatype)
+        dt = _BY_NAME.get(t.datatype) or codec.datatype(t.datatype)
         shape = tuple(t.shape[:])  # slicing first is cheaper than iterating the repeated field
-        if raw:
-            if t.HasField("contents"):
-                raise InvalidArgument(f"{what}: has 'contents' although raw_input_contents is used")
-            inputs[name] = codec.from_raw(raw[i], dt, shape, what)
+        if not raw:
+            inputs[name] = _from_contents(t, dt, shape, f"model '{model}' input '{name}'")
+            continue
+        if t.HasField("contents"):
+            raise InvalidArgument(f"model '{model}' input '{name}': has 'contents' although raw_input_contents is used")
+        data = raw[i]
+        # Every request's path, so the common case is written out here: a numeric tensor whose
+        # bytes match its (non-negative) shape. Anything else gets codec's checks and messages.
+        if dt.itemsize and (not shape or min(shape) >= 0) and len(data) == math.prod(shape) * dt.itemsize:
+            inputs[name] = np.frombuffer(data, dt.wire).reshape(shape)
         else:
-            inputs[name] = _from_contents(t, dt, shape, what)
+            inputs[name] = codec.from_raw(data, dt, shape, f"model '{model}' input '{name}'")
     outputs = [o.name for o in msg.outputs] if len(msg.outputs) else None
     params = parameters_from_pb(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None

@@ -34,16 +34,14 @@ class DirectScheduler(Scheduler):
         self._waiters: deque[asyncio.Future[InstanceWorker]] = deque()
         self.max_queue_size = max_queue_size
 
-    async def submit(self, work: Work) -> dict[str, np.ndarray]:
-        # The fast path: a free instance that runs this request on the event loop finishes it
-        # before anything else runs (no await), so it needs no queue and no in-flight count.
-        if self._idle and not self._closed:
-            worker = self._idle[-1]
-            if worker.runs_inline((work,)):
-                return self._run_inline(worker, work)
-        return await super().submit(work)
-
-    def _run_inline(self, worker: InstanceWorker, work: Work) -> dict[str, np.ndarray]:
+    def run_now(self, work: Work) -> dict[str, np.ndarray] | None:
+        # A free instance that runs this request on the event loop finishes it before anything
+        # else runs (no await), so it needs no queue and no in-flight count.
+        if not self._idle or self._closed:
+            return None
+        worker = self._idle[-1]
+        if not worker.runs_inline((work,)):
+            return None
         started = time.monotonic_ns()
         if work.deadline_ns is not None and started >= work.deadline_ns:
             raise work.expired_error(self.label, "before execution")
