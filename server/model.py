@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +63,7 @@ class ModelVersion:
         finally:
             self.stats.pending -= 1
 
-    def _priority(self, params: dict[str, Scalar]) -> int:
+    def _priority(self, params: Mapping[str, Scalar]) -> int:
         value = params.get("priority")
         if value is None:
             return 0
@@ -74,7 +75,7 @@ class ModelVersion:
             )
         return value
 
-    def _apply_timeout(self, work: Work, params: dict[str, Scalar]) -> None:
+    def _apply_timeout(self, work: Work, params: Mapping[str, Scalar]) -> None:
         value = params.get("timeout")
         if value is None:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ class InferRequest:
     model_version: str = ""
     id: str = ""
     outputs: list[str] | None = None
-    parameters: dict[str, Scalar] = field(default_factory=dict)
+    parameters: Mapping[str, Scalar] = field(default_factory=dict)
     deadline_ns: int | None = None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,13 +36,39 @@ CONTENTS_FIELD = {
 }
 
 
-def parameters_from_pb(params: Mapping[str, Any]) -> dict[str, Scalar]:
-    out: dict[str, Scalar] = {}
-    for key, p in params.items():
+class PbParameters(Mapping[str, Scalar]):
+    """A request's parameters, read from the message when asked for. The core looks at one or
+    two keys; converting the whole map up front was one of a request's costliest steps."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self._map = params
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self._map:
+            return default
+        p = self._map[key]
         which = p.WhichOneof("parameter_choice")
-        if which is not None:
-            out[key] = getattr(p, which)
-    return out
+        return default if which is None else getattr(p, which)
+
+    def __getitem__(self, key: str) -> Scalar:
+        value = self.get(key, _UNSET)
+        if value is _UNSET:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, p in self._map.items() if p.WhichOneof("parameter_choice") is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return len(self._map) > 0  # a parameter with no value set is as good as absent, and rare
+
+
+_UNSET = object()
 
 
 def parameters_to_pb(values: Mapping[str, Scalar], target: Any) -> None:
@@ -87,7 +113,7 @@ def request_from_pb(msg: pb.ModelInferRequest, remaining_s: float | None = None)
         else:
             inputs[name] = codec.from_raw(data, dt, shape, f"model '{model}' input '{name}'")
     outputs = [o.name for o in msg.outputs] if len(msg.outputs) else None
-    params = parameters_from_pb(msg.parameters) if len(msg.parameters) else {}
+    params: Mapping[str, Scalar] = PbParameters(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
     return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline)
 
