@@ -19,6 +19,7 @@ from ...clients.pb import health_pb2, health_pb2_grpc
 from ..core import InferenceCore
 from ..errors import Code, InferdError, InvalidArgument
 from .grpc_convert import request_from_pb, response_to_pb, statistics_to_pb
+from .grpc_wire import InferWire
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> NoRetu
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
+        self.wire = InferWire()
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.core.server_live())
@@ -95,11 +97,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             statistics_to_pb(s, response.model_stats.add())
         return response
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: bytes, context: Any) -> bytes:
+        """Bytes in, bytes out: registered without the message (de)serializers (see grpc_wire)."""
         try:
-            core_request = request_from_pb(request, context.time_remaining())
+            core_request = self.wire.decode(request, context.time_remaining())
             response = await self.core.infer(core_request)
-            return response_to_pb(response)
+            return self.wire.encode(response)
         except InferdError as e:
             await _abort(context, e)
 
@@ -206,6 +209,29 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         await _unimplemented(context, "Health.Watch")
 
 
+class _Collect:
+    """Stands in for the server so the generated registration function hands over its method
+    handlers, which are then registered with ModelInfer's replaced."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers[service] = dict(handlers)
+
+
+def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    collect = _Collect()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, collect)
+    (service, handlers), = collect.handlers.items()
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)  # raw bytes both ways
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def build_server(core: InferenceCore, address: str, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
     """Create the grpc.aio server bound to ``address``; returns it and the bound port."""
     options = [
@@ -214,7 +240,7 @@ def build_server(core: InferenceCore, address: str, max_message_bytes: int) -> t
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    _add_inference_service(InferenceServicer(core), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(core), server)
     port = server.add_insecure_port(address)
     if port == 0:

@@ -1,0 +1,262 @@
+"""ModelInfer at the protobuf wire level: the unary call's bytes in and out, without a message.
+
+A client sends the same request over and over with only the tensor bytes (and often the id)
+changed: tritonclient and perf_analyzer serialize the same model name, tensors, shapes,
+requested outputs and parameters in the same order every time. Turning those bytes into a
+protobuf message and the message into the core's request cost more CPU than all of the core's
+work for a small model (each field read makes a Python object from upb's arena). So each
+model's recent request layouts are remembered as *templates*: the header bytes, where the id
+sits, and where each input's raw bytes start. A request whose bytes fit a template is decoded
+with a few byte comparisons, and its input arrays view the request's own bytes.
+
+Anything that does not fit, or the first request of a layout, goes through the message path
+(``grpc_convert.request_from_pb``), which owns every check and error message; a template is
+only learnt from a request that path accepted, so both paths give the same result.
+
+Responses are written directly too: a header (model, version, output names, datatypes,
+shapes) is encoded once per output layout, then each response is that header, its id and the
+raw output bytes: byte for byte what the message would serialize to.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...clients.pb import grpc_service_pb2 as pb
+from .. import codec
+from ..errors import InvalidArgument
+from ..types import InferRequest, InferResponse
+from .grpc_convert import PbParameters, parameters_to_pb, request_from_pb
+
+# Field tags (field number << 3 | wire type 2, length-delimited) of ModelInferRequest/Response.
+_MODEL_NAME = 0x0A
+_ID = 0x1A
+_RAW_INPUT = 0x3A
+_RAW_OUTPUT = 0x32
+TEMPLATES_PER_MODEL = 4  # a few layouts per model (e.g. two batch sizes) without thrashing
+MAX_MODELS = 256  # both caches are cleared when they reach this many keys: bounded memory
+MAX_HEADER_BYTES = 4096  # bigger headers (tensors sent in `contents`) are not worth keeping
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    name: str
+    dtype: np.dtype
+    count: int
+    nbytes: int
+    shape: tuple[int, ...]
+    mark: bytes  # the raw_input_contents tag and length that precede this input's bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    pre: bytes  # everything before the id (model name, version)
+    has_id: bool
+    post: bytes  # everything between the id and the first raw input
+    inputs: tuple[_Input, ...]
+    model: str
+    version: str
+    outputs: tuple[str, ...] | None
+    parameters: object  # the parameters of the request it was learnt from (read-only mapping)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise IndexError
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _encode_varint(len(payload)) + payload
+
+
+class InferWire:
+    """The two caches for one server (not global, so tests and servers do not share them)."""
+
+    def __init__(self) -> None:
+        self._templates: dict[bytes, list[_Template]] = {}
+        self._headers: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
+
+    def decode(self, data: bytes, remaining_s: float | None = None) -> InferRequest:
+        request = self._from_template(data, remaining_s)
+        if request is not None:
+            return request
+        try:
+            msg = pb.ModelInferRequest.FromString(data)
+        except Exception as e:  # upb raises DecodeError; any failure is the client's bytes
+            raise InvalidArgument(f"ModelInfer: the request is not a valid ModelInferRequest message ({e})") from None
+        request = request_from_pb(msg, remaining_s)
+        self._learn(data, msg)
+        return request
+
+    def _from_template(self, data: bytes, remaining_s: float | None) -> InferRequest | None:
+        if len(data) < 2 or data[0] != _MODEL_NAME or data[1] >= 0x80:
+            return None
+        candidates = self._templates.get(data[: 2 + data[1]])
+        if candidates is None:
+            return None
+        for t in candidates:
+            if not data.startswith(t.pre):
+                continue
+            pos = len(t.pre)
+            rid = ""
+            if t.has_id:
+                if pos + 1 >= len(data) or data[pos] != _ID or data[pos + 1] >= 0x80:
+                    continue
+                end = pos + 2 + data[pos + 1]
+                try:
+                    rid = data[pos + 2 : end].decode()
+                except UnicodeDecodeError:
+                    return None  # the message path reports it
+                pos = end
+            if not data.startswith(t.post, pos):
+                continue
+            pos += len(t.post)
+            inputs: dict[str, np.ndarray] = {}
+            for i in t.inputs:
+                if not data.startswith(i.mark, pos) or pos + len(i.mark) + i.nbytes > len(data):
+                    break
+                pos += len(i.mark)
+                inputs[i.name] = np.frombuffer(data, i.dtype, i.count, pos).reshape(i.shape)
+                pos += i.nbytes
+            else:
+                if pos != len(data):
+                    continue  # more fields follow: not this layout
+                outputs = list(t.outputs) if t.outputs is not None else None
+                deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
+                return InferRequest(t.model, inputs, t.version, rid, outputs, t.parameters, deadline)  # type: ignore[arg-type]
+        return None
+
+    def _learn(self, data: bytes, msg: pb.ModelInferRequest) -> None:
+        """Remember this request's layout if it has one worth a template: numeric inputs all in
+        raw_input_contents, after every other field, and the id (if any) right after the model
+        name and version."""
+        if not msg.raw_input_contents:
+            return  # (request_from_pb has checked the rest: one raw entry per input, no duplicates)
+        specs = []
+        for t in msg.inputs:
+            dt = codec.BY_NAME.get(t.datatype)
+            shape = tuple(t.shape)
+            if dt is None or not dt.itemsize or (shape and min(shape) < 0):
+                return
+            count = math.prod(shape)
+            specs.append((t.name, dt.wire, count, count * dt.itemsize, shape))
+        try:
+            layout = self._scan(data)
+        except IndexError:
+            return
+        if layout is None:
+            return
+        pre_end, id_end, raw_start, marks = layout
+        if len(marks) != len(specs) or raw_start > MAX_HEADER_BYTES:
+            return
+        inputs = []
+        for (name, dtype, count, nbytes, shape), (mark, size) in zip(specs, marks):
+            if size != nbytes:
+                return
+            inputs.append(_Input(name, dtype, count, nbytes, shape, mark))
+        outputs = tuple(o.name for o in msg.outputs) if len(msg.outputs) else None
+        params = PbParameters(msg.parameters) if len(msg.parameters) else {}
+        template = _Template(data[:pre_end], id_end > pre_end, data[id_end:raw_start], tuple(inputs),
+                             msg.model_name, msg.model_version, outputs, params)
+        key = data[: 2 + data[1]]
+        if len(self._templates) >= MAX_MODELS and key not in self._templates:
+            self._templates.clear()
+        kept = self._templates.setdefault(key, [])
+        kept.insert(0, template)
+        del kept[TEMPLATES_PER_MODEL:]
+
+    @staticmethod
+    def _scan(data: bytes) -> tuple[int, int, int, list[tuple[bytes, int]]] | None:
+        """Top-level fields: returns where the id starts and ends (equal when absent), where the
+        raw inputs start, and each raw input's tag+length bytes and size; None for a layout no
+        template can describe."""
+        if data[0] != _MODEL_NAME or data[1] >= 0x80:
+            return None
+        pos = 2 + data[1]
+        pre_end = id_end = -1
+        raw_start = -1
+        marks: list[tuple[bytes, int]] = []
+        while pos < len(data):
+            tag = data[pos]
+            if tag & 7 != 2 or tag >= 0x80:
+                return None
+            size, start = _varint(data, pos + 1)
+            end = start + size
+            if end > len(data):
+                return None
+            number = tag >> 3
+            if number == 7:
+                if raw_start < 0:
+                    raw_start = pos
+                marks.append((data[pos:start], size))
+            elif raw_start >= 0 or number == 1:
+                return None  # a header field after the tensors, or the model name twice
+            elif number == 3:
+                if pre_end >= 0 or size >= 0x80:
+                    return None
+                pre_end, id_end = pos, end
+            elif number != 2 and pre_end < 0:
+                pre_end = id_end = pos  # no id before the first other field: the id is absent
+            elif number == 2 and pre_end >= 0:
+                return None  # the version after the id: an unusual order, not templated
+            pos = end
+        if raw_start < 0:
+            return None
+        if pre_end < 0:
+            pre_end = id_end = raw_start
+        return pre_end, id_end, raw_start, marks
+
+    def encode(self, response: InferResponse) -> bytes:
+        outputs = response.outputs
+        key = (response.model_name, response.model_version, *[(n, a.dtype, a.shape) for n, a in outputs.items()])
+        header = self._headers.get(key)
+        if header is None:
+            header = self._header(response)
+            if len(self._headers) >= MAX_MODELS:
+                self._headers.clear()
+            self._headers[key] = header
+        parts = [header[0]]
+        if response.id:
+            parts.append(_field(_ID, response.id.encode()))
+        if response.parameters:
+            msg = pb.ModelInferResponse()
+            parameters_to_pb(response.parameters, msg.parameters)
+            parts.append(msg.SerializeToString())  # field 4 entries, in field order
+        parts.append(header[1])
+        for array in outputs.values():
+            data = codec.to_raw(array)
+            parts.append(bytes((_RAW_OUTPUT,)) + _encode_varint(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+
+    @staticmethod
+    def _header(response: InferResponse) -> tuple[bytes, bytes]:
+        """(model name and version, the output tensors) as serialized fields."""
+        pre = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
+        tensors = pb.ModelInferResponse(
+            outputs=[{"name": n, "datatype": codec.of_array(a).name, "shape": a.shape} for n, a in response.outputs.items()]
+        )
+        return pre.SerializeToString(), tensors.SerializeToString()
