@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -178,7 +179,9 @@ class InferWire:
                 return
             inputs.append(_Input(name, dtype, count, nbytes, shape, mark))
         outputs = tuple(o.name for o in msg.outputs) if len(msg.outputs) else None
-        params = PbParameters(msg.parameters) if len(msg.parameters) else {}
+        # Shared by every request read with this template: a read-only plain dict, cheaper to
+        # look up than the message's map.
+        params = MappingProxyType(dict(PbParameters(msg.parameters))) if len(msg.parameters) else {}
         template = _Template(data[:pre_end], id_end > pre_end, data[id_end:raw_start], tuple(inputs),
                              msg.model_name, msg.model_version, outputs, params)
         key = data[: 2 + data[1]]
