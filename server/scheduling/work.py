@@ -27,6 +27,7 @@ class Work:
     level: int = 0  # the priority queue it waits in
     queued: bool = False
     input_bytes: int | None = None  # of all inputs, when the caller already counted them
+    key: tuple[Any, ...] | None = None  # batch_key(), kept: the batcher compares it on every plan
 
     def nbytes(self) -> int:
         if self.input_bytes is None:
@@ -49,6 +50,8 @@ class Work:
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests merge only when their non-batch dims, dtypes and input sets agree."""
-        return tuple(
-            (name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items())
-        ) + (tuple(self.outputs),)
+        if self.key is None:
+            self.key = tuple(
+                (name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items())
+            ) + (tuple(self.outputs),)
+        return self.key
