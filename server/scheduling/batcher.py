@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # The last part of a queue delay that is waited by yielding rather than by a timer.
 SPIN_NS = 1_500_000
+_yield_cpu = getattr(os, "sched_yield", lambda: None)  # returns at once when no other thread waits
 
 
 class _Level:
@@ -185,7 +187,11 @@ class DynamicBatcher(Scheduler):
             if wait_ns <= SPIN_NS:
                 # asyncio's selector sleeps in whole milliseconds (epoll rounds up), which would
                 # turn a 200 µs delay into more than 1 ms: yield to the loop (which still serves
-                # I/O and new requests) until the delay ends instead.
+                # I/O and new requests) until the delay ends instead. Yield the CPU as well:
+                # grpc's I/O threads, which bring the requests this delay waits for, run under
+                # SCHED_BATCH and would not get a shared CPU from a spinning loop until the delay
+                # ended (2 clients x 8 rows on one CPU: ~3,950 -> ~4,700 infer/s).
+                _yield_cpu()
                 await asyncio.sleep(0)
                 continue
             self._wakeup.clear()
