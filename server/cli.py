@@ -44,7 +44,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instance-nice", type=_nice, default=d.instance_nice, metavar="N",
                    help="Linux: instances of dynamically batched models run N nice steps below the event loop, so that on a "
                    "shared CPU requests are admitted (and batches formed) before compute runs "
-                   "(default %(default)s; 0 = the kernel's default priority)")
+                   "(default %(default)s, the lowest; 0 = the kernel's default priority). At 10 or more a batch "
+                   "handed to an instance also takes requests admitted before its execution starts")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=d.event_loop,
                    help="the server's event loop: auto (default) is uvloop when installed, else asyncio's")
     p.add_argument("--http-max-body-bytes", type=int, default=d.http_max_body_bytes,

@@ -28,8 +28,8 @@ class Settings:
     # keeps them from preempting the event loop on a shared CPU; "other" is the kernel default.
     grpc_io_sched: str = "batch"
     # Nice steps that model instance threads run below the event loop (scheduling/thread_priority.py;
-    # 0 = off). At +5 a thread contending with the loop for a CPU gets about a quarter of it.
-    instance_nice: int = 5
+    # 0 = off). At +19 a thread contending with the loop for a CPU gets about 1.5% of it.
+    instance_nice: int = 19
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     http_max_body_bytes: int = 64 * 1024 * 1024
     model_control_mode: str = "poll"  # none | poll | explicit

@@ -14,6 +14,7 @@ from inferd.backends.base import Backend, LoadContext
 from inferd.clients.pb import model_config_pb2 as mc
 from inferd.server.errors import Internal, Unavailable
 from inferd.server.scheduling.batcher import DynamicBatcher
+from inferd.server.scheduling.open_batch import OPEN_BATCH_MIN_NICE
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import InstanceWorker
 from inferd.server.stats import ModelStats
@@ -42,7 +43,9 @@ class GatedDouble(Backend):
         return {"Y": x * 2}
 
 
-def batcher(backend: GatedDouble, max_batch: int = 8, instances: int = 1, **dyn: object) -> DynamicBatcher:
+def batcher(
+    backend: GatedDouble, max_batch: int = 8, instances: int = 1, nice_steps: int = 0, **dyn: object
+) -> DynamicBatcher:
     config = mc.ModelDynamicBatching()
     for key, value in dyn.items():
         if key == "policy":
@@ -51,7 +54,7 @@ def batcher(backend: GatedDouble, max_batch: int = 8, instances: int = 1, **dyn:
             config.preferred_batch_size.extend(value)  # type: ignore[arg-type]
         else:
             setattr(config, key, value)
-    workers = [InstanceWorker(backend, f"w{i}", batching=True) for i in range(instances)]
+    workers = [InstanceWorker(backend, f"w{i}", batching=True, nice_steps=nice_steps) for i in range(instances)]
     return DynamicBatcher(workers, ModelStats("m", "1"), "model 'm' version 1", max_batch, config)
 
 
@@ -272,4 +275,90 @@ async def test_preserve_ordering_across_instances() -> None:
     slow.gate.set()
     await asyncio.gather(t0, t1)
     assert done == [0, 1]
+    await b.retire(1)
+
+
+# --- open batches: handed to an instance whose thread has not started it yet ---------------------
+
+
+def hold_thread(b: DynamicBatcher) -> threading.Event:
+    """Keep the instance's thread busy, so a batch handed to it waits, open, behind this job."""
+    release = threading.Event()
+    b.workers[0].executor.submit(release.wait, 10)
+    return release
+
+
+async def handed_over(b: DynamicBatcher) -> None:
+    while not b._open:  # observable state: the batch is out of the queue, not yet started
+        await asyncio.sleep(0)
+
+
+async def test_requests_join_a_batch_whose_execution_has_not_started() -> None:
+    backend = GatedDouble()
+    b = batcher(backend, max_batch=3, nice_steps=19)
+    release = hold_thread(b)
+    first = asyncio.ensure_future(b.submit(work(0)))
+    await handed_over(b)
+    later = [asyncio.ensure_future(b.submit(work(i))) for i in (1, 2, 3)]
+    while b._queued < 1:  # the third late request no longer fits (max 3 rows): queued
+        await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(first, *later)
+    assert backend.batches == [[0, 1, 2], [3]]
+    assert [r["Y"][0, 0] for r in results] == [0, 2, 4, 6]  # each its own rows
+    assert b.stats.execution_count == 2 and b.stats.inference_count == 4
+    await b.retire(1)
+
+
+async def test_batches_stay_closed_below_the_nice_threshold_and_with_preferred_sizes() -> None:
+    for kwargs in ({"nice_steps": OPEN_BATCH_MIN_NICE - 1}, {"nice_steps": 19, "preferred": [1]}):
+        backend = GatedDouble()
+        b = batcher(backend, **kwargs)  # type: ignore[arg-type]
+        release = hold_thread(b)
+        first = asyncio.ensure_future(b.submit(work(0)))
+        await handed_over(b)
+        later = [asyncio.ensure_future(b.submit(work(i))) for i in (1, 2)]
+        await queued(b, 2)
+        release.set()
+        await asyncio.gather(first, *later)
+        assert backend.batches[0] == [0], kwargs
+        await b.retire(1)
+
+
+async def test_cancelled_member_of_an_open_batch_never_executes() -> None:
+    backend = GatedDouble()
+    b = batcher(backend, nice_steps=19)
+    release = hold_thread(b)
+    first = asyncio.ensure_future(b.submit(work(0)))
+    await handed_over(b)
+    later = [asyncio.ensure_future(b.submit(work(i))) for i in (1, 2)]
+    while b._open[0].rows < 3:
+        await asyncio.sleep(0)
+    first.cancel()  # one dispatched with the batch, and one that joined it
+    later[0].cancel()
+    await asyncio.sleep(0)
+    assert b._open[0].rows == 1
+    release.set()
+    assert (await later[1])["Y"][0, 0] == 4
+    assert backend.batches == [[2]]
+    assert first.cancelled() and later[0].cancelled()
+    await b.retire(1)
+
+
+async def test_member_expired_when_its_execution_starts_is_rejected_not_run() -> None:
+    backend = GatedDouble()
+    b = batcher(backend, nice_steps=19)
+    release = hold_thread(b)
+    first = asyncio.ensure_future(b.submit(work(0)))
+    await handed_over(b)
+    late = work(1)
+    joined = asyncio.ensure_future(b.submit(late))
+    while b._open[0].rows < 2:
+        await asyncio.sleep(0)
+    late.deadline_ns = time.monotonic_ns()  # due now: the start comes after it
+    release.set()
+    assert (await first)["Y"][0, 0] == 0
+    with pytest.raises(Unavailable, match="timeout expired in the queue"):
+        await joined
+    assert backend.batches == [[0]]
     await b.retire(1)

@@ -104,7 +104,8 @@ def test_server_lowers_only_dynamically_batched_instances(server: RunningServer)
     """The offset lets the loop fill batches; a model without a batcher keeps the loop's priority."""
     base = _nice()  # the server's loop thread runs at the process's value, as this one does
     batched = server.server.manager.get("dense").scheduler.workers[0]  # dynamic_batching {...}
-    assert batched.executor.submit(_nice).result(10) == min(base + 5, 19)
+    assert batched.executor.submit(_nice).result(10) == min(base + 19, 19)
+    assert batched.nice_steps == min(base + 19, 19) - base  # what the batcher reads for open batches
     direct = server.server.manager.get("add_sub").scheduler.workers[0]
     assert direct.executor.submit(_nice).result(10) == base
 
@@ -114,7 +115,7 @@ def test_instance_nice_flag() -> None:
 
     p = argparse.ArgumentParser()
     add_serve_arguments(p)
-    assert settings_from_args(p.parse_args([])).instance_nice == 5
+    assert settings_from_args(p.parse_args([])).instance_nice == 19
     assert settings_from_args(p.parse_args(["--instance-nice", "0"])).instance_nice == 0
     with pytest.raises(SystemExit):
         p.parse_args(["--instance-nice", "20"])

@@ -6,6 +6,9 @@
 * A batch is sent at once when it reaches ``max_batch_size`` or a ``preferred_batch_size``;
   otherwise when the oldest request has waited the maximum delay.
 * Only requests with the same non-batch shapes, dtypes, inputs and outputs merge.
+* A batch handed to an instance whose thread runs well below the loop's priority stays open to
+  newly admitted requests that fit until its execution starts (open_batch.py); not with
+  ``preferred_batch_size``, whose sizes are kept.
 * Priority levels (1 = highest) each have a bounded queue and a queue policy; expired requests
   are rejected by a timer the moment they expire (or, with ``timeout_action: DELAY``, moved
   behind the requests that have not expired). Cancelled requests leave the queue at once.
@@ -28,6 +31,7 @@ from ..errors import InferdError, InvalidArgument, Unavailable
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DEFAULT_MAX_QUEUE
+from .open_batch import OPEN_BATCH_MIN_NICE, OpenBatch
 from .work import Work
 from .worker import InstanceWorker
 
@@ -74,6 +78,8 @@ class DynamicBatcher(Scheduler):
             self.levels[level] = _Level(policy)
         self._order = [self.levels[i] for i in sorted(self.levels)]
         self._queued = 0
+        self._open: list[OpenBatch] = []  # handed to instances, not yet started; newest last
+        self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._last_done: asyncio.Future[None] | None = None
         self._tasks = [asyncio.get_running_loop().create_task(self._serve(w)) for w in self.workers]
@@ -94,13 +100,16 @@ class DynamicBatcher(Scheduler):
                 work.timeout_action_delay = level.delay_on_timeout
         work.future = loop.create_future()
         work.level = level_no
-        work.queued = True
-        level.ready.append(work)
-        self._queued += 1
-        if work.deadline_ns is not None:
-            delay = (work.deadline_ns - time.monotonic_ns()) / 1e9
-            work.timer = loop.call_later(max(delay, 0.0), self._expire, work)
-        self._wakeup.set()
+        # Only with nothing queued: an older request must not be passed by a newer one. Only the
+        # newest open batch: with preserve_ordering, responses leave in the order batches left.
+        if not (self._queued == 0 and self._open and self._open[-1].join(work)):
+            work.queued = True
+            level.ready.append(work)
+            self._queued += 1
+            if work.deadline_ns is not None:
+                delay = (work.deadline_ns - time.monotonic_ns()) / 1e9
+                work.timer = loop.call_later(max(delay, 0.0), self._expire, work)
+            self._wakeup.set()
         try:
             return await work.future
         except asyncio.CancelledError:
@@ -109,6 +118,9 @@ class DynamicBatcher(Scheduler):
 
     def _remove(self, work: Work) -> None:
         if not work.queued:
+            for batch in self._open:
+                if batch.withdraw(work):
+                    break
             return
         level = self.levels[work.level]
         (level.delayed if work.delayed else level.ready).remove(work)
@@ -132,8 +144,7 @@ class DynamicBatcher(Scheduler):
             level.delayed.append(work)
             return
         self._remove(work)
-        if work.future is not None and not work.future.done():
-            work.future.set_exception(work.expired_error(self.label, "in the queue"))
+        self._reject_expired([work])
 
     # --- forming batches ----------------------------------------------------------------
     def _candidates(self) -> Iterator[Work]:
@@ -200,36 +211,48 @@ class DynamicBatcher(Scheduler):
             except asyncio.TimeoutError:
                 pass
 
+    def _reject_expired(self, expired: list[Work]) -> None:
+        for w in expired:
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(w.expired_error(self.label, "in the queue"))
+
+    def _expired_at_start(self, expired: list[Work]) -> None:
+        """OpenBatch's callback, usually on the instance thread: answer on the loop at once."""
+        self._loop.call_soon_threadsafe(self._reject_expired, expired)
+
     async def _serve(self, worker: InstanceWorker) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            started = time.monotonic_ns()
-            # A request may have expired between planning and now; it must not run.
-            live = []
-            for w in batch:
-                if w.deadline_ns is not None and started >= w.deadline_ns and not w.timeout_action_delay:
-                    if w.future is not None and not w.future.done():
-                        w.future.set_exception(w.expired_error(self.label, "in the queue"))
-                elif w.future is not None and not w.future.done():
-                    live.append(w)
+            live = [w for w in await self._next_batch() if w.future is not None and not w.future.done()]
             if not live:
                 continue
+            rows = sum(w.batch_size for w in live)
+            joinable = not self.preferred and worker.nice_steps >= OPEN_BATCH_MIN_NICE
+            batch = OpenBatch(live, rows, self.max_batch_size if joinable else rows, self._expired_at_start)
+            self._open.append(batch)
             prev, done = self._last_done, loop.create_future()
             self._last_done = done
             try:
-                results, times = await worker.run(live)
+                results, times = await worker.run(batch)
             except InferdError as e:
                 outcome: BaseException | None = e
+            except asyncio.CancelledError:
+                self._reject_members(batch.close(), Unavailable(f"{self.label} was unloaded"))
+                raise
             except Exception as e:  # never leave a request without an answer
                 log.exception("%s: batch failed", self.label)
                 outcome = e
             else:
                 outcome = None
+            finally:
+                self._open.remove(batch)
+            live = batch.close()  # the members that ran (closed already unless run() failed early)
+            started = batch.started_ns
             if self.preserve_ordering and prev is not None:
                 await asyncio.shield(prev)
             if outcome is None:
-                self.stats.record_execution(times)
+                if live:  # else every member had expired by the start
+                    self.stats.record_execution(times)
                 for w, r in zip(live, results):
                     if w.future is None or w.future.done():
                         continue
@@ -239,10 +262,14 @@ class DynamicBatcher(Scheduler):
                         self.record_success(w, times, started)
                         w.future.set_result(r)
             else:
-                for w in live:
-                    if w.future is not None and not w.future.done():
-                        w.future.set_exception(outcome)
+                self._reject_members(live, outcome)
             done.set_result(None)
+
+    @staticmethod
+    def _reject_members(members: list[Work], error: BaseException) -> None:
+        for w in members:
+            if w.future is not None and not w.future.done():
+                w.future.set_exception(error)
 
     async def _stop(self) -> None:
         for t in self._tasks:

@@ -19,7 +19,8 @@ import numpy as np
 from ...backends.base import Backend
 from ..errors import InferdError, Internal
 from ..stats import ExecutionTimes
-from .thread_priority import lower_thread_priority
+from .open_batch import OpenBatch
+from .thread_priority import lower_thread_priority, thread_nice
 from .work import Work
 
 # One request's outcome: its outputs, or the error that failed it alone.
@@ -69,12 +70,14 @@ class InstanceWorker:
         batching: bool,
         inline: bool = False,
         executor: ThreadPoolExecutor | None = None,
+        nice_steps: int = 0,
     ) -> None:
         self.backend = backend
         self.name = name
         self.batching = batching
         self.executor = executor or instance_executor(name)
         self.inline = inline  # decided by the loader from the backend and the config
+        self.nice_steps = nice_steps  # how far the thread runs below the loop's priority
         self.thread_cpu_ns: float | None = None  # moving average on the thread; None = unmeasured
         self.inline_wall_ns: float | None = None  # moving average on the loop
         self.executions = 0
@@ -87,10 +90,11 @@ class InstanceWorker:
         executor = instance_executor(name, nice)
         try:
             backend = executor.submit(factory).result()
+            steps = executor.submit(thread_nice).result() - thread_nice()  # as applied, capped at 19
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(backend, name, batching, inline, executor)
+        return cls(backend, name, batching, inline, executor, steps)
 
     def runs_inline(self, items: Sequence[Work]) -> bool:
         if not self.inline or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
@@ -117,16 +121,21 @@ class InstanceWorker:
         self.inline_wall_ns = _average(self.inline_wall_ns, t2 - t0, clip=True)
         return result, ExecutionTimes(work.batch_size, 0, t1 - t0, t2 - t1)
 
-    async def run(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
-        if self.runs_inline(items):
+    async def run(self, items: Sequence[Work] | OpenBatch) -> tuple[list[Result], ExecutionTimes]:
+        if self.runs_inline(items.items if isinstance(items, OpenBatch) else items):
             return self.execute(items, inline=True)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.execute, items)
 
-    def execute(self, items: Sequence[Work], inline: bool = False) -> tuple[list[Result], ExecutionTimes]:
+    def execute(self, items: Sequence[Work] | OpenBatch, inline: bool = False) -> tuple[list[Result], ExecutionTimes]:
         """Runs on the instance thread, or on the event loop when ``inline``. Raises InferdError
         when the whole batch failed; a request-list backend may also fail single requests (an
-        InferdError in its slot)."""
+        InferdError in its slot). An open batch is closed here, as its execution starts; the
+        results then follow its final ``items`` (none when every member had expired)."""
+        if isinstance(items, OpenBatch):
+            items = items.close()
+            if not items:
+                return [], ExecutionTimes(0, 0, 0, 0)
         t0 = time.monotonic_ns()
         c0 = 0 if inline else time.thread_time_ns()
         done = self._execute_list(items) if self.backend.takes_request_list else self._execute_merged(items)
