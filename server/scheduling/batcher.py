@@ -275,7 +275,7 @@ class DynamicBatcher(Scheduler):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in list(itertools.chain.from_iterable(lv.ready + lv.delayed for lv in self._order)):
+        queued = list(itertools.chain.from_iterable(lv.ready + lv.delayed for lv in self._order))
+        for w in queued:
             self._remove(w)
-            if w.future is not None and not w.future.done():
-                w.future.set_exception(Unavailable(f"{self.label} was unloaded"))
+        self._reject_members(queued, Unavailable(f"{self.label} was unloaded"))
