@@ -288,18 +288,19 @@ def hold_thread(b: DynamicBatcher) -> threading.Event:
     return release
 
 
-async def handed_over(b: DynamicBatcher) -> None:
+async def open_with(b: DynamicBatcher, *later: Work) -> tuple[threading.Event, asyncio.Future, list[asyncio.Future]]:  # type: ignore[type-arg]
+    """Hand work(0) to the held instance thread, then submit ``later`` while its batch is open."""
+    release = hold_thread(b)
+    first = asyncio.ensure_future(b.submit(work(0)))
     while not b._open:  # observable state: the batch is out of the queue, not yet started
         await asyncio.sleep(0)
+    return release, first, [asyncio.ensure_future(b.submit(w)) for w in later]
 
 
 async def test_requests_join_a_batch_whose_execution_has_not_started() -> None:
     backend = GatedDouble()
     b = batcher(backend, max_batch=3, nice_steps=19)
-    release = hold_thread(b)
-    first = asyncio.ensure_future(b.submit(work(0)))
-    await handed_over(b)
-    later = [asyncio.ensure_future(b.submit(work(i))) for i in (1, 2, 3)]
+    release, first, later = await open_with(b, work(1), work(2), work(3))
     while b._queued < 1:  # the third late request no longer fits (max 3 rows): queued
         await asyncio.sleep(0)
     release.set()
@@ -314,10 +315,7 @@ async def test_batches_stay_closed_below_the_nice_threshold_and_with_preferred_s
     for kwargs in ({"nice_steps": OPEN_BATCH_MIN_NICE - 1}, {"nice_steps": 19, "preferred": [1]}):
         backend = GatedDouble()
         b = batcher(backend, **kwargs)  # type: ignore[arg-type]
-        release = hold_thread(b)
-        first = asyncio.ensure_future(b.submit(work(0)))
-        await handed_over(b)
-        later = [asyncio.ensure_future(b.submit(work(i))) for i in (1, 2)]
+        release, first, later = await open_with(b, work(1), work(2))
         await queued(b, 2)
         release.set()
         await asyncio.gather(first, *later)
@@ -328,10 +326,7 @@ async def test_batches_stay_closed_below_the_nice_threshold_and_with_preferred_s
 async def test_cancelled_member_of_an_open_batch_never_executes() -> None:
     backend = GatedDouble()
     b = batcher(backend, nice_steps=19)
-    release = hold_thread(b)
-    first = asyncio.ensure_future(b.submit(work(0)))
-    await handed_over(b)
-    later = [asyncio.ensure_future(b.submit(work(i))) for i in (1, 2)]
+    release, first, later = await open_with(b, work(1), work(2))
     while b._open[0].rows < 3:
         await asyncio.sleep(0)
     first.cancel()  # one dispatched with the batch, and one that joined it
@@ -348,11 +343,8 @@ async def test_cancelled_member_of_an_open_batch_never_executes() -> None:
 async def test_member_expired_when_its_execution_starts_is_rejected_not_run() -> None:
     backend = GatedDouble()
     b = batcher(backend, nice_steps=19)
-    release = hold_thread(b)
-    first = asyncio.ensure_future(b.submit(work(0)))
-    await handed_over(b)
     late = work(1)
-    joined = asyncio.ensure_future(b.submit(late))
+    release, first, (joined,) = await open_with(b, late)
     while b._open[0].rows < 2:
         await asyncio.sleep(0)
     late.deadline_ns = time.monotonic_ns()  # due now: the start comes after it
