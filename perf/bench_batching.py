@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-delay-us", type=int, default=500,
                    help="dense_batched's max_queue_delay_microseconds (default 500)")
     a = p.parse_args(argv)
-    pa = perf_analyzer.find_perf_analyzer() if a.load != "inferd" else None
-    if a.load == "perf_analyzer" and pa is None:
-        print(f"perf_analyzer not found ({perf_analyzer.INSTALL_HINT})", file=sys.stderr)
-        return 2
+    pa = perf_analyzer.for_load(a.load)
     load = perf_analyzer.LOAD_LABEL if pa else "inferd's Python load generator"
     print(f"# load: {load}", file=sys.stderr)
 

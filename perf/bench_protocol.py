@@ -165,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                    + ")")
     a = p.parse_args(argv)
 
-    pa = perf_analyzer.find_perf_analyzer() if a.load == "perf_analyzer" else None
-    if a.load == "perf_analyzer" and pa is None:
-        print(f"perf_analyzer not found ({perf_analyzer.INSTALL_HINT})", file=sys.stderr)
-        return 2
+    pa = perf_analyzer.for_load(a.load)
     server_cpus, ncpu = split_cpus(a.no_pin)
     pin = server_cpus is not None
     print(f"# {ncpu} CPUs; " + ("servers on CPU 0, load generator on CPUs 1.." if pin else "no pinning")

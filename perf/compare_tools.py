@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .perf_analyzer import INSTALL_HINT, find_perf_analyzer, read_csv
+from .perf_analyzer import for_load, read_csv
 from .servers import pin_prefix
 
 
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     a, extra = p.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    pa = find_perf_analyzer()
-    if pa is None:
-        print(f"perf_analyzer not found ({INSTALL_HINT})", file=sys.stderr)
-        return 2
+    pa = for_load("perf_analyzer")
+    assert pa is not None  # for_load exits when it is missing
     out = a.out or Path(tempfile.mkdtemp(prefix="inferd-compare-"))
     out.mkdir(parents=True, exist_ok=True)
     cpus = [int(x) for x in a.client_cpus.replace("-", ",").split(",")] if a.client_cpus else None

@@ -11,6 +11,7 @@ import csv
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,19 @@ def find_perf_analyzer() -> str | None:
         if c and os.access(c, os.X_OK) and _runs(c):
             return c
     return None
+
+
+def for_load(load: str) -> str | None:
+    """The binary for a benchmark's ``--load`` choice: none for "inferd" (the Python generator),
+    the one found or none for "auto", and for "perf_analyzer" the one found or an exit with
+    status 2 and the install hint."""
+    if load == "inferd":
+        return None
+    found = find_perf_analyzer()
+    if found is None and load == "perf_analyzer":
+        print(f"perf_analyzer not found ({INSTALL_HINT})", file=sys.stderr)
+        raise SystemExit(2)
+    return found
 
 
 def _runs(binary: str) -> bool:
