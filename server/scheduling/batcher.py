@@ -82,7 +82,7 @@ class DynamicBatcher(Scheduler):
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._last_done: asyncio.Future[None] | None = None
-        self._tasks = [asyncio.get_running_loop().create_task(self._serve(w)) for w in self.workers]
+        self._tasks = [self._loop.create_task(self._serve(w)) for w in self.workers]
 
     # --- accepting work -----------------------------------------------------------------
     async def _run(self, work: Work) -> dict[str, np.ndarray]:

@@ -34,10 +34,9 @@ def lower_thread_priority(increment: int) -> int | None:
     where nothing changed (increment 0, not Linux, or the kernel refused)."""
     if increment <= 0 or not sys.platform.startswith("linux"):
         return None
-    tid = threading.get_native_id()
     try:
-        value = min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + increment)
-        os.setpriority(os.PRIO_PROCESS, tid, value)
+        value = min(MAX_NICE, thread_nice() + increment)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), value)
     except OSError as e:
         log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, e)
         return None
