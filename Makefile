@@ -1,39 +1,73 @@
-# Two commands on a fresh machine: `make serve` and `make test`. Each sets up .venv on first use.
+# Two commands on a fresh machine: `make serve` and `make test`. Each sets up .venv on first use
+# and says what it is doing; later runs skip what is already installed.
+#   make serve                    the bundled ONNX and Python models (core install, about 250 MB)
+#   make serve FRAMEWORKS=all     also the torch and TensorFlow examples (about 2 GB more)
+#   make serve ARGS="--grpc-port 9001 --log-level DEBUG"    flags for `inferd serve`
+#   make test  ARGS="-k grpc"     flags for pytest
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-EXTRAS ?= onnx,test,perf
-# Frameworks the bundled torch/tf models and their tests run on (CPU builds); `FRAMEWORKS=` leaves them out:
-# those models are then UNAVAILABLE with the reason and their tests skip. torch 2.13.0 is the CPU build kept on disk here.
-FRAMEWORKS ?= torch==2.13.0 tensorflow-cpu
-FW_STAMP := $(VENV)/.frameworks
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+ARGS ?=
+# CPU builds for the torch and TensorFlow examples and backend tests (torch 2.13.0 is the CPU
+# build kept on disk on this project's machines).
+FRAMEWORK_PACKAGES ?= torch==2.13.0 tensorflow-cpu
+FRAMEWORKS_REPOSITORY := examples/frameworks
 
-.PHONY: serve test lint proto models perf clean
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
+FW_STAMP := $(VENV)/.installed-frameworks
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+# none: the bundled repository only; all: the framework examples too. `make test` installs the
+# frameworks so their backend tests run; `make test FRAMEWORKS=none` skips them (the tests skip).
+serve: FRAMEWORKS ?= none
+test: FRAMEWORKS ?= all
 
-serve: $(STAMP) $(FW_STAMP)
-	$(VENV)/bin/inferd serve
+.PHONY: serve test lint proto models clean test-protobuf-oldest
 
-$(FW_STAMP): $(STAMP)
-	$(if $(strip $(FRAMEWORKS)),$(PY) -m pip install -q $(FRAMEWORKS))
-	touch $(FW_STAMP)
+$(VENV)/bin/python:
+	@echo "[inferd] creating $(VENV) (first run only)"
+	@$(PYTHON) -m venv $(VENV)
 
-test: $(STAMP) $(FW_STAMP)
-	$(PY) -m pytest -q
+$(SERVE_STAMP): pyproject.toml | $(VENV)/bin/python
+	@echo "[inferd] installing inferd with ONNX Runtime into $(VENV) (about 250 MB, first run only)"
+	@$(PIP) -e '.[onnx]'
+	@touch $@
 
-lint: $(STAMP)
+$(TEST_STAMP): pyproject.toml $(SERVE_STAMP)
+	@echo "[inferd] installing the test tools, tritonclient and kserve into $(VENV) (first run only)"
+	@$(PIP) -e '.[onnx,test,perf]'
+	@touch $@
+
+$(FW_STAMP): | $(VENV)/bin/python
+	@echo "[inferd] installing $(FRAMEWORK_PACKAGES) into $(VENV) (about 2 GB, first run only)"
+	@$(PIP) $(FRAMEWORK_PACKAGES)
+	@touch $@
+
+frameworks-%:
+	@case "$*" in none) ;; all) $(MAKE) --no-print-directory $(FW_STAMP) ;; \
+	  *) echo "FRAMEWORKS must be 'none' or 'all', not '$*'" >&2; exit 2 ;; esac
+
+serve: $(SERVE_STAMP)
+	@$(MAKE) --no-print-directory frameworks-$(FRAMEWORKS)
+	@echo "[inferd] starting the server (.venv/bin/inferd serve; Ctrl-C stops it)"
+	@$(VENV)/bin/inferd serve $(if $(filter all,$(FRAMEWORKS)),--model-repository model_repository --model-repository $(FRAMEWORKS_REPOSITORY)) $(ARGS)
+
+test: $(TEST_STAMP)
+	@$(MAKE) --no-print-directory frameworks-$(FRAMEWORKS)
+	$(PY) -m pytest -q $(ARGS)
+
+# The stubs under the oldest protobuf this project supports (the newest is what `make test` has).
+test-protobuf-oldest: $(TEST_STAMP)
+	$(PY) tests/protobuf_runtime.py --oldest -- -m pytest -q tests/test_proto_stubs.py tests/test_client.py tests/test_grpc_infer.py tests/test_grpc_wire.py
+
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check server backends clients perf tests
 
-proto: $(STAMP)
+proto: $(TEST_STAMP)
 	$(PY) proto/generate.py
 
-models: $(STAMP)
+models: $(TEST_STAMP)
 	$(PY) model_repository/build.py
 
 clean:

@@ -1,9 +1,11 @@
-"""Builds the bundled models reproducibly (seeded weights): ``python model_repository/build.py``.
+"""Builds the bundled models reproducibly (seeded weights):
+``python model_repository/build.py [REPOSITORY [FRAMEWORKS_REPOSITORY]]``.
 
 The model files are committed so the server runs without a build step; this script is how they
 were made. Tests import the builder functions to make their own copies on the fly. torch and
 tensorflow are imported only by the builders that need them (``inferd[torch]``,
-``inferd[tensorflow]``); their models are skipped when the framework is not installed.
+``inferd[tensorflow]``); their models go to ``examples/frameworks/`` and are skipped when the
+framework is not installed.
 The Python model (``dense_classify/1/model.py``) is source, not built.
 """
 
@@ -19,6 +21,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 HERE = Path(__file__).resolve().parent
+# The torch and TensorFlow examples live in a second repository, so that the bundled one serves
+# (every model READY) with the core install alone; `make serve FRAMEWORKS=all` serves both.
+FRAMEWORKS_REPOSITORY = HERE.parent / "examples" / "frameworks"
 OPSET = [helper.make_opsetid("", 17)]
 
 
@@ -197,22 +202,22 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def build(root: Path = HERE) -> None:
+def build(root: Path = HERE, frameworks_root: Path = FRAMEWORKS_REPOSITORY) -> None:
     _save(add_sub_model(), root / "add_sub" / "1" / "model.onnx")
     (root / "add_sub" / "config.pbtxt").write_text(ADD_SUB_CONFIG)
     _save(dense_model(), root / "dense" / "1" / "model.onnx")
     (root / "dense" / "config.pbtxt").write_text(DENSE_CONFIG)
     if _have("torch"):
-        save_torchscript(torch_mlp(), root / "torch_mlp" / "1" / "model.pt")
-        (root / "torch_mlp" / "config.pbtxt").write_text(TORCH_MLP_CONFIG)
+        save_torchscript(torch_mlp(), frameworks_root / "torch_mlp" / "1" / "model.pt")
+        (frameworks_root / "torch_mlp" / "config.pbtxt").write_text(TORCH_MLP_CONFIG)
     else:
         print("torch is not installed: torch_mlp not rebuilt (pip install 'inferd[torch]')")
     if _have("tensorflow"):
-        save_savedmodel(tf_mlp(), root / "tf_mlp" / "1" / "model.savedmodel")
-        (root / "tf_mlp" / "config.pbtxt").write_text(TF_MLP_CONFIG)
+        save_savedmodel(tf_mlp(), frameworks_root / "tf_mlp" / "1" / "model.savedmodel")
+        (frameworks_root / "tf_mlp" / "config.pbtxt").write_text(TF_MLP_CONFIG)
     else:
         print("tensorflow is not installed: tf_mlp not rebuilt (pip install 'inferd[tensorflow]')")
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
+    build(*(Path(arg) for arg in sys.argv[1:3]))
