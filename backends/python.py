@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..clients.pb import model_config_pb2 as mc
+from ..server.config import message_to_dict
 from ..server.errors import InferdError, Internal, ModelLoadError
 from . import python_api as api
 from .base import Backend, LoadContext
@@ -87,7 +88,7 @@ class PythonBackend(Backend):
             if hook is None:
                 return
             try:
-                result = hook(api.ModelConfig(api.config_to_dict(config)))
+                result = hook(api.ModelConfig(message_to_dict(config)))
             except Exception as e:
                 raise ModelLoadError(
                     f"{model_path}: auto_complete_config failed: {type(e).__name__}: {e}{_where(e, model_path)}"
@@ -120,7 +121,7 @@ class PythonBackend(Backend):
                 # Triton's arguments: every value is a string, the config is JSON.
                 initialize(
                     {
-                        "model_config": json.dumps(api.config_to_dict(config)),
+                        "model_config": json.dumps(message_to_dict(config)),
                         "model_instance_kind": context.instance.kind,
                         "model_instance_name": context.instance.name,
                         "model_instance_device_id": str(context.instance.device_id),

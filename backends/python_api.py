@@ -341,16 +341,6 @@ class Logger:
 
 
 # --- model configuration -------------------------------------------------------------------
-def config_to_dict(config: mc.ModelConfig) -> dict[str, Any]:
-    """The config as Triton hands it to models: proto field names, every field, int64 as ints."""
-    return json_format.MessageToDict(
-        config,
-        always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=True,
-        unquote_int64_if_possible=True,
-    )
-
-
 def config_from_dict(data: Mapping[str, Any]) -> mc.ModelConfig:
     config = mc.ModelConfig()
     try:

@@ -15,6 +15,7 @@ import pytest
 from inferd.backends.base import Instance, LoadContext
 from inferd.backends.python import PythonBackend
 from inferd.clients.pb import model_config_pb2 as mc
+from inferd.server.config import message_to_dict
 from inferd.server.errors import Code
 from tritonclient.utils import InferenceServerException
 
@@ -191,7 +192,7 @@ def test_tensors_pass_without_copies(tmp_path: Path) -> None:
 def test_auto_complete_config_adds_but_never_contradicts() -> None:
     config = mc.ModelConfig(name="m", max_batch_size=8)
     config.input.add(name="A", dims=[3])
-    wrapper = pb_utils.ModelConfig(pb_utils.config_to_dict(config))
+    wrapper = pb_utils.ModelConfig(message_to_dict(config))
     wrapper.add_input({"name": "A", "data_type": "TYPE_INT32", "dims": [3]})  # fills the type
     wrapper.add_output({"name": "B", "data_type": "TYPE_FP32", "dims": [3]})
     with pytest.raises(ValueError, match="dims"):
@@ -207,7 +208,7 @@ def test_auto_complete_config_adds_but_never_contradicts() -> None:
 def test_config_dict_is_triton_shaped() -> None:
     config = mc.ModelConfig(name="m")
     config.input.add(name="A", data_type=mc.TYPE_FP16, dims=[-1, 4])
-    d = pb_utils.config_to_dict(config)
+    d = message_to_dict(config)
     assert d["max_batch_size"] == 0 and d["input"][0]["dims"] == [-1, 4]
     assert pb_utils.get_input_config_by_name(d, "A")["data_type"] == "TYPE_FP16"  # type: ignore[index]
     assert pb_utils.get_output_config_by_name(d, "A") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from inferd.clients.pb import model_config_pb2 as mc
 from inferd.server import config as cfg
 from inferd.server.errors import ModelLoadError
 
@@ -67,3 +68,16 @@ def test_name_mismatch(tmp_path: Path) -> None:
     config = load(tmp_path, 'name: "other"')
     with pytest.raises(ModelLoadError, match="'other'.*'m'"):
         cfg.check_name(config, "m", "src")
+
+
+def test_message_to_dict_writes_64_bit_integers_as_numbers() -> None:
+    """Triton's JSON has numbers where protobuf's JSON writes strings (on protobuf 6 and 7 alike)."""
+    config = mc.ModelConfig(name="m", max_batch_size=8)
+    config.input.add(name="x", dims=[-1, 3])
+    config.dynamic_batching.max_queue_delay_microseconds = 500
+    config.dynamic_batching.priority_queue_policy[1].default_timeout_microseconds = 7
+    doc = cfg.message_to_dict(config)
+    assert doc["input"][0]["dims"] == [-1, 3]
+    assert doc["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert doc["dynamic_batching"]["priority_queue_policy"]["1"]["default_timeout_microseconds"] == 7
+    assert doc["max_batch_size"] == 8 and doc["name"] == "m"

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from google.protobuf import json_format
 from inferd.clients.pb import grpc_service_pb2 as pb
+from inferd.server.config import message_to_dict
 from inferd.server.errors import Code, InvalidArgument, ResourceExhausted, Unimplemented
 from inferd.server.frontends import http_convert as conv
 from inferd.server.frontends import http_metadata as meta
@@ -198,8 +198,7 @@ def test_statistics_json_matches_the_grpc_shape() -> None:
     got = meta.statistics_json([stats])["model_stats"][0]
     message = pb.ModelStatistics()
     statistics_to_pb(stats, message)
-    want = json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, unquote_int64_if_possible=True)
+    want = message_to_dict(message)
     for key in ("name", "version", "last_inference", "inference_count", "execution_count", "batch_stats"):
         assert got[key] == want[key], key
     for key, value in want["inference_stats"].items():

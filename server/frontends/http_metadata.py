@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
-from ...clients.pb import model_config_pb2 as mc
 from ..stats import Duration, ModelStats
 from ..types import ModelIndexEntry, ModelMetadata, ServerMetadata, TensorMetadata
 
@@ -28,17 +25,6 @@ def model_metadata_json(m: ModelMetadata) -> dict[str, Any]:
         "inputs": [_tensor_json(t) for t in m.inputs],
         "outputs": [_tensor_json(t) for t in m.outputs],
     }
-
-
-def model_config_json(config: mc.ModelConfig) -> dict[str, Any]:
-    """As Triton answers: proto field names, defaults included, 64-bit integers as numbers."""
-    doc: dict[str, Any] = json_format.MessageToDict(
-        config,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-        unquote_int64_if_possible=True,
-    )
-    return doc
 
 
 def _duration(d: Duration) -> dict[str, int]:

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..config import message_to_dict
 from ..core import InferenceCore
 from ..errors import Code, InferdError, InvalidArgument, Unimplemented
 from . import http_convert as conv
@@ -128,7 +129,7 @@ class HttpApi:
 
     async def model_config(self, request: Request) -> Response:
         p = request.path_params
-        return _json(meta.model_config_json(self.core.model_config(p["model"], p.get("version", ""))))
+        return _json(message_to_dict(self.core.model_config(p["model"], p.get("version", ""))))
 
     async def statistics(self, request: Request) -> Response:
         p = request.path_params
