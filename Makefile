@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` and `make test`. Each sets up .venv on first use
 # and says what it is doing; later runs skip what is already installed.
-#   make serve                    the bundled ONNX and Python models (core install, about 250 MB)
+#   make serve                    the bundled ONNX and Python models (about 250 MB installed)
 #   make serve FRAMEWORKS=all     also the torch and TensorFlow examples (about 2 GB more)
 #   make serve ARGS="--grpc-port 9001 --log-level DEBUG"    flags for `inferd serve`
 #   make test  ARGS="-k grpc"     flags for pytest
@@ -30,12 +30,12 @@ $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV)
 
 $(SERVE_STAMP): pyproject.toml | $(VENV)/bin/python
-	@echo "[inferd] installing inferd with ONNX Runtime into $(VENV) (about 250 MB, first run only)"
-	@$(PIP) -e '.[onnx]'
+	@echo "[inferd] installing inferd with ONNX Runtime and tritonclient into $(VENV) (about 250 MB, first run only)"
+	@$(PIP) -e '.[onnx,client]'
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml $(SERVE_STAMP)
-	@echo "[inferd] installing the test tools, tritonclient and kserve into $(VENV) (first run only)"
+	@echo "[inferd] installing the test tools, tritonclient[all] and kserve into $(VENV) (first run only)"
 	@$(PIP) -e '.[onnx,test,perf]'
 	@touch $@
 

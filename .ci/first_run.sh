@@ -26,8 +26,7 @@ stop_server() { kill -INT -- "-$server_pid" 2>/dev/null || true; wait "$server_p
 failures=()
 fail() { failures+=("$1"); echo "FAIL: $1" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-# A fresh machine has no pip cache: without one, the timing includes the downloads.
-export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 echo "== clone"
 git clone -q "$src" "$work/inferd"
@@ -36,7 +35,8 @@ cd "$work/inferd"
 echo "== make serve (first start, timed)"
 http=$(free_port); grpc=$(free_port); metrics=$(free_port)
 start=$(date +%s.%N)
-setsid make serve ARGS="--http-port $http --grpc-port $grpc --metrics-port $metrics" > "$work/serve.log" 2>&1 &
+# A fresh machine has no pip cache: without one, the timing includes the downloads.
+PIP_NO_CACHE_DIR=1 setsid make serve ARGS="--http-port $http --grpc-port $grpc --metrics-port $metrics" > "$work/serve.log" 2>&1 &
 server_pid=$!
 ready=""
 while kill -0 "$server_pid" 2>/dev/null; do
@@ -88,7 +88,8 @@ env -u PYTHONDONTWRITEBYTECODE "$work/tools/bin/python" -m build -q --outdir "$w
   || { fail "python -m build failed"; tail -20 "$work/build.log" >&2; }
 "$work/tools/bin/twine" check --strict "$work"/dist/* || fail "twine check"
 python3 -m venv "$work/wheel-venv"
-"$work/wheel-venv/bin/pip" install -q "$work"/dist/inferd-*.whl'[onnx]'
+wheel=$(ls "$work"/dist/inferd-*.whl)
+"$work/wheel-venv/bin/pip" install -q "$wheel[onnx]"
 mkdir -p "$work/elsewhere"
 (cd "$work/elsewhere" && "$work/wheel-venv/bin/python" - <<'PY') || fail "the installed wheel did not serve its bundled repository"
 import asyncio

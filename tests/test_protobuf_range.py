@@ -3,7 +3,7 @@ runtime inferd supports (the venv itself holds the newest one tritonclient allow
 
 Each case runs a child Python with that runtime first on its path (tests/protobuf_runtime.py):
 it starts a real server on ephemeral ports, infers add_sub with inferd's client and with
-tritonclient, and reports the runtime it ran on.
+tritonclient and a Python model (which reads its config as JSON), and reports the runtime.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CHILD = textwrap.dedent(
 
     async def main():
         settings = Settings(grpc_port=0, http_port=0, metrics_port=0, allow_metrics=False,
-                            model_control_mode="explicit", load_models=["add_sub"])
+                            model_control_mode="explicit", load_models=["add_sub", "dense", "dense_classify"])
         server = InferdServer(settings)
         await server.start()
         url = f"127.0.0.1:{server.grpc_port}"
@@ -45,6 +45,9 @@ CHILD = textwrap.dedent(
                 i.set_data_from_numpy(a)
             return client.infer("add_sub", inputs).as_numpy("OUTPUT1")
         theirs = await asyncio.to_thread(triton)
+        x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+        label = await asyncio.to_thread(lambda: InferenceClient(url).infer("dense_classify", {"FEATURES": x}))
+        assert label["LABEL"].dtype == object, label
         await server.stop()
         assert np.array_equal(ours["OUTPUT0"], a * 2) and np.array_equal(theirs, a * 0)
         assert model_config_pb2.ModelConfig(name="m").SerializeToString()
