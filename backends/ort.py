@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..clients.pb import model_config_pb2 as mc
-from ..server import codec
+from ..server import codec, framework_logs
 from ..server.errors import ModelLoadError
 from .base import Backend, LoadContext
 from .common import TensorInfo, complete_config, default_threads
@@ -35,7 +35,8 @@ _ORT_TYPES = {
 
 
 def _ort() -> Any:
-    return require("onnxruntime", "onnxruntime", None)
+    with framework_logs.importing("onnxruntime"):
+        return require("onnxruntime", "onnxruntime", None)
 
 
 def _dims(shape: Sequence[Any]) -> list[int]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..clients.pb import model_config_pb2 as mc
+from ..server import framework_logs
 from ..server.errors import Internal, ModelLoadError
 from .base import Backend, LoadContext
 from .common import (
@@ -48,7 +49,8 @@ _runtime_configured = False
 
 
 def _tf() -> Any:
-    return require("tensorflow", "tensorflow", "tensorflow")
+    with framework_logs.importing("tensorflow"):
+        return require("tensorflow", "tensorflow", "tensorflow")
 
 
 def _signature_key(config: mc.ModelConfig) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..clients.pb import model_config_pb2 as mc
-from ..server import codec
+from ..server import codec, framework_logs
 from ..server.errors import Internal, ModelLoadError
 from .base import Backend, LoadContext
 from .common import check_output, default_threads, int_param, output_types
@@ -41,7 +41,8 @@ _INDEXED = re.compile(r"^.*__(\d+)$")
 
 
 def _torch() -> Any:
-    return require("torch", "pytorch", "torch")
+    with framework_logs.importing("torch"):
+        return require("torch", "pytorch", "torch")
 
 
 class TorchScriptBackend(Backend):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -22,6 +23,7 @@ from .manager import ModelManager
 from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
 from .settings import Settings
+from .summary import startup_table
 from .watcher import RepositoryWatcher
 
 log = logging.getLogger("inferd")
@@ -31,7 +33,7 @@ IO_POLICY_RESCAN_SECS = 2.0
 class InferdServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.repository = Repository(settings.model_repository)
+        self.repository = Repository(*settings.model_repository)
         # One registry per server, injected (never global); the observer feeds the histograms.
         self.metrics_registry = CollectorRegistry()
         observer = RequestObserver()
@@ -50,12 +52,14 @@ class InferdServer:
         self.metrics_port: int | None = None
         self._stopped = asyncio.Event()
         self._io_policy_task: asyncio.Future[None] | None = None
+        self._start_report: asyncio.Future[None] | None = None
 
     async def start(self, wait_for_models: bool = True) -> None:
         s = self.settings
         self.core.loop = asyncio.get_running_loop()
-        if not self.repository.root.is_dir():
-            raise FileNotFoundError(f"model repository {self.repository.root} is not a folder")
+        for root in self.repository.roots:
+            if not root.is_dir():
+                raise FileNotFoundError(f"model repository {root} is not a folder")
         if s.allow_grpc:
             self.grpc_server, self.grpc_port = build_server(
                 self.core, f"{s.host}:{s.grpc_port}", s.grpc_max_message_bytes
@@ -83,9 +87,29 @@ class InferdServer:
         loads = asyncio.gather(*(self._load_quietly(n) for n in names))
         if self.watcher is not None:
             self.watcher.start()  # changes made while the start-up loads run are picked up too
+        started = self._report_start(loads, names)
         if wait_for_models:
-            await loads
-        log.info("repository %s: %d model(s) requested", self.repository.root, len(names))
+            await started
+        else:
+            self._start_report = asyncio.ensure_future(started)
+
+    async def _report_start(self, loads: Awaitable[object], names: list[str]) -> None:
+        """Once the start-up loads are done: the models' table, then every address served."""
+        await loads
+        log.info("%d model(s) requested at start-up%s", len(names),
+                 ":\n" + startup_table(self.manager.index()) if names else "")
+        log.info("serving: %s", ", ".join(self._addresses()))
+
+    def _addresses(self) -> list[str]:
+        host = self.settings.host
+        found = []
+        if self.grpc_port is not None:
+            found.append(f"gRPC {host}:{self.grpc_port}")
+        if self.http_port is not None:
+            found.append(f"HTTP {host}:{self.http_port}")
+        if self.metrics_port is not None:
+            found.append(f"metrics {host}:{self.metrics_port}/metrics")
+        return found or ["no front end (every --allow-* is false)"]
 
     async def _startup_models(self) -> list[str]:
         s = self.settings
@@ -115,8 +139,9 @@ class InferdServer:
 
     async def stop(self) -> None:
         self.core.shutting_down = True
-        if self._io_policy_task is not None:
-            self._io_policy_task.cancel()
+        for task in (self._io_policy_task, self._start_report):
+            if task is not None:
+                task.cancel()
         if self.watcher is not None:
             await self.watcher.stop()
         # gRPC and HTTP stop accepting and drain their in-flight requests side by side.

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import framework_logs
 from .settings import Settings
 
 
@@ -27,8 +28,9 @@ def _nice(text: str) -> int:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
-    p.add_argument("--model-repository", type=Path, default=d.model_repository,
-                   help="model repository folder (default: the bundled model_repository/)")
+    p.add_argument("--model-repository", "--model-store", type=Path, action="append", default=None,
+                   metavar="FOLDER", help="model repository folder; repeat it to serve the models of several "
+                   "(a model name may be in only one; default: the bundled model_repository/)")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 = any free port")
     p.add_argument("--http-port", type=int, default=d.http_port, help="HTTP/REST port")
@@ -63,7 +65,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(a: argparse.Namespace) -> Settings:
     return Settings(
-        model_repository=a.model_repository,
+        model_repository=tuple(a.model_repository) if a.model_repository else Settings().model_repository,
         host=a.host,
         grpc_port=a.grpc_port,
         http_port=a.http_port,
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    framework_logs.quiet_frameworks(settings.log_level)
     from . import event_loop
     from .app import InferdServer
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -132,6 +133,17 @@ def instances(config: mc.ModelConfig) -> list[Instance]:
             for _ in range(group.count):
                 out.append(Instance(f"{group.name}_{len(out)}", "GPU" if gpu else "CPU", device, len(out)))
     return out
+
+
+def describe_instances(plan: ModelPlan) -> str:
+    """What a version runs on, for the log: "2 instances (CPU)", "3 instances (2 CPU, 1 GPU 0)"."""
+    if plan.ensemble is not None:
+        steps = len(plan.ensemble.steps)
+        return f"{steps} step{'s' if steps != 1 else ''}"
+    kinds = Counter("CPU" if i.kind == "CPU" else f"GPU {i.device_id}" for i in instances(plan.config))
+    total = sum(kinds.values())
+    where = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {k}" for k, n in kinds.items())
+    return f"{total} instance{'s' if total != 1 else ''} ({where})"
 
 
 INLINE_CHOICES = ("auto", "true", "false")

@@ -22,7 +22,7 @@ from ..backends.registry import platform_of
 from ..clients.pb import model_config_pb2 as mc
 from .ensemble import EnsembleScheduler, check_types
 from .errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
-from .loader import ModelPlan, load_workers, plan_model
+from .loader import ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
 from .repository import Repository, check_model_name
 from .scheduling import make_scheduler
@@ -172,7 +172,7 @@ class ModelManager:
         if self._closing:
             raise Unavailable("server is shutting down")
         if name not in self.models:
-            self.repository.model_dir(name)  # unknown names leave no record behind
+            self.repository.model_dirs(name)  # unknown names leave no record behind
         task = asyncio.get_running_loop().create_task(self._load(name, override))
         self._loads.add(task)
         task.add_done_callback(_settled)
@@ -188,6 +188,7 @@ class ModelManager:
             loop = asyncio.get_running_loop()
             try:
                 plan = await loop.run_in_executor(None, plan_model, self.repository, name, override)
+                planned = time.monotonic() - started  # shared by the versions: part of each one's time
             except Exception as e:
                 error = _as_load_error(e)
                 self._plan_failed(record, error.message)
@@ -201,24 +202,27 @@ class ModelManager:
                 if v not in errors and not _unchanged(record.versions.get(v), plan.fingerprints[v])
             ]
             loaded: dict[int, ModelVersion] = {}
+            seconds: dict[int, float] = {}
             for v in todo:
                 slot = record.versions.setdefault(v, VersionSlot())
                 if slot.model is None:
                     slot.state, slot.reason = LOADING, ""
+                version_started = time.monotonic()
                 try:
                     loaded[v] = await self._load_version(plan, v)
                 except Exception as e:
                     errors[v] = _as_load_error(e).message
                     log.error("failed to load model '%s' version %d: %s", name, v, errors[v])
+                seconds[v] = planned + time.monotonic() - version_started
             if errors and record.serving():
                 self._keep_serving(record, plan, loaded, errors)
             else:
                 self._commit(record, plan, loaded, errors)
+                if loaded or not errors:
+                    _log_loaded(record, plan, loaded, seconds)
             record.load_seconds = time.monotonic() - started
             if errors:
                 raise ModelLoadError("; ".join(f"version {v}: {m}" for v, m in sorted(errors.items())))
-            log.info("model '%s': serving versions %s (%s loaded in %.2fs)", name, plan.versions,
-                     sorted(loaded) or "none", record.load_seconds)
 
     def _plan_failed(self, record: ModelRecord, message: str) -> None:
         log.error("failed to load model '%s': %s", record.name, message)
@@ -285,7 +289,7 @@ class ModelManager:
                     None, build_samples, self.repository, plan.model_dir, plan.config, plan.signature, label
                 )
                 seconds = await run_samples(workers, samples, label)
-                log.info("%s: warmup (%d sample(s)) took %.3fs", label, len(samples), seconds)
+                log.debug("%s: warmup (%d sample(s)) took %.3fs", label, len(samples), seconds)
         except BaseException:
             await loop.run_in_executor(None, _close, workers)
             raise
@@ -334,7 +338,7 @@ class ModelManager:
         check_model_name(name)
         record = self.models.get(name)
         if record is None:
-            self.repository.model_dir(name)  # NotFound for names the repository does not have
+            self.repository.model_dirs(name)  # NotFound for names the repository does not have
             return
         async with record.lock:
             drains = [t for v in list(record.versions) if (t := self._unload_slot(record, v)) is not None]
@@ -386,6 +390,20 @@ class ModelManager:
             await self.unload(name)
         if self._drains:
             await asyncio.gather(*list(self._drains), return_exceptions=True)
+
+
+def _log_loaded(record: ModelRecord, plan: ModelPlan, loaded: dict[int, ModelVersion], seconds: dict[int, float]) -> None:
+    """One line per version put in service, and which serve when others kept serving too; a
+    reload that changed nothing says so only at DEBUG."""
+    if not loaded:
+        log.debug("model '%s': unchanged, nothing reloaded", plan.name)
+        return
+    for v in sorted(loaded):
+        log.info("model '%s' version %d loaded: %s, %s, %.2f s", plan.name, v, plan.backend_name,
+                 describe_instances(plan), seconds[v])
+    serving = sorted(record.serving())
+    if serving != sorted(loaded):
+        log.info("model '%s': serving versions %s", plan.name, ", ".join(map(str, serving)))
 
 
 def _as_load_error(e: Exception) -> InferdError:

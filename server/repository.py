@@ -1,9 +1,12 @@
-"""The model repository folder: model names, version folders, the version policy and file
+"""The model repository folders: model names, version folders, the version policy and file
 fingerprints.
 
-Every path handed out is confined to the repository root: model names with separators or
-``..`` are refused, a symlink that resolves outside the root is refused, and file names taken
-from a config (``default_model_filename``, warmup data files) must stay inside their folder.
+A server may serve several repository folders (Triton's repeated ``--model-repository``); a
+model lives in exactly one of them, and a name found in two is an error that names both.
+Every path handed out is confined to the root of the repository its model is in: model names
+with separators or ``..`` are refused, a symlink that resolves outside that root is refused
+(even into another repository), and file names taken from a config
+(``default_model_filename``, warmup data files) must stay inside their folder.
 """
 
 from __future__ import annotations
@@ -46,35 +49,67 @@ def is_model_name(name: str) -> bool:
 
 
 class Repository:
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
+    def __init__(self, *roots: Path) -> None:
+        if not roots:
+            raise ValueError("a model repository needs at least one folder")
+        self.roots = tuple(dict.fromkeys(r.resolve() for r in roots))
+        # Paths that callers build from a folder as given (not resolved) map to its root too.
+        prefixes = {r: r for r in self.roots}
+        prefixes.update({Path(os.path.abspath(r)): r.resolve() for r in roots})
+        self._prefixes = tuple(prefixes.items())
 
     def model_names(self) -> list[str]:
-        """Folders of the repository that may hold a model (hidden ones are skipped, so that
+        """Folders of the repositories that may hold a model (hidden ones are skipped, so that
         copying into ``.name`` and renaming it is an atomic way to add a model)."""
-        if not self.root.is_dir():
-            return []
-        names = []
-        for entry in sorted(self.root.iterdir()):
-            if not is_model_name(entry.name) or not entry.is_dir():
+        names: set[str] = set()
+        for root in self.roots:
+            if not root.is_dir():
                 continue
-            if self.inside(entry):
-                names.append(entry.name)
-        return names
+            for entry in root.iterdir():
+                if is_model_name(entry.name) and entry.is_dir() and self.inside(entry):
+                    names.add(entry.name)
+        return sorted(names)
+
+    def model_dirs(self, name: str) -> list[Path]:
+        """Every folder named ``name`` in the repositories (more than one is the model's error,
+        reported when it loads); NotFound when there is none."""
+        check_model_name(name)
+        found: list[Path] = []
+        escaping = False
+        for root in self.roots:
+            path = root / name
+            # Confinement first: nothing outside the model's repository is even looked at.
+            if not self.inside(path):
+                escaping = True
+                continue
+            if path.is_dir():
+                found.append(path)
+        if not found and escaping:
+            raise InvalidArgument(f"model folder '{name}' resolves outside the model repository")
+        if not found:
+            raise NotFound(f"model '{name}' is not in the model repository")
+        return found
 
     def model_dir(self, name: str) -> Path:
-        check_model_name(name)
-        path = self.root / name
-        # Confinement first: nothing outside the repository is even looked at.
-        if not self.inside(path):
-            raise InvalidArgument(f"model folder '{name}' resolves outside the model repository")
-        if not path.is_dir():
-            raise NotFound(f"model '{name}' is not in the model repository")
-        return path
+        found = self.model_dirs(name)
+        if len(found) > 1:
+            raise ModelLoadError(f"model '{name}' is in {_count(len(found))} model repositories: "
+                                 f"{_join([str(p.parent) for p in found])}")
+        return found[0]
+
+    def root_of(self, path: Path) -> Path | None:
+        """The repository ``path`` was taken from, by its name and not its symlinks' targets:
+        what belongs to a model must stay in that model's repository."""
+        path = Path(os.path.abspath(path))
+        matches = [(len(prefix.parts), root) for prefix, root in self._prefixes if path.is_relative_to(prefix)]
+        return max(matches)[1] if matches else None
 
     def inside(self, path: Path, folder: Path | None = None) -> bool:
-        """Whether ``path`` (symlinks resolved) lies inside ``folder`` (default: the root)."""
-        base = self.root if folder is None else folder.resolve()
+        """Whether ``path`` (symlinks resolved) lies inside ``folder`` (default: the root of
+        the repository it belongs to)."""
+        base = self.root_of(path) if folder is None else folder.resolve()
+        if base is None:
+            return False
         try:
             path.resolve().relative_to(base)
         except (ValueError, OSError, RuntimeError):  # RuntimeError: symlink loop
@@ -162,3 +197,20 @@ class Repository:
                     continue  # vanished between listing and stat: the next scan sees the change
                 entries.append((rel, st.st_size, st.st_mtime_ns))
         return tuple(sorted(entries))
+
+    def model_fingerprint(self, name: str) -> Fingerprint:
+        """The fingerprints of every folder of ``name``, each after an entry naming the folder,
+        so that a model moving between repositories or appearing in a second one is a change."""
+        entries: list[tuple[str, int, int]] = []
+        for folder in self.model_dirs(name):
+            entries.append((str(folder), 0, 0))
+            entries.extend(self.fingerprint(folder))
+        return tuple(entries)
+
+
+def _count(n: int) -> str:
+    return {2: "two", 3: "three"}.get(n, str(n))
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

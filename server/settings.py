@@ -15,7 +15,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 @dataclass
 class Settings:
-    model_repository: Path = BUNDLED_REPOSITORY
+    # Every folder's models are served; a model name may be in only one of them.
+    model_repository: tuple[Path, ...] = (BUNDLED_REPOSITORY,)
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
@@ -38,3 +39,10 @@ class Settings:
     strict_readiness: bool = True
     exit_timeout_secs: float = 30.0
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        # One folder may be given as it is; the server always works with the tuple.
+        if isinstance(self.model_repository, (str, Path)):
+            self.model_repository = (Path(self.model_repository),)
+        else:
+            self.model_repository = tuple(Path(p) for p in self.model_repository)

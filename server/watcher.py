@@ -1,4 +1,4 @@
-"""Poll mode: watch the repository folder and load, reload or unload models as it changes.
+"""Poll mode: watch the repository folders and load, reload or unload models as it changes.
 
 Safety rule (why poll mode is safe here, where Triton calls its own unsafe for production): a
 model folder is acted on only once its fingerprint, (relative path, size, mtime_ns) of every
@@ -50,8 +50,8 @@ class RepositoryWatcher:
         snapshot: Snapshot = {}
         for name in self.repository.model_names():
             try:
-                snapshot[name] = self.repository.fingerprint(self.repository.root / name)
-            except OSError:
+                snapshot[name] = self.repository.model_fingerprint(name)
+            except (OSError, InferdError):  # e.g. the folder vanished since the listing
                 snapshot[name] = None
         return snapshot
 
@@ -67,7 +67,8 @@ class RepositoryWatcher:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="inferd-repository-watcher")
-        log.info("polling %s every %.1fs for model changes", self.repository.root, self.poll_secs)
+        folders = ", ".join(str(r) for r in self.repository.roots)
+        log.info("polling %s every %.1fs for model changes", folders, self.poll_secs)
 
     async def _run(self) -> None:
         while True:

@@ -101,7 +101,7 @@ from inferd.server.settings import Settings
 
 
 async def main() -> None:
-    settings = Settings(model_repository=Path(sys.argv[1]), grpc_port=0, http_port=0, metrics_port=0,
+    settings = Settings(model_repository=(Path(sys.argv[1]),), grpc_port=0, http_port=0, metrics_port=0,
                         model_control_mode="none")
     server = InferdServer(settings)
     await server.start()

@@ -38,7 +38,7 @@ def layout(tmp_path: Path) -> tuple[Repository, Path]:
 
 def test_symlinked_model_folder_outside_is_refused(layout: tuple[Repository, Path]) -> None:
     repo, outside = layout
-    (repo.root / "secret").symlink_to(outside / "secret")
+    (repo.roots[0] / "secret").symlink_to(outside / "secret")
     assert repo.model_names() == ["m"]
     with pytest.raises(InvalidArgument, match="outside"):
         repo.model_dir("secret")
@@ -50,12 +50,12 @@ def test_symlinked_model_folder_outside_is_refused(layout: tuple[Repository, Pat
 def test_model_file_stays_in_version_folder(layout: tuple[Repository, Path], filename: str) -> None:
     repo, _ = layout
     with pytest.raises(ModelLoadError):
-        repo.model_file(repo.root / "m" / "1", filename)
+        repo.model_file(repo.roots[0] / "m" / "1", filename)
 
 
 def test_symlinked_file_outside_is_refused_inside_is_fine(layout: tuple[Repository, Path]) -> None:
     repo, outside = layout
-    version = repo.root / "m" / "1"
+    version = repo.roots[0] / "m" / "1"
     (version / "escape.onnx").symlink_to(outside / "secret" / "1" / "model.onnx")
     with pytest.raises(ModelLoadError, match="outside the model repository"):
         repo.model_file(version, "escape.onnx")
@@ -65,7 +65,7 @@ def test_symlinked_file_outside_is_refused_inside_is_fine(layout: tuple[Reposito
 
 def test_config_symlink_outside_is_never_read(layout: tuple[Repository, Path]) -> None:
     repo, outside = layout
-    config = repo.root / "m" / "config.pbtxt"
+    config = repo.roots[0] / "m" / "config.pbtxt"
     config.unlink()
     config.symlink_to(outside / "secret" / "config.pbtxt")
     with pytest.raises(ModelLoadError, match="outside"):
@@ -102,7 +102,7 @@ def test_version_policies(tmp_path: Path) -> None:
 
 def test_fingerprint_sees_size_mtime_and_new_files_but_not_outside_targets(layout: tuple[Repository, Path]) -> None:
     repo, outside = layout
-    folder = repo.root / "m"
+    folder = repo.roots[0] / "m"
     first = repo.fingerprint(folder)
     assert [e[0] for e in first] == ["1/model.onnx", "config.pbtxt"]
     (folder / "1" / "model.onnx").write_bytes(b"x")
