@@ -15,7 +15,7 @@ from pathlib import Path
 from .inputs import DataOptions, InputError, parse_shape
 from .procs import install_event_loop
 from .report import step_details, table, write_csv
-from .runner import RunOptions, run_sync
+from .runner import RunOptions, RunOutput, run_sync
 from .transport import RequestFailed
 
 
@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stabilize on (and report) this latency percentile instead of the average")
     p.add_argument("-l", "--latency-threshold", dest="latency_threshold", type=float, default=None,
                    metavar="MS", help="stop the sweep once latency exceeds this")
-    p.add_argument("-f", dest="csv", type=Path, default=None, help="write perf_analyzer's CSV here (and a PNG plot beside it)")
+    p.add_argument("-f", dest="csv", type=Path, default=None, help="write perf_analyzer's CSV here (and a PNG plot beside it, with matplotlib)")
     p.add_argument("--verbose-csv", action="store_true", help="accepted; the CSV always has the verbose columns")
-    p.add_argument("--plot", type=Path, default=None, help="write the latency/throughput plot here")
+    p.add_argument("--plot", type=Path, default=None, help="write the latency/throughput plot (PNG) here; needs matplotlib: pip install 'inferd[perf]'")
     p.add_argument("--no-plot", action="store_true", help="do not write a plot beside the CSV")
     p.add_argument("-a", "--async", dest="async_", action="store_true", help="accepted; requests are always async")
     p.add_argument("--sync", action="store_true", help="accepted for compatibility (no effect)")
@@ -112,22 +112,54 @@ def options_from_args(a: argparse.Namespace) -> RunOptions:
     )
 
 
+def check_plot(a: argparse.Namespace) -> None:
+    """An explicit --plot without matplotlib is a usage error, found before the sweep runs."""
+    from .report import PLOT_INSTALL, plot_available
+
+    if a.plot is not None and not plot_available():
+        raise InputError(f"--plot needs matplotlib: {PLOT_INSTALL}")
+
+
+def write_outputs(opts: RunOptions, out: RunOutput) -> None:
+    """The table, the CSV and the plot of the steps measured (all of them, or those completed
+    before the server stopped answering)."""
+    from .report import PLOT_INSTALL, plot, plot_available
+
+    if opts.verbose:
+        for r in out.results:
+            print(step_details(r))
+    print(table(out.results))
+    if opts.csv_path is not None and out.results:
+        write_csv(opts.csv_path, out.results, out.server_stats, out.model.response_cache, opts.percentile)
+        print(f"wrote {opts.csv_path}")
+    if opts.plot_path is None or not out.results:
+        return
+    if not plot_available():  # only the plot beside the CSV gets here; --plot was checked up front
+        print(f"note: no plot: matplotlib is not installed ({PLOT_INSTALL}, or --no-plot)", file=sys.stderr)
+        return
+    plot(opts.plot_path, out.results, f"{opts.model} over {opts.protocol}")
+    print(f"wrote {opts.plot_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Returns 0 when every step was stable and error-free, 1 otherwise, 2 on usage errors."""
+    """Returns 0 when every step was stable and error-free, 1 otherwise, and 2 on usage errors
+    or when the server cannot be reached or stops answering."""
     from .report import TerminalProgress
 
     args = build_parser().parse_args(argv)
+    progress = TerminalProgress(verbose=args.verbose)
     try:
         opts = options_from_args(args)
         if opts.streaming and opts.protocol != "grpc":
             raise InputError("--streaming needs -i grpc")
+        check_plot(args)
         kind = "concurrency" if opts.mode == "concurrency" else "request rate"
         loop = install_event_loop(opts.event_loop)
         procs = f", {opts.processes} generator processes" if opts.processes > 1 else ""
         print(f"*** inferd perf: model '{opts.model}' over {opts.protocol}, batch {opts.data.batch_size}, "
               f"{kind} {', '.join(f'{v:g}' for v in opts.values)}, windows of {opts.measurement_ms} ms, "
               f"stability {opts.stability * 100:g}%, {loop} event loop{procs}", file=sys.stderr)
-        out = run_sync(opts, TerminalProgress(verbose=opts.verbose))
+        out = run_sync(opts, progress)
     except (InputError, ValueError) as e:
         print(f"inferd perf: {e}", file=sys.stderr)
         return 2
@@ -137,24 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninferd perf: interrupted", file=sys.stderr)
         return 130
+    progress.end()
     for note in out.notes:
         print(f"note: {note}", file=sys.stderr)
-    if opts.verbose:
-        for r in out.results:
-            print(step_details(r))
-    print(table(out.results))
-    cache = out.model.response_cache
-    if opts.csv_path is not None:
-        write_csv(opts.csv_path, out.results, out.server_stats, cache, opts.percentile)
-        print(f"wrote {opts.csv_path}")
-    if opts.plot_path is not None and out.results:
-        try:
-            from .report import plot
-
-            plot(opts.plot_path, out.results, f"{opts.model} over {opts.protocol}")
-            print(f"wrote {opts.plot_path}")
-        except ImportError:
-            print("note: matplotlib is not installed; no plot (pip install matplotlib)", file=sys.stderr)
+    write_outputs(opts, out)
+    if out.error is not None:
+        print(f"inferd perf: {out.error}", file=sys.stderr)
+        return 2
     ok = all(r.stable and not r.errors for r in out.results)
     return 0 if ok else 1
 

@@ -36,6 +36,10 @@ def _with_id(payload: bytes, request_id: str) -> bytes:
     return payload + b"\x1a" + bytes(length) + raw
 
 
+def _failed(e: grpc.aio.AioRpcError, prefix: str = "") -> RequestFailed:
+    return RequestFailed(f"{prefix}{e.code().name}: {e.details()}", unavailable=e.code() == grpc.StatusCode.UNAVAILABLE)
+
+
 class GrpcTransport(Transport):
     protocol = "grpc"
 
@@ -49,6 +53,7 @@ class GrpcTransport(Transport):
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._write_lock: asyncio.Lock | None = None
+        self._stream_error = RequestFailed("stream closed", unavailable=True)
         self._next_id = 0
 
     @property
@@ -108,7 +113,7 @@ class GrpcTransport(Transport):
         try:
             data = await self._unary(payload)
         except grpc.aio.AioRpcError as e:
-            raise RequestFailed(f"{e.code().name}: {e.details()}") from None
+            raise _failed(e) from None
         t2 = time.monotonic_ns()
         pb.ModelInferResponse.FromString(data)
         return t1 - t0, time.monotonic_ns() - t2
@@ -116,7 +121,10 @@ class GrpcTransport(Transport):
     async def _infer_stream(self, index: int) -> tuple[int, int]:
         if self._stream is None or self._write_lock is None:
             await self.start()
-        assert self._stream is not None and self._write_lock is not None
+        # This request's stream: the reader may end it (and a later request open another)
+        # while this one waits for the write lock.
+        stream, lock = self._stream, self._write_lock
+        assert stream is not None and lock is not None
         t0 = time.monotonic_ns()
         self._next_id += 1
         request_id = str(self._next_id)
@@ -124,21 +132,32 @@ class GrpcTransport(Transport):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = done
         try:
-            async with self._write_lock:
-                await self._stream.write(payload)
+            async with lock:
+                await self._write(stream, payload)
             t1 = time.monotonic_ns()
             await done
         finally:
             self._pending.pop(request_id, None)
+            if done.done() and not done.cancelled():
+                done.exception()  # failed by the reader while this write failed: already reported
         # The reader task parses responses; the receive time it spent rides on the future.
         return t1 - t0, getattr(done, "recv_ns", 0)
 
+    async def _write(self, stream: Any, payload: bytes) -> None:
+        try:
+            await stream.write(payload)
+        except grpc.aio.AioRpcError as e:
+            raise _failed(e, "stream failed: ") from None
+        except asyncio.InvalidStateError:  # the stream already ended; the reader saw why
+            raise self._stream_error from None
+
     async def _read_stream(self) -> None:
-        assert self._stream is not None
-        error: BaseException | None = None
+        stream = self._stream
+        assert stream is not None
+        error: RequestFailed | None = None
         try:
             while True:
-                data = await self._stream.read()
+                data = await stream.read()
                 if data is grpc.aio.EOF:
                     break
                 t0 = time.monotonic_ns()
@@ -152,14 +171,17 @@ class GrpcTransport(Transport):
                 else:
                     fut.set_result(None)
         except grpc.aio.AioRpcError as e:
-            error = RequestFailed(f"stream failed: {e.code().name}: {e.details()}")
+            error = _failed(e, "stream failed: ")
         except asyncio.CancelledError:
             error = RequestFailed("stream closed")
             raise
         finally:
+            self._stream_error = error or RequestFailed("stream ended before the response", unavailable=True)
+            if self._stream is stream:
+                self._stream = None  # the next request opens a new stream
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(error or RequestFailed("stream ended before the response"))
+                    fut.set_exception(self._stream_error)
 
     async def close(self) -> None:
         if self._stream is not None:

@@ -19,6 +19,8 @@ from .stats import ServerCounters
 from .transport import RequestFailed, Transport, counters_from_json, pick_version
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Statuses meaning the server (or a proxy in front of it) cannot serve now, as gRPC UNAVAILABLE.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 
 def encode_binary_request(
@@ -75,6 +77,8 @@ class HttpTransport(Transport):
         self.connections = connections
         self._session: Any = None
         self._kind = ""
+        # The client library's "could not reach the server" errors, set with the session.
+        self._connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self._payloads: list[tuple[bytes, dict[str, str]]] = []
         self._infer_path = ""
 
@@ -85,6 +89,7 @@ class HttpTransport(Transport):
             import aiohttp
 
             self._kind = "aiohttp"
+            self._connection_errors = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
             # limit=0: as many keep-alive connections as requests in flight, reused across requests.
             self._session = aiohttp.ClientSession(
                 self.base, connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
@@ -93,17 +98,22 @@ class HttpTransport(Transport):
             import httpx
 
             self._kind = "httpx"
+            self._connection_errors = (httpx.TransportError, OSError)
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
             self._session = httpx.AsyncClient(base_url=self.base, limits=limits, timeout=None)
 
     async def _request(self, method: str, path: str, body: bytes | None = None,
                        headers: Mapping[str, str] | None = None) -> tuple[int, Mapping[str, str], bytes]:
         await self._open()
-        if self._kind == "aiohttp":
-            async with self._session.request(method, path, data=body, headers=headers) as r:
-                return r.status, r.headers, await r.read()
-        r = await self._session.request(method, path, content=body, headers=headers)
-        return r.status_code, r.headers, r.content
+        try:
+            if self._kind == "aiohttp":
+                async with self._session.request(method, path, data=body, headers=headers) as r:
+                    return r.status, r.headers, await r.read()
+            r = await self._session.request(method, path, content=body, headers=headers)
+            return r.status_code, r.headers, r.content
+        except self._connection_errors as e:
+            detail = str(e) or type(e).__name__
+            raise RequestFailed(f"{method} {path}: {detail}", unavailable=True) from None
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -154,7 +164,7 @@ class HttpTransport(Transport):
         status, response_headers, content = await self._request("POST", self._infer_path, body, headers)
         t2 = time.monotonic_ns()
         if status != 200:
-            raise RequestFailed(_error_text(status, content))
+            raise RequestFailed(_error_text(status, content), unavailable=status in UNAVAILABLE_STATUSES)
         length = response_headers.get(HEADER_LENGTH)
         decode_binary_response(content, int(length) if length is not None else None)
         return t1 - t0, time.monotonic_ns() - t2

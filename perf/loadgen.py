@@ -6,6 +6,9 @@
   each request in its own task, and records how late each send was: a send more than
   ``LATE_NS`` behind schedule means the generator could not hold the rate.
 
+The generator also watches for a server that has stopped answering (:class:`OutageWatch`), so
+that the profiler can end the run instead of measuring failures.
+
 Every completed request becomes one record ``(end_ns, latency_ns, send_ns, recv_ns, ok, lag_ns)``
 on the ``time.monotonic_ns`` clock (shared by all processes on Linux, so child processes'
 records merge with the parent's windows).
@@ -28,6 +31,12 @@ LATE_NS = 2_000_000
 # Rate mode never keeps more than this many requests in flight; beyond it, sends wait (and
 # show up as late) instead of growing memory without bound against a stalled server.
 MAX_OUTSTANDING = 10_000
+# The server counts as gone once requests have failed as unavailable (RequestFailed.unavailable:
+# refused or reset connections, gRPC UNAVAILABLE, HTTP 502-504) for OUTAGE_NS, at least
+# OUTAGE_FAILURES of them, with no request answered in between. Long enough to ride out a
+# reconnect, short enough that a dead server ends the run within a few seconds.
+OUTAGE_NS = 2_000_000_000
+OUTAGE_FAILURES = 3
 
 
 class Record(NamedTuple):
@@ -37,6 +46,39 @@ class Record(NamedTuple):
     recv_ns: int
     ok: int
     lag_ns: int
+
+
+class OutageWatch:
+    """Applies the OUTAGE_NS / OUTAGE_FAILURES rule to the outcomes of requests. Any answer
+    (a success, or an error about the request such as INVALID_ARGUMENT) shows the server is
+    up and starts the count again."""
+
+    def __init__(self, after_ns: int = OUTAGE_NS, failures: int = OUTAGE_FAILURES) -> None:
+        self.after_ns = after_ns
+        self.min_failures = failures
+        self.first_ns = 0  # when the current run of unavailable failures began
+        self.count = 0
+        self.last_error = ""
+
+    @property
+    def failing(self) -> bool:
+        """The latest outcome was an unavailable failure."""
+        return self.count > 0
+
+    def answered(self) -> None:
+        self.count = 0
+
+    def unavailable(self, error: str, now_ns: int) -> None:
+        if self.count == 0:
+            self.first_ns = now_ns
+        self.count += 1
+        self.last_error = error
+
+    def gone(self, now_ns: int) -> str | None:
+        """The last error once the server counts as gone, else None."""
+        if self.count >= self.min_failures and now_ns - self.first_ns >= self.after_ns:
+            return self.last_error
+        return None
 
 
 class LoadGenerator:
@@ -50,6 +92,7 @@ class LoadGenerator:
         self.completed = 0
         self.failed = 0
         self.last_error = ""
+        self.watch = OutageWatch()
         self._running = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._index = 0
@@ -111,6 +154,7 @@ class LoadGenerator:
         self._index += 1
         self.sent += 1
         start = time.monotonic_ns()
+        unavailable = False
         try:
             send_ns, recv_ns = await self.transport.infer(index)
             ok = 1
@@ -118,11 +162,23 @@ class LoadGenerator:
             send_ns = recv_ns = ok = 0
             self.failed += 1
             self.last_error = str(e)
+            unavailable = e.unavailable
         end = time.monotonic_ns()
+        if unavailable:
+            self.watch.unavailable(self.last_error, end)
+        else:
+            self.watch.answered()
         self.completed += 1
         self.records.append(Record(end, end - start, send_ns, recv_ns, ok, lag_ns))
         if not ok and self._running:
             await asyncio.sleep(0.001)  # failing fast against a broken server would spin
+
+    async def outage(self) -> str | None:
+        """The last error once the server counts as gone (see OutageWatch), else None."""
+        return self.watch.gone(time.monotonic_ns())
+
+    async def failing(self) -> bool:
+        return self.watch.failing
 
     # --- collecting ---------------------------------------------------------------------
     async def collect(self, until_ns: int) -> tuple[list[Record], float]:

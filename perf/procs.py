@@ -82,6 +82,10 @@ async def _child_main(conn: Connection, protocol: str, url: str, streaming: bool
             elif cmd == "collect":
                 records, cpu = await gen.collect(args[0])
                 conn.send(("records", np.array(records, dtype=np.int64).reshape(-1, 6).tobytes(), cpu))
+            elif cmd == "outage":
+                conn.send(("outage", await gen.outage() or ""))
+            elif cmd == "failing":
+                conn.send(("failing", await gen.failing()))
             elif cmd == "stop":
                 await gen.stop()
                 conn.send(("stopped", gen.sent, gen.failed, gen.last_error))
@@ -140,6 +144,14 @@ class ProcessLoad:
             sent, failed = sent + s, failed + f
             self.last_error = err or self.last_error
         self.sent, self.failed = sent, failed
+
+    async def outage(self) -> str | None:
+        """The first child's error once that child counts the server as gone, else None."""
+        errors = [error for _, error in await self._all(("outage",)) if error]
+        return errors[0] if errors else None
+
+    async def failing(self) -> bool:
+        return any(failing for _, failing in await self._all(("failing",)))
 
     async def collect(self, until_ns: int) -> tuple[list[Record], float]:
         records: list[Record] = []

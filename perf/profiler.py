@@ -1,6 +1,7 @@
 """Measurement: for each step of the sweep, run the load, cut contiguous windows, read the
 server's statistics around each one, stop when the last windows agree (perf_analyzer's
-stability rule) or after ``max_trials``, and merge the last windows into one result."""
+stability rule) or after ``max_trials``, and merge the last windows into one result. A server
+that stops answering ends the sweep with :class:`ServerGone`, which keeps the steps done."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .loadgen import LATE_NS, Record
+from .loadgen import LATE_NS, OUTAGE_NS, Record
 from .stats import STABILITY_WINDOWS, ServerCounters, StepResult, Window, is_stable, merge
 from .transport import RequestFailed, Transport
+
+# How often, within a window, the profiler asks the generator whether the server is gone.
+OUTAGE_POLL_S = 0.2
 
 
 class Generator(Protocol):
@@ -23,7 +27,20 @@ class Generator(Protocol):
     async def start_concurrency(self, concurrency: int) -> None: ...
     async def start_rate(self, rate: float, distribution: str = ..., seed: int = ...) -> None: ...
     async def stop(self) -> None: ...
+    async def outage(self) -> str | None: ...
+    async def failing(self) -> bool: ...
     async def collect(self, until_ns: int) -> tuple[list[Record], float]: ...
+
+
+class ServerGone(RequestFailed):
+    """The server stopped answering during the sweep (loadgen.OutageWatch's rule). ``value``
+    is the step it interrupted, ``results`` the steps completed before it."""
+
+    def __init__(self, last_error: str) -> None:
+        super().__init__(last_error, unavailable=True)
+        self.last_error = last_error
+        self.value = 0.0
+        self.results: list[StepResult] = []
 
 
 @dataclass
@@ -97,7 +114,7 @@ class Profiler:
             start = time.monotonic_ns()
             await self.gen.collect(start)  # drop what ended before the first window
             for trial in range(1, s.max_trials + 1):
-                await asyncio.sleep(s.measurement_ms / 1000)
+                await self._wait(s.measurement_ms / 1000)
                 end = time.monotonic_ns()
                 after = await self._stats()
                 records, cpu = await self.gen.collect(end)
@@ -114,6 +131,7 @@ class Profiler:
                     self.progress.window(f"{value:g}", trial, s.max_trials, w, s.batch_size, stable)
                 if stable:
                     break
+            await self._settle()
         finally:
             await self.gen.stop()
         last = windows[-STABILITY_WINDOWS:]
@@ -122,6 +140,23 @@ class Profiler:
         self._sent_so_far = self.gen.sent
         self._annotate(result)
         return result
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep through a window, raising ServerGone as soon as the generator says so."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, OUTAGE_POLL_S))
+            error = await self.gen.outage()
+            if error is not None:
+                raise ServerGone(error)
+
+    async def _settle(self) -> None:
+        """Before a step ends while requests are failing as unavailable, keep the load on until
+        the server answers again or counts as gone: a step must not end as a measurement of a
+        dead server because its windows were shorter than the outage rule."""
+        deadline = time.monotonic() + OUTAGE_NS / 1e9 + 1.0
+        while await self.gen.failing() and time.monotonic() < deadline:
+            await self._wait(OUTAGE_POLL_S)
 
     def _annotate(self, r: StepResult) -> None:
         s = self.s
@@ -145,9 +180,13 @@ class Profiler:
             )
 
     async def sweep(self, values: Sequence[float]) -> list[StepResult]:
-        results = []
+        results: list[StepResult] = []
         for value in values:
-            r = await self.step(value)
+            try:
+                r = await self.step(value)
+            except ServerGone as e:
+                e.value, e.results = value, results
+                raise
             results.append(r)
             over = self._over_limit(r)
             if self.progress is not None:

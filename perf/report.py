@@ -4,8 +4,10 @@ throughput plot (matplotlib, imported only when a plot is asked for)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -152,6 +154,12 @@ class TerminalProgress:
             self.stream.write("\r\033[K" + text)
         self.stream.flush()
 
+    def end(self) -> None:
+        """Clear a status line left by a step that did not finish."""
+        if self.tty and not self.verbose:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
     def step(self, result: StepResult) -> None:
         if self.tty and not self.verbose:
             self.stream.write("\r\033[K")
@@ -161,26 +169,62 @@ class TerminalProgress:
         self.stream.flush()
 
 
-# --- plot -----------------------------------------------------------------------------------
+# --- plot ---------------------------------------------------------------------------------
+PLOT_INSTALL = "pip install 'inferd[perf]'"
+
+
+def plot_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+@dataclass
+class PlotPoint:
+    load: float  # the step's concurrency or request rate
+    label: str
+    throughput: float  # infer/s
+    latency_ms: float
+
+
+@dataclass
+class PlotSeries:
+    name: str  # "p50", "p90", ...
+    points: list[PlotPoint]
+
+
+def plot_series(results: Sequence[StepResult]) -> list[PlotSeries]:
+    """One series per reported percentile, its points in load order: the line then follows the
+    sweep, and where throughput falls as load rises it bends back, which is the finding. Steps
+    without a completed request have no latency and are left out."""
+    measured = sorted((r for r in results if r.latency.count), key=lambda r: r.value)
+    percentiles = sorted({q for r in measured for q in r.latency.percentiles_ns})
+    return [
+        PlotSeries(f"p{q}", [
+            PlotPoint(r.value, r.label, r.throughput, r.latency.percentiles_ns[q] / 1e6)
+            for r in measured if q in r.latency.percentiles_ns
+        ])
+        for q in percentiles
+    ]
+
+
 def plot(path: Path, results: Sequence[StepResult], title: str) -> None:
-    """Latency (ms) against throughput across the sweep, one line per statistic."""
+    """Latency (ms) against throughput, one line per percentile, each point labelled with its
+    load. Raises ImportError without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted(results, key=lambda r: r.value)
-    x = [r.throughput for r in pts]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for q, style in ((50, "o-"), (90, "s--"), (99, "^-.")):
-        ax.plot(x, [r.latency.percentiles_ns.get(q, 0) / 1e6 for r in pts], style, label=f"p{q}")
-    ax.plot(x, [r.latency.avg_ns / 1e6 for r in pts], "x:", label="avg")
-    for r in pts:
-        ax.annotate(r.label, (r.throughput, r.latency.percentiles_ns.get(99, 0) / 1e6),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for series, marker in zip(plot_series(results), "os^vDx*+"):
+        x = [pt.throughput for pt in series.points]
+        y = [pt.latency_ms for pt in series.points]
+        (line,) = ax.plot(x, y, marker=marker, linestyle="-", label=series.name)
+        for pt in series.points:
+            ax.annotate(pt.label, (pt.throughput, pt.latency_ms), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=line.get_color())
     ax.set_xlabel("throughput (infer/s)")
     ax.set_ylabel("latency (ms)")
-    what = "concurrency" if pts and pts[0].mode == "concurrency" else "request rate"
+    what = "concurrency" if results and results[0].mode == "concurrency" else "request rate"
     ax.set_title(f"{title} (labels: {what})")
     ax.grid(True, alpha=0.3)
     ax.legend()

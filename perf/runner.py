@@ -7,12 +7,14 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .inputs import DataOptions, ModelInfo, build_requests
-from .loadgen import LoadGenerator
+from .loadgen import OUTAGE_NS, LoadGenerator
 from .procs import ProcessLoad
-from .profiler import Profiler, ProfileSettings, Progress
+from .profiler import Profiler, ProfileSettings, Progress, ServerGone
 from .stats import StepResult
-from .transport import RequestFailed, make_transport
+from .transport import RequestFailed, Transport, make_transport
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
 
@@ -46,15 +48,29 @@ class RunOutput:
     results: list[StepResult]
     server_stats: bool
     notes: list[str] = field(default_factory=list)
+    # Set when the server stopped answering: ``results`` then holds the steps completed before.
+    error: str | None = None
+
+
+def gone_message(url: str, mode: str, e: ServerGone) -> str:
+    kind = "concurrency" if mode == "concurrency" else "request rate"
+    done = len(e.results)
+    kept = f"{done} completed load level{'s' if done != 1 else ''} reported" if done else "no load level completed"
+    return (f"the server at {url} stopped answering during {kind} {e.value:g}: every request failed for "
+            f"{OUTAGE_NS / 1e9:g} s (last error: {e.last_error}); {kept}")
 
 
 async def run(opts: RunOptions, progress: Progress | None = None) -> RunOutput:
-    """Raises RequestFailed (server unreachable, unknown model) and InputError (bad options)."""
+    """Raises RequestFailed (server unreachable, unknown model) and InputError (bad options).
+    A server that stops answering during the sweep ends it with ``RunOutput.error`` set."""
     url = opts.url or DEFAULT_URLS.get(opts.protocol, "")
     transport = make_transport(opts.protocol, url, opts.streaming)
     notes: list[str] = []
     try:
-        extensions = await transport.server_extensions()
+        try:
+            extensions = await transport.server_extensions()
+        except RequestFailed as e:
+            raise RequestFailed(f"server at {url}: {e}") from None
         model = await transport.model_info(opts.model, opts.version)
         requests = build_requests(model, opts.data)
         transport.prepare(model, requests)
@@ -74,19 +90,26 @@ async def run(opts: RunOptions, progress: Progress | None = None) -> RunOutput:
             max_trials=opts.max_trials, percentile=opts.percentile,
             latency_threshold_ms=opts.latency_threshold_ms, server_stats=server_stats, seed=opts.data.seed,
         )
-        if opts.processes > 1:
-            gen = ProcessLoad(opts.processes, opts.protocol, url, opts.streaming, model, requests, opts.event_loop)
-            await gen.open()
-            try:
-                results = await Profiler(transport, gen, settings, progress).sweep(opts.values)
-            finally:
-                await gen.close()
-        else:
-            local = LoadGenerator(transport)
-            results = await Profiler(transport, local, settings, progress).sweep(opts.values)
+        try:
+            results = await _sweep(opts, url, transport, model, requests, settings, progress)
+        except ServerGone as e:
+            return RunOutput(model, e.results, server_stats, notes, gone_message(url, opts.mode, e))
         return RunOutput(model, results, server_stats, notes)
     finally:
         await transport.close()
+
+
+async def _sweep(opts: RunOptions, url: str, transport: Transport, model: ModelInfo,
+                 requests: list[dict[str, np.ndarray]], settings: ProfileSettings,
+                 progress: Progress | None) -> list[StepResult]:
+    if opts.processes == 1:
+        return await Profiler(transport, LoadGenerator(transport), settings, progress).sweep(opts.values)
+    gen = ProcessLoad(opts.processes, opts.protocol, url, opts.streaming, model, requests, opts.event_loop)
+    await gen.open()
+    try:
+        return await Profiler(transport, gen, settings, progress).sweep(opts.values)
+    finally:
+        await gen.close()
 
 
 def run_sync(opts: RunOptions, progress: Progress | None = None) -> RunOutput:

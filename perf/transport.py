@@ -18,7 +18,16 @@ from .stats import ServerCounters
 
 
 class RequestFailed(Exception):
-    """An inference request failed (error status or error response)."""
+    """An inference request failed (error status or error response).
+
+    ``unavailable`` marks failures that say nothing about the request itself: the server could
+    not be reached or answered that it cannot serve (gRPC UNAVAILABLE, HTTP 502-504, refused or
+    reset connections). The load generator stops the run when only these keep coming.
+    """
+
+    def __init__(self, message: str, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 class Transport(ABC):
