@@ -66,6 +66,7 @@ venv_mb=$(du -sm .venv | cut -f1)
 echo "venv after make serve: ${venv_mb} MB (limit ${VENV_LIMIT_MB} MB)"
 (( venv_mb <= VENV_LIMIT_MB )) || fail "the venv is ${venv_mb} MB, over ${VENV_LIMIT_MB} MB"
 grep -q '^\[inferd\] installing' "$work/serve.log" || fail "make serve did not say what it installs"
+grep -q 'serving: gRPC' "$work/serve.log" || fail "make serve's log has no line of the addresses it serves on"
 if grep -nE 'oneDNN|absl::|This TensorFlow binary|Traceback' "$work/serve.log"; then fail "make serve's log shows banners or a traceback"; fi
 stop_server
 echo "--- make serve's output"; cat "$work/serve.log"; echo "---"

@@ -200,6 +200,23 @@ def _from_contents(t: Any) -> np.ndarray:
     return out.reshape(tuple(t.shape))
 
 
+def _check_inputs(model: str, inputs: object) -> None:
+    """Fail early, naming the culprit: a list of tritonclient InferInputs, say, would otherwise end
+    in an AttributeError deep inside :func:`build_infer_request`."""
+    wanted = "inputs must be a dict[str, numpy.ndarray] (input name -> array)"
+    if not isinstance(inputs, Mapping):
+        hint = " (a list of tritonclient InferInputs is for tritonclient's own client)" if isinstance(inputs, list) else ""
+        raise TypeError(f"infer('{model}'): {wanted}, not {type(inputs).__name__}{hint}")
+    for name, value in inputs.items():
+        if not isinstance(name, str):
+            raise TypeError(f"infer('{model}'): {wanted}; key {name!r} is a {type(name).__name__}, not a str")
+        if not isinstance(value, np.ndarray):
+            raise TypeError(
+                f"infer('{model}'): {wanted}; input '{name}' is a {type(value).__name__}, not a numpy.ndarray "
+                "(wrap it in numpy.asarray)"
+            )
+
+
 def _error(e: grpc.RpcError) -> InferenceError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
@@ -253,6 +270,7 @@ class InferenceClient:
         parameters: Mapping[str, bool | int | float | str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
+        _check_inputs(model, inputs)
         request = build_infer_request(model, inputs, outputs, version, parameters)
         return parse_infer_response(self._call("ModelInfer", request, timeout))
 
@@ -322,6 +340,7 @@ class AsyncInferenceClient:
         parameters: Mapping[str, bool | int | float | str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
+        _check_inputs(model, inputs)
         request = build_infer_request(model, inputs, outputs, version, parameters)
         return parse_infer_response(await self._call("ModelInfer", request, timeout))
 

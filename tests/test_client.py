@@ -96,6 +96,43 @@ def test_bad_input_is_invalid_argument(client: InferenceClient) -> None:
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+# What a caller might pass instead of dict[str, ndarray], and the words the TypeError must contain.
+WRONG_INPUTS = [
+    pytest.param(lambda x: [x, x], ["dict[str, numpy.ndarray]", "not list", "tritonclient"], id="list"),
+    pytest.param(lambda x: (x, x), ["dict[str, numpy.ndarray]", "not tuple"], id="tuple"),
+    pytest.param(lambda x: {0: x}, ["key 0 is a int, not a str"], id="int-key"),
+    pytest.param(lambda x: {"INPUT0": x, "INPUT1": x.tolist()}, ["input 'INPUT1' is a list"], id="list-value"),
+    pytest.param(lambda x: {"INPUT0": np.float32(1)}, ["input 'INPUT0' is a float32"], id="numpy-scalar"),
+]
+
+
+@pytest.mark.parametrize(("make", "words"), WRONG_INPUTS)
+def test_infer_rejects_inputs_that_are_not_a_dict_of_arrays(client: InferenceClient, make, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TypeError) as e:
+        client.infer("add_sub", make(np.ones((1, 16), np.float32)))
+    for word in ["add_sub", *words]:
+        assert word in str(e.value)
+
+
+@pytest.mark.parametrize(("make", "words"), WRONG_INPUTS)
+async def test_async_infer_rejects_inputs_that_are_not_a_dict_of_arrays(server: RunningServer, make, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+    async with AsyncInferenceClient(server.grpc_url) as c:
+        with pytest.raises(TypeError) as e:
+            await c.infer("add_sub", make(np.ones((1, 16), np.float32)))
+    for word in ["add_sub", *words]:
+        assert word in str(e.value)
+
+
+def test_infer_rejects_tritonclient_inputs(client: InferenceClient) -> None:
+    """The README mix-up: tritonclient's InferInput list handed to inferd's client."""
+    import tritonclient.grpc as grpcclient
+
+    x = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    with pytest.raises(TypeError, match=r"dict\[str, numpy.ndarray\].*not list"):
+        client.infer("add_sub", [x, x])
+
+
 def test_health_metadata_config_statistics_index(client: InferenceClient) -> None:
     assert client.is_server_live()
     # The shared repository holds broken models on purpose, so strict readiness says no.
