@@ -69,9 +69,7 @@ class Backend(ABC):
         """Load the model for one instance; raise ``ModelLoadError`` with a clear reason."""
 
     @abstractmethod
-    def execute(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-    ) -> dict[str, np.ndarray]:
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Run one (possibly batched) execution and return the requested outputs."""
 
     def execute_requests(

@@ -61,8 +61,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"{model_path}: onnxruntime cannot read the model: {e}") from None
         inputs, outputs = (
-            [TensorInfo(t.name, codec.BY_CONFIG_NAME.get(_ORT_TYPES.get(t.type, "")), tuple(_dims(t.shape or [])))
-             for t in tensors]
+            [
+                TensorInfo(t.name, codec.BY_CONFIG_NAME.get(_ORT_TYPES.get(t.type, "")), tuple(_dims(t.shape or [])))
+                for t in tensors
+            ]
             for tensors in (session.get_inputs(), session.get_outputs())
         )
         if not config.platform and not config.backend:
@@ -109,10 +111,14 @@ class OnnxRuntimeBackend(Backend):
         source = f"{context.model_dir / 'config.pbtxt'}"
         for t in config.input:
             if t.name not in graph_inputs:
-                raise ModelLoadError(f"{source}: input '{t.name}' is not an input of the ONNX graph ({sorted(graph_inputs)})")
+                raise ModelLoadError(
+                    f"{source}: input '{t.name}' is not an input of the ONNX graph ({sorted(graph_inputs)})"
+                )
         for t in config.output:
             if t.name not in graph_outputs:
-                raise ModelLoadError(f"{source}: output '{t.name}' is not an output of the ONNX graph ({sorted(graph_outputs)})")
+                raise ModelLoadError(
+                    f"{source}: output '{t.name}' is not an output of the ONNX graph ({sorted(graph_outputs)})"
+                )
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
         self._run = binding_run(self.session)
 

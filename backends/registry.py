@@ -60,8 +60,7 @@ def backend_name(config: mc.ModelConfig, version_dir: Path | None, source: str) 
         if config.platform in _PLATFORMS:
             return _PLATFORMS[config.platform]
         raise ModelLoadError(
-            f"{source}: unknown platform '{config.platform}'; known: "
-            f"{', '.join(sorted(_PLATFORMS))} (or set 'backend')"
+            f"{source}: unknown platform '{config.platform}'; known: {', '.join(sorted(_PLATFORMS))} (or set 'backend')"
         )
     if version_dir is not None:
         for filename, name in _FILE_HINTS.items():
@@ -90,9 +89,7 @@ def resolve(name: str) -> type[Backend]:
         if ep.name == name:
             loaded = ep.load()
             if not (isinstance(loaded, type) and issubclass(loaded, Backend)):
-                raise ModelLoadError(
-                    f"entry point '{ep.value}' for backend '{name}' is not a Backend subclass"
-                )
+                raise ModelLoadError(f"entry point '{ep.value}' for backend '{name}' is not a Backend subclass")
             _registered[name] = loaded
             return loaded
     known = sorted(set(_BUILTIN) | set(_registered) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})

@@ -130,9 +130,7 @@ def from_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
     if dtype is None:
         hint = " (install ml_dtypes for BF16)" if datatype == "BF16" else ""
         raise TypeError(f"cannot decode datatype {datatype}{hint}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype).reshape(
-        tuple(shape)
-    )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype).reshape(tuple(shape))
 
 
 def _set_parameter(target: Any, value: bool | int | float | str) -> None:
@@ -186,10 +184,18 @@ def parse_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarra
 
 def _from_contents(t: Any) -> np.ndarray:
     field = {
-        "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-        "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-        "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-        "FP64": "fp64_contents", "BYTES": "bytes_contents",
+        "BOOL": "bool_contents",
+        "INT8": "int_contents",
+        "INT16": "int_contents",
+        "INT32": "int_contents",
+        "INT64": "int64_contents",
+        "UINT8": "uint_contents",
+        "UINT16": "uint_contents",
+        "UINT32": "uint_contents",
+        "UINT64": "uint64_contents",
+        "FP32": "fp32_contents",
+        "FP64": "fp64_contents",
+        "BYTES": "bytes_contents",
     }.get(t.datatype)
     if field is None:
         raise TypeError(f"output '{t.name}': {t.datatype} without raw_output_contents")
@@ -205,7 +211,9 @@ def _check_inputs(model: str, inputs: object) -> None:
     in an AttributeError deep inside :func:`build_infer_request`."""
     wanted = "inputs must be a dict[str, numpy.ndarray] (input name -> array)"
     if not isinstance(inputs, Mapping):
-        hint = " (a list of tritonclient InferInputs is for tritonclient's own client)" if isinstance(inputs, list) else ""
+        hint = (
+            " (a list of tritonclient InferInputs is for tritonclient's own client)" if isinstance(inputs, list) else ""
+        )
         raise TypeError(f"infer('{model}'): {wanted}, not {type(inputs).__name__}{hint}")
     for name, value in inputs.items():
         if not isinstance(name, str):

@@ -46,7 +46,9 @@ def add_sub_model(elem_type: int = TensorProto.FLOAT, size: int = 16, batch: boo
     return helper.make_model(graph, opset_imports=OPSET, producer_name="inferd")
 
 
-def dense_model(features: int = 64, hidden: int = 256, layers: int = 2, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+def dense_model(
+    features: int = 64, hidden: int = 256, layers: int = 2, classes: int = 10, seed: int = 0
+) -> onnx.ModelProto:
     """A small MLP classifier: FP32 [batch, features] -> softmax probabilities [batch, classes]."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []

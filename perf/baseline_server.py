@@ -68,8 +68,9 @@ def onnxruntime_add_sub() -> Compute:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(BUNDLED_REPOSITORY / MODEL / "1" / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(BUNDLED_REPOSITORY / MODEL / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     run = binding_run(session)  # as inferd's backend calls it
     names = ["OUTPUT0", "OUTPUT1"]
 
@@ -85,7 +86,9 @@ class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._compute = compute
         T = pb.ModelMetadataResponse.TensorMetadata
         self._metadata = pb.ModelMetadataResponse(
-            name=MODEL, versions=["1"], platform="onnxruntime_onnx",
+            name=MODEL,
+            versions=["1"],
+            platform="onnxruntime_onnx",
             inputs=[T(name=n, datatype="FP32", shape=[-1, SIZE]) for n in ("INPUT0", "INPUT1")],
             outputs=[T(name=n, datatype="FP32", shape=[-1, SIZE]) for n in ("OUTPUT0", "OUTPUT1")],
         )
@@ -145,12 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inferd.perf.baseline_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001, help="0 = any free port (printed on start)")
-    p.add_argument("--io-sched", choices=["other", "batch"], default="other",
-                   help="scheduling policy of grpc's I/O threads (default: the kernel's, untouched)")
-    p.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio",
-                   help="event loop (default asyncio's; uvloop to compare like for like with inferd)")
-    p.add_argument("--compute", choices=["numpy", "onnxruntime"], default="numpy",
-                   help="how add_sub is computed (default numpy; onnxruntime: the bundled ONNX file)")
+    p.add_argument(
+        "--io-sched",
+        choices=["other", "batch"],
+        default="other",
+        help="scheduling policy of grpc's I/O threads (default: the kernel's, untouched)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop (default asyncio's; uvloop to compare like for like with inferd)",
+    )
+    p.add_argument(
+        "--compute",
+        choices=["numpy", "onnxruntime"],
+        default="numpy",
+        help="how add_sub is computed (default numpy; onnxruntime: the bundled ONNX file)",
+    )
     args = p.parse_args(argv)
     event_loop.run(serve(args.host, args.port, args.io_sched, args.compute), args.event_loop)
     return 0

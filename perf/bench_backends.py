@@ -240,15 +240,24 @@ async def serve_point(url: str, model: str, batch: int, concurrency: int, warmup
         await transport.close()
     ok = sum(1 for r in records if r.ok)
     lat = sorted(r.latency_ns for r in records if r.ok)
-    return served(ok * batch / ((end - start) / 1e9), len(records) - ok,
-                  percentile(lat, 50) / 1000 if lat else 0.0, percentile(lat, 99) / 1000 if lat else 0.0, after - before)
+    return served(
+        ok * batch / ((end - start) / 1e9),
+        len(records) - ok,
+        percentile(lat, 50) / 1000 if lat else 0.0,
+        percentile(lat, 99) / 1000 if lat else 0.0,
+        after - before,
+    )
 
 
 def served(rows_per_s: float, errors: int, p50_us: float, p99_us: float, d: ServerCounters) -> Served:
     """A point's client figures joined with the server's statistics over it (``d``)."""
     executions, requests = d.execution_count, max(d.success_count, 1)
     return Served(
-        rows_per_s, d.inference_count / executions if executions else 0.0, errors, p50_us, p99_us,
+        rows_per_s,
+        d.inference_count / executions if executions else 0.0,
+        errors,
+        p50_us,
+        p99_us,
         d.queue_ns / requests / 1000,
         (d.compute_input_ns + d.compute_infer_ns + d.compute_output_ns) / requests / 1000,
     )

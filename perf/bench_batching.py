@@ -63,7 +63,9 @@ def build_repository(root: Path, max_queue_delay_us: int = 500) -> None:
         )
     (root / "add_sub" / "1").mkdir(parents=True)
     b._save(b.add_sub_model(), root / "add_sub" / "1" / "model.onnx")
-    (root / "add_sub" / "config.pbtxt").write_text(f'name: "add_sub"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n{threads}')
+    (root / "add_sub" / "config.pbtxt").write_text(
+        f'name: "add_sub"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n{threads}'
+    )
 
 
 async def pa_point(binary: str, url: str, model: str, batch: int, concurrency: int, duration: float) -> Served:
@@ -124,15 +126,25 @@ def render(ceiling: dict[int, list[float]], protocol: dict[int, list[Served]], p
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inferd.perf.bench_batching", description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=2.0, help="measured seconds per point (default 2; perf_analyzer: three windows of a third)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=2.0,
+        help="measured seconds per point (default 2; perf_analyzer: three windows of a third)",
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     p.add_argument("--ceiling-seconds", type=float, default=1.5)
     p.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--load", choices=["auto", "perf_analyzer", "inferd"], default="auto",
-                   help="load generator: perf_analyzer (auto: when installed) or inferd's own Python one")
-    p.add_argument("--max-queue-delay-us", type=int, default=500,
-                   help="dense_batched's max_queue_delay_microseconds (default 500)")
+    p.add_argument(
+        "--load",
+        choices=["auto", "perf_analyzer", "inferd"],
+        default="auto",
+        help="load generator: perf_analyzer (auto: when installed) or inferd's own Python one",
+    )
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=500, help="dense_batched's max_queue_delay_microseconds (default 500)"
+    )
     a = p.parse_args(argv)
     pa = perf_analyzer.for_load(a.load)
     load = perf_analyzer.LOAD_LABEL if pa else "inferd's Python load generator"
@@ -154,20 +166,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="inferd-bench-batching-") as tmp:
         repo = Path(tmp)
         build_repository(repo, a.max_queue_delay_us)
-        server = start("inferd", inferd_argv(repo), server_cpus, ready_line="gRPC (KServe v2) listening on",
-                       wait_for="model(s) requested")
+        server = start(
+            "inferd",
+            inferd_argv(repo),
+            server_cpus,
+            ready_line="gRPC (KServe v2) listening on",
+            wait_for="model(s) requested",
+        )
         try:
             for rnd in range(a.rounds):
-                for b, v in _ceilings_in_child("onnxruntime", repo / "dense_plain", BATCHES, a.ceiling_seconds, 1,
-                                               server_cpus).items():
+                for b, v in _ceilings_in_child(
+                    "onnxruntime", repo / "dense_plain", BATCHES, a.ceiling_seconds, 1, server_cpus
+                ).items():
                     ceiling[b].append(v)
                 for c in CONCURRENCY:
                     protocol[c].append(measure_point("add_sub", 1, c))
                 for point, (_, model, c, b) in zip(points, plan):
                     s = measure_point(model, b, c)
                     point.served.append(s)
-                    print(f"# round {rnd + 1}: {point.label} {c} x {b}: {s.rows_per_s:,.0f}/s, "
-                          f"avg batch {s.avg_batch:.1f}", file=sys.stderr)
+                    print(
+                        f"# round {rnd + 1}: {point.label} {c} x {b}: {s.rows_per_s:,.0f}/s, "
+                        f"avg batch {s.avg_batch:.1f}",
+                        file=sys.stderr,
+                    )
         finally:
             server.stop()
     print(f"load: {load}\n")

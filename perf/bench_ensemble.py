@@ -52,8 +52,12 @@ async def _totals(client: AsyncInferenceClient, model: str) -> tuple[int, int, i
 
 
 async def _measured(
-    client: AsyncInferenceClient, send: Callable[[], Awaitable[None]], mode: str, concurrency: int,
-    seconds: float, warmup: float,
+    client: AsyncInferenceClient,
+    send: Callable[[], Awaitable[None]],
+    mode: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
 ) -> Row:
     before = {m: await _totals(client, m) for m in STEPS + (ENSEMBLE,)}
     cell = await _drive(send, concurrency, seconds, warmup, mode)
@@ -64,7 +68,9 @@ async def _measured(
     queue_ns = sum(after[m][3] - before[m][3] for m in STEPS)
     ens_count = after[ENSEMBLE][0] - before[ENSEMBLE][0]
     ens_ns = after[ENSEMBLE][1] - before[ENSEMBLE][1]
-    return Row(cell, compute_ns / requests / 1000, queue_ns / requests / 1000, ens_ns / ens_count / 1000 if ens_count else 0.0)
+    return Row(
+        cell, compute_ns / requests / 1000, queue_ns / requests / 1000, ens_ns / ens_count / 1000 if ens_count else 0.0
+    )
 
 
 def in_process_ceiling(repo: Path, seconds: float) -> Cell:
@@ -85,7 +91,15 @@ def in_process_ceiling(repo: Path, seconds: float) -> Cell:
         _ = labels[top], np.take_along_axis(probs, top, axis=1)
         latencies.append(time.monotonic_ns() - t0)
     lat = sorted(latencies)
-    return Cell("in-process", 1, len(lat), 0, len(lat) / seconds, lat[len(lat) // 2] / 1000, lat[int(0.99 * (len(lat) - 1))] / 1000)
+    return Cell(
+        "in-process",
+        1,
+        len(lat),
+        0,
+        len(lat) / seconds,
+        lat[len(lat) // 2] / 1000,
+        lat[int(0.99 * (len(lat) - 1))] / 1000,
+    )
 
 
 async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Row]]:
@@ -107,11 +121,13 @@ async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Row]]:
         sends = {"ensemble": ensemble, "client-chain": chain}
         for rnd in range(args.rounds):
             for c in args.concurrency:
-                for mode in MODES[rnd % 2:] + MODES[: rnd % 2]:
+                for mode in MODES[rnd % 2 :] + MODES[: rnd % 2]:
                     row = await _measured(client, sends[mode], mode, c, args.seconds, args.warmup)
                     rows.setdefault((c, mode), []).append(row)
-                    print(f"# round {rnd + 1}: {mode} x{c}: {row.cell.rate:,.0f}/s, p50 {row.cell.p50_us:,.0f} µs",
-                          file=sys.stderr)
+                    print(
+                        f"# round {rnd + 1}: {mode} x{c}: {row.cell.rate:,.0f}/s, p50 {row.cell.p50_us:,.0f} µs",
+                        file=sys.stderr,
+                    )
     return rows
 
 
@@ -140,8 +156,10 @@ def render(rows: dict[tuple[int, str], list[Row]], ceiling: Cell | None) -> str:
                 f"{sum(r.cell.errors for r in rs)} |"
             )
     if ceiling:
-        lines.append(f"| in-process | 1 | {ceiling.rate:,.0f} | {ceiling.p50_us:,.0f} | {ceiling.p99_us:,.0f} "
-                     "| 1.00 | - | - | - | - | - | 0 |")
+        lines.append(
+            f"| in-process | 1 | {ceiling.rate:,.0f} | {ceiling.p50_us:,.0f} | {ceiling.p99_us:,.0f} "
+            "| 1.00 | - | - | - | - | - | 0 |"
+        )
     return "\n".join(lines)
 
 
@@ -152,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the grid; the table shows medians")
-    p.add_argument("--repository", type=Path, default=Path(__file__).resolve().parent.parent / "model_repository",
-                   help="where the in-process ceiling reads dense/1/model.onnx ('' to skip it)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "model_repository",
+        help="where the in-process ceiling reads dense/1/model.onnx ('' to skip it)",
+    )
     args = p.parse_args(argv)
     _loopback(args.grpc_url)
     rows = asyncio.run(run(args))

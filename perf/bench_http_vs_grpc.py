@@ -54,9 +54,11 @@ def median_row(cells: list[Cell]) -> str:
     first = cells[0]
     rates = [c.rate for c in cells]
     spread = f" ({min(rates):,.0f}–{max(rates):,.0f})" if len(cells) > 1 else ""
-    return (f"| {first.mode} | {first.concurrency} | {statistics.median(rates):,.0f}{spread} | "
-            f"{statistics.median(c.p50_us for c in cells):,.0f} | {statistics.median(c.p99_us for c in cells):,.0f} | "
-            f"{sum(c.requests for c in cells)} | {sum(c.errors for c in cells)} |")
+    return (
+        f"| {first.mode} | {first.concurrency} | {statistics.median(rates):,.0f}{spread} | "
+        f"{statistics.median(c.p50_us for c in cells):,.0f} | {statistics.median(c.p99_us for c in cells):,.0f} | "
+        f"{sum(c.requests for c in cells)} | {sum(c.errors for c in cells)} |"
+    )
 
 
 def _loopback(url: str) -> str:
@@ -83,8 +85,12 @@ def http_bodies(inputs: dict[str, np.ndarray]) -> dict[str, tuple[bytes, dict[st
     tensors = [{"name": n, "shape": list(a.shape), "datatype": datatype_of(a)} for n, a in inputs.items()]
     as_json = {"inputs": [{**t, "data": a.ravel().tolist()} for t, a in zip(tensors, inputs.values())]}
     raws = [to_raw(a) for a in inputs.values()]
-    header = json.dumps({"inputs": [{**t, "parameters": {"binary_data_size": len(r)}} for t, r in zip(tensors, raws)],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [{**t, "parameters": {"binary_data_size": len(r)}} for t, r in zip(tensors, raws)],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     return {
         "http-json": (json.dumps(as_json).encode(), {"Content-Type": "application/json"}),
         "http-binary": (header + b"".join(raws), {"Inference-Header-Content-Length": str(len(header))}),
@@ -135,14 +141,21 @@ async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Cell]]:
     channel = grpc.aio.insecure_channel(args.grpc_url) if args.grpc_url else None
     try:
         if channel is not None:
-            infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                        request_serializer=None, response_deserializer=pb.ModelInferResponse.FromString)
+            infer = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=None,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
             if metadata is None:
-                meta = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
-                                           request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                                           response_deserializer=pb.ModelMetadataResponse.FromString)
+                meta = channel.unary_unary(
+                    "/inference.GRPCInferenceService/ModelMetadata",
+                    request_serializer=pb.ModelMetadataRequest.SerializeToString,
+                    response_deserializer=pb.ModelMetadataResponse.FromString,
+                )
                 m = await meta(pb.ModelMetadataRequest(name=args.model), timeout=30)
-                metadata = {"inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in m.inputs]}
+                metadata = {
+                    "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in m.inputs]
+                }
         inputs = make_inputs(metadata, args.batch)
         grpc_payload = build_infer_request(args.model, inputs).SerializeToString()
         bodies = http_bodies(inputs)
@@ -159,15 +172,19 @@ async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Cell]]:
                         cell = await _drive(send_grpc, c, args.seconds, args.warmup, mode)
                     elif mode != "grpc" and http_base:
                         connector = aiohttp.TCPConnector(limit=c)
-                        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
+                        async with aiohttp.ClientSession(
+                            connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30)
+                        ) as session:
                             send = _http_sender(session, http_base, args.model, *bodies[mode])
                             cell = await _drive(send, c, args.seconds, args.warmup, mode)
                     else:
                         continue
                     cells.setdefault((c, mode), []).append(cell)
-                    print(f"# round {rnd + 1}: {mode} x{c}: {cell.rate:,.0f}/s, p50 {cell.p50_us:,.0f} µs, "
-                          f"p99 {cell.p99_us:,.0f} µs", file=sys.stderr)
+                    print(
+                        f"# round {rnd + 1}: {mode} x{c}: {cell.rate:,.0f}/s, p50 {cell.p50_us:,.0f} µs, "
+                        f"p99 {cell.p99_us:,.0f} µs",
+                        file=sys.stderr,
+                    )
     finally:
         if channel is not None:
             await channel.close()
@@ -191,8 +208,10 @@ def _http_sender(session: Any, base: str, model: str, body: bytes, headers: dict
 
 
 def render(cells: dict[tuple[int, str], list[Cell]]) -> str:
-    lines = ["| protocol | concurrency | infer/s (median, range) | p50 (µs) | p99 (µs) | requests | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| protocol | concurrency | infer/s (median, range) | p50 (µs) | p99 (µs) | requests | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     order = sorted(cells, key=lambda k: (k[0], MODES.index(k[1])))
     return "\n".join(lines + [median_row(cells[k]) for k in order])
 

@@ -72,8 +72,12 @@ async def measure(url: str, concurrency: int, duration_s: float, warmup_s: float
         await transport.close()
     ok = [r.latency_ns for r in records if r.ok]
     s = LatencySummary.of(ok)
-    return Point(len(ok) / ((end - start) / 1e9), s.percentiles_ns.get(50, 0), s.percentiles_ns.get(99, 0),
-                 len(records) - len(ok))
+    return Point(
+        len(ok) / ((end - start) / 1e9),
+        s.percentiles_ns.get(50, 0),
+        s.percentiles_ns.get(99, 0),
+        len(records) - len(ok),
+    )
 
 
 def measure_pa(binary: str, url: str, concurrency: int, duration_s: float) -> Point:
@@ -99,8 +103,12 @@ SERVERS = {
     "inferd-untuned": "inferd with --grpc-io-sched other --event-loop asyncio",
 }
 # (numerator, denominator, whether this ratio is the goal's)
-RATIOS = [("inferd", "baseline", True), ("inferd", "baseline-tuned", False), ("inferd", "baseline-ort", False),
-          ("inferd-untuned", "baseline", False)]
+RATIOS = [
+    ("inferd", "baseline", True),
+    ("inferd", "baseline-tuned", False),
+    ("inferd", "baseline-ort", False),
+    ("inferd-untuned", "baseline", False),
+]
 
 
 def render(raw: dict[tuple[str, int], list[Point]], concurrencies: list[int], names: list[str]) -> str:
@@ -125,14 +133,14 @@ def render(raw: dict[tuple[str, int], list[Point]], concurrencies: list[int], na
             if goal:
                 label = f"**{label}**"
                 note = " (meets the goal)" if tp >= 0.9 and p99 <= 1.2 else " (misses the goal)"
-            lines.append(f"| {c} | {label} | {100 * tp:.0f}% | {i.p50_ns / max(b.p50_ns, 1):.2f}x "
-                         f"| {p99:.2f}x{note} |")
+            lines.append(f"| {c} | {label} | {100 * tp:.0f}% | {i.p50_ns / max(b.p50_ns, 1):.2f}x | {p99:.2f}x{note} |")
             if goal and len(raw[(num, c)]) > 1:
                 pairs = list(zip(raw[(num, c)], raw[(den, c)]))
                 per_tp = statistics.median(x.throughput / y.throughput for x, y in pairs if y.throughput)
                 per_p99 = statistics.median(x.p99_ns / y.p99_ns for x, y in pairs if y.p99_ns)
-                lines.append(f"| {c} | {num}/{den}, median of per-round ratios | {100 * per_tp:.0f}% | "
-                             f"| {per_p99:.2f}x |")
+                lines.append(
+                    f"| {c} | {num}/{den}, median of per-round ratios | {100 * per_tp:.0f}% | | {per_p99:.2f}x |"
+                )
     return "\n".join(lines)
 
 
@@ -154,22 +162,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--rounds", type=int, default=3, help="measure each point this many times; report medians")
-    p.add_argument("--processes", type=int, default=2,
-                   help="load generator processes (default 2: one Python process tops out near the baseline)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="load generator processes (default 2: one Python process tops out near the baseline)",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and generator to separate CPUs")
-    p.add_argument("--load", choices=["inferd", "perf_analyzer"], default="inferd",
-                   help="load generator: inferd's Python one (default) or NVIDIA's perf_analyzer")
+    p.add_argument(
+        "--load",
+        choices=["inferd", "perf_analyzer"],
+        default="inferd",
+        help="load generator: inferd's Python one (default) or NVIDIA's perf_analyzer",
+    )
     p.add_argument("--model-repository", type=Path, default=None, help="inferd's repository (default: bundled)")
-    p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS),
-                   help="which servers to measure (default all: " + "; ".join(f"{k}: {v}" for k, v in SERVERS.items())
-                   + ")")
+    p.add_argument(
+        "--servers",
+        nargs="+",
+        choices=list(SERVERS),
+        default=list(SERVERS),
+        help="which servers to measure (default all: " + "; ".join(f"{k}: {v}" for k, v in SERVERS.items()) + ")",
+    )
     a = p.parse_args(argv)
 
     pa = perf_analyzer.for_load(a.load)
     server_cpus, ncpu = split_cpus(a.no_pin)
     pin = server_cpus is not None
-    print(f"# {ncpu} CPUs; " + ("servers on CPU 0, load generator on CPUs 1.." if pin else "no pinning")
-          + (f"; {a.processes} generator process(es)" if pa is None else "; perf_analyzer load"), file=sys.stderr)
+    print(
+        f"# {ncpu} CPUs; "
+        + ("servers on CPU 0, load generator on CPUs 1.." if pin else "no pinning")
+        + (f"; {a.processes} generator process(es)" if pa is None else "; perf_analyzer load"),
+        file=sys.stderr,
+    )
 
     servers: dict[str, ServerProcess] = {}
     try:
@@ -185,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         point = asyncio.run(measure(servers[name].url, c, a.duration, a.warmup, a.processes))
                     raw.setdefault((name, c), []).append(point)
-                    print(f"# round {rnd + 1}/{a.rounds} concurrency {c} {name}: {point.throughput:.0f} infer/s, "
-                          f"p50 {point.p50_ns // 1000} us, p99 {point.p99_ns // 1000} us", file=sys.stderr)
+                    print(
+                        f"# round {rnd + 1}/{a.rounds} concurrency {c} {name}: {point.throughput:.0f} infer/s, "
+                        f"p50 {point.p50_ns // 1000} us, p99 {point.p99_ns // 1000} us",
+                        file=sys.stderr,
+                    )
     finally:
         for s in servers.values():
             s.stop()

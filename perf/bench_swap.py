@@ -53,8 +53,7 @@ def serve(repo: Path, poll_secs: float, cpus: list[int] | None) -> ServerProcess
     return start("inferd", argv, cpus, ready_line="gRPC (KServe v2) listening on", wait_for="model(s) requested")
 
 
-def wait_ready(stub: pb_grpc.GRPCInferenceServiceStub, name: str, version: str, ready: bool,
-               timeout: float) -> float:
+def wait_ready(stub: pb_grpc.GRPCInferenceServiceStub, name: str, version: str, ready: bool, timeout: float) -> float:
     """Poll ModelReady every 10 ms until it reads ``ready``; returns the monotonic time seen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,6 +64,7 @@ def wait_ready(stub: pb_grpc.GRPCInferenceServiceStub, name: str, version: str, 
 
 
 # --- 1. drop a folder, wait for READY --------------------------------------------------------
+
 
 def drop_to_ready(poll_secs: float, drops: int, cpus: list[int] | None) -> dict[str, list[float]]:
     seconds: dict[str, list[float]] = {}
@@ -94,6 +94,7 @@ def drop_to_ready(poll_secs: float, drops: int, cpus: list[int] | None) -> dict[
 
 # --- 2. latency during swaps ---------------------------------------------------------------
 
+
 @dataclass
 class Window:
     label: str
@@ -105,8 +106,9 @@ class Window:
         return LatencySummary.of(r.latency_ns for r in self.records if r.ok)
 
     def near_swaps(self) -> LatencySummary:
-        near = [r.latency_ns for r in self.records if r.ok
-                and any(abs(r.end_ns - s) <= NEAR_SWAP_NS for s in self.swaps)]
+        near = [
+            r.latency_ns for r in self.records if r.ok and any(abs(r.end_ns - s) <= NEAR_SWAP_NS for s in self.swaps)
+        ]
         return LatencySummary.of(near)
 
     @property
@@ -139,8 +141,9 @@ class Swapper:
             self.error = e
 
 
-async def swap_windows(url: str, repo: Path, model: str, concurrency: int, duration: float,
-                       warmup: float) -> list[Window]:
+async def swap_windows(
+    url: str, repo: Path, model: str, concurrency: int, duration: float, warmup: float
+) -> list[Window]:
     transport = make_transport("grpc", url)
     windows: list[Window] = []
     try:
@@ -171,8 +174,9 @@ async def swap_windows(url: str, repo: Path, model: str, concurrency: int, durat
     return windows
 
 
-def measure_swaps(model: str, poll_secs: float, concurrency: int, duration: float, warmup: float,
-                  cpus: list[int] | None) -> list[Window]:
+def measure_swaps(
+    model: str, poll_secs: float, concurrency: int, duration: float, warmup: float, cpus: list[int] | None
+) -> list[Window]:
     with tempfile.TemporaryDirectory(prefix="inferd-swap-") as tmp:
         repo = Path(tmp)
         shutil.copytree(BUNDLED / model, repo / model)
@@ -185,8 +189,10 @@ def measure_swaps(model: str, poll_secs: float, concurrency: int, duration: floa
 
 # --- report --------------------------------------------------------------------------------
 
-def render(drops: dict[str, list[float]], poll_secs: float, swaps: dict[str, list[Window]],
-           swap_poll: float, concurrency: int) -> str:
+
+def render(
+    drops: dict[str, list[float]], poll_secs: float, swaps: dict[str, list[Window]], swap_poll: float, concurrency: int
+) -> str:
     lines = [
         f"Drop a bundled model folder into the repository -> READY (poll mode, --repository-poll-secs {poll_secs:g}):",
         "",
@@ -194,8 +200,9 @@ def render(drops: dict[str, list[float]], poll_secs: float, swaps: dict[str, lis
         "|---|---:|---:|---:|---:|",
     ]
     for name, values in drops.items():
-        lines.append(f"| {name} | {len(values)} | {min(values):.2f} | {statistics.median(values):.2f} "
-                     f"| {max(values):.2f} |")
+        lines.append(
+            f"| {name} | {len(values)} | {min(values):.2f} | {statistics.median(values):.2f} | {max(values):.2f} |"
+        )
     lines += [
         "",
         f"Latency during version swaps vs steady state (gRPC, batch 1, {concurrency} in flight, "
@@ -209,19 +216,29 @@ def render(drops: dict[str, list[float]], poll_secs: float, swaps: dict[str, lis
             s = w.summary()
             near = w.near_swaps() if w.swaps else None
             near_p99 = f"{near.percentiles_ns[99] // 1000}" if near and near.count else "-"
-            lines.append(f"| {name} | {w.label} | {len(w.swaps)} | {s.count / w.seconds:.0f} | {w.errors} "
-                         f"| {s.percentiles_ns.get(50, 0) // 1000} | {s.percentiles_ns.get(99, 0) // 1000} "
-                         f"| {near_p99} |")
+            lines.append(
+                f"| {name} | {w.label} | {len(w.swaps)} | {s.count / w.seconds:.0f} | {w.errors} "
+                f"| {s.percentiles_ns.get(50, 0) // 1000} | {s.percentiles_ns.get(99, 0) // 1000} "
+                f"| {near_p99} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m inferd.perf.bench_swap", description=__doc__.split("\n\n")[0])
-    p.add_argument("--poll-secs", type=float, default=2.0, help="poll interval for drop-to-READY (default: "
-                   "the server's default, 2)")
+    p.add_argument(
+        "--poll-secs",
+        type=float,
+        default=2.0,
+        help="poll interval for drop-to-READY (default: the server's default, 2)",
+    )
     p.add_argument("--drops", type=int, default=3, help="drops per bundled model (default 3)")
-    p.add_argument("--swap-poll-secs", type=float, default=0.5,
-                   help="poll interval of the swap server: only decides how often a swap starts (default 0.5)")
+    p.add_argument(
+        "--swap-poll-secs",
+        type=float,
+        default=0.5,
+        help="poll interval of the swap server: only decides how often a swap starts (default 0.5)",
+    )
     p.add_argument("--models", nargs="+", default=["add_sub", "dense"], help="models to swap under load")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per window (default 8)")
@@ -231,16 +248,20 @@ def main(argv: list[str] | None = None) -> int:
 
     cpus, ncpu = split_cpus(a.no_pin)
     pin = cpus is not None
-    print(f"# {ncpu} CPUs; " + ("server on CPU 0, load generator on CPUs 1.." if pin else "no pinning"),
-          file=sys.stderr)
+    print(
+        f"# {ncpu} CPUs; " + ("server on CPU 0, load generator on CPUs 1.." if pin else "no pinning"), file=sys.stderr
+    )
     drops = drop_to_ready(a.poll_secs, a.drops, cpus) if a.drops > 0 else {}
     swaps = {}
     for model in a.models:
         swaps[model] = measure_swaps(model, a.swap_poll_secs, a.concurrency, a.duration, a.warmup, cpus)
         for w in swaps[model]:
             s = w.summary()
-            print(f"# {model} {w.label}: {len(w.swaps)} swaps, {s.count} ok, {w.errors} errors, "
-                  f"p99 {s.percentiles_ns.get(99, 0) // 1000} us", file=sys.stderr)
+            print(
+                f"# {model} {w.label}: {len(w.swaps)} swaps, {s.count} ok, {w.errors} errors, "
+                f"p99 {s.percentiles_ns.get(99, 0) // 1000} us",
+                file=sys.stderr,
+            )
     print(render(drops, a.poll_secs, swaps, a.swap_poll_secs, a.concurrency))
     return 0
 

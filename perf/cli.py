@@ -48,41 +48,105 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-m", dest="model", required=True, help="model name")
     p.add_argument("-x", dest="version", default="", help="model version (default: the server's choice)")
-    p.add_argument("-u", dest="url", default=None, help="server address (default 127.0.0.1:8001 for grpc, :8000 for http)")
+    p.add_argument(
+        "-u", dest="url", default=None, help="server address (default 127.0.0.1:8001 for grpc, :8000 for http)"
+    )
     p.add_argument("-i", dest="protocol", choices=["grpc", "http"], default="grpc", help="protocol (default grpc)")
     p.add_argument("-b", dest="batch_size", type=int, default=1, help="batch size of each request (default 1)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--concurrency-range", metavar="START:END:STEP", help="requests in flight (default 1)")
     load.add_argument("--request-rate-range", metavar="START:END:STEP", help="requests per second to send")
-    p.add_argument("--request-distribution", choices=["constant", "poisson"], default="constant",
-                   help="intervals between sends in rate mode (default constant)")
-    p.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS",
-                   help="shape of an input with variable dims, without the batch dim (repeatable)")
-    p.add_argument("--input-data", default="random", metavar="zero|random|FILE.json",
-                   help="input values (default random bytes, as perf_analyzer)")
+    p.add_argument(
+        "--request-distribution",
+        choices=["constant", "poisson"],
+        default="constant",
+        help="intervals between sends in rate mode (default constant)",
+    )
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:DIMS",
+        help="shape of an input with variable dims, without the batch dim (repeatable)",
+    )
+    p.add_argument(
+        "--input-data",
+        default="random",
+        metavar="zero|random|FILE.json",
+        help="input values (default random bytes, as perf_analyzer)",
+    )
     p.add_argument("--string-length", type=int, default=128, help="length of random BYTES elements")
     p.add_argument("--string-data", default=None, help="the value of every BYTES element")
-    p.add_argument("-p", "--measurement-interval", dest="measurement_ms", type=int, default=5000,
-                   metavar="MS", help="window length in milliseconds (default 5000)")
-    p.add_argument("-s", "--stability-percentage", dest="stability", type=float, default=10.0,
-                   help="allowed spread of the last 3 windows, percent (default 10)")
-    p.add_argument("-r", "--max-trials", dest="max_trials", type=int, default=10,
-                   help="windows per step before giving up on stability (default 10)")
-    p.add_argument("--percentile", type=int, default=None,
-                   help="stabilize on (and report) this latency percentile instead of the average")
-    p.add_argument("-l", "--latency-threshold", dest="latency_threshold", type=float, default=None,
-                   metavar="MS", help="stop the sweep once latency exceeds this")
-    p.add_argument("-f", dest="csv", type=Path, default=None, help="write perf_analyzer's CSV here (and a PNG plot beside it, with matplotlib)")
+    p.add_argument(
+        "-p",
+        "--measurement-interval",
+        dest="measurement_ms",
+        type=int,
+        default=5000,
+        metavar="MS",
+        help="window length in milliseconds (default 5000)",
+    )
+    p.add_argument(
+        "-s",
+        "--stability-percentage",
+        dest="stability",
+        type=float,
+        default=10.0,
+        help="allowed spread of the last 3 windows, percent (default 10)",
+    )
+    p.add_argument(
+        "-r",
+        "--max-trials",
+        dest="max_trials",
+        type=int,
+        default=10,
+        help="windows per step before giving up on stability (default 10)",
+    )
+    p.add_argument(
+        "--percentile",
+        type=int,
+        default=None,
+        help="stabilize on (and report) this latency percentile instead of the average",
+    )
+    p.add_argument(
+        "-l",
+        "--latency-threshold",
+        dest="latency_threshold",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="stop the sweep once latency exceeds this",
+    )
+    p.add_argument(
+        "-f",
+        dest="csv",
+        type=Path,
+        default=None,
+        help="write perf_analyzer's CSV here (and a PNG plot beside it, with matplotlib)",
+    )
     p.add_argument("--verbose-csv", action="store_true", help="accepted; the CSV always has the verbose columns")
-    p.add_argument("--plot", type=Path, default=None, help="write the latency/throughput plot (PNG) here; needs matplotlib: pip install 'inferd[perf]'")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="write the latency/throughput plot (PNG) here; needs matplotlib: pip install 'inferd[perf]'",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not write a plot beside the CSV")
     p.add_argument("-a", "--async", dest="async_", action="store_true", help="accepted; requests are always async")
     p.add_argument("--sync", action="store_true", help="accepted for compatibility (no effect)")
     p.add_argument("--streaming", action="store_true", help="send over one ModelStreamInfer stream (grpc)")
-    p.add_argument("--processes", type=int, default=1,
-                   help="spread the load over N generator processes (when one cannot saturate the server)")
-    p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default="auto",
-                   help="event loop (auto: uvloop when installed)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="spread the load over N generator processes (when one cannot saturate the server)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop (auto: uvloop when installed)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of random inputs and Poisson intervals")
     p.add_argument("-v", "--verbose", action="store_true", help="print every window and a detailed block per step")
     return p
@@ -94,8 +158,14 @@ def options_from_args(a: argparse.Namespace) -> RunOptions:
     else:
         mode, values = "concurrency", parse_range(a.concurrency_range or "1", integer=True)
     shapes = dict(parse_shape(s) for s in a.shape)
-    data = DataOptions(batch_size=a.batch_size, shapes=shapes, input_data=a.input_data,
-                       string_length=a.string_length, string_data=a.string_data, seed=a.seed)
+    data = DataOptions(
+        batch_size=a.batch_size,
+        shapes=shapes,
+        input_data=a.input_data,
+        string_length=a.string_length,
+        string_data=a.string_data,
+        seed=a.seed,
+    )
     if a.processes < 1:
         raise InputError("--processes must be at least 1")
     if a.measurement_ms <= 0 or a.max_trials < 1:
@@ -104,11 +174,25 @@ def options_from_args(a: argparse.Namespace) -> RunOptions:
     if plot_path is None and a.csv is not None and not a.no_plot:
         plot_path = a.csv.with_suffix(".png")
     return RunOptions(
-        model=a.model, version=a.version, protocol=a.protocol, url=a.url, mode=mode, values=values,
-        distribution=a.request_distribution, data=data, measurement_ms=a.measurement_ms,
-        stability=a.stability / 100.0, max_trials=a.max_trials, percentile=a.percentile,
-        latency_threshold_ms=a.latency_threshold, streaming=a.streaming, processes=a.processes,
-        event_loop=a.event_loop, csv_path=a.csv, plot_path=plot_path, verbose=a.verbose,
+        model=a.model,
+        version=a.version,
+        protocol=a.protocol,
+        url=a.url,
+        mode=mode,
+        values=values,
+        distribution=a.request_distribution,
+        data=data,
+        measurement_ms=a.measurement_ms,
+        stability=a.stability / 100.0,
+        max_trials=a.max_trials,
+        percentile=a.percentile,
+        latency_threshold_ms=a.latency_threshold,
+        streaming=a.streaming,
+        processes=a.processes,
+        event_loop=a.event_loop,
+        csv_path=a.csv,
+        plot_path=plot_path,
+        verbose=a.verbose,
     )
 
 
@@ -156,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         kind = "concurrency" if opts.mode == "concurrency" else "request rate"
         loop = install_event_loop(opts.event_loop)
         procs = f", {opts.processes} generator processes" if opts.processes > 1 else ""
-        print(f"*** inferd perf: model '{opts.model}' over {opts.protocol}, batch {opts.data.batch_size}, "
-              f"{kind} {', '.join(f'{v:g}' for v in opts.values)}, windows of {opts.measurement_ms} ms, "
-              f"stability {opts.stability * 100:g}%, {loop} event loop{procs}", file=sys.stderr)
+        print(
+            f"*** inferd perf: model '{opts.model}' over {opts.protocol}, batch {opts.data.batch_size}, "
+            f"{kind} {', '.join(f'{v:g}' for v in opts.values)}, windows of {opts.measurement_ms} ms, "
+            f"stability {opts.stability * 100:g}%, {loop} event loop{procs}",
+            file=sys.stderr,
+        )
         out = run_sync(opts, progress)
     except (InputError, ValueError) as e:
         print(f"inferd perf: {e}", file=sys.stderr)

@@ -29,8 +29,11 @@ def median_rows(runs: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, st
     merged: dict[str, dict[str, str]] = {}
     for key in {k for run in runs for k in run}:
         rows = [run[key] for run in runs if key in run]
-        merged[key] = {c: str(statistics.median(float(r[c]) for r in rows if r.get(c)))
-                       for c in rows[0] if any(r.get(c) for r in rows)}
+        merged[key] = {
+            c: str(statistics.median(float(r[c]) for r in rows if r.get(c)))
+            for c in rows[0]
+            if any(r.get(c) for r in rows)
+        }
     return merged
 
 
@@ -44,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-s", dest="stability", default="10")
     p.add_argument("--client-cpus", default=None, help="e.g. 1 or 1-3: pin both tools there (taskset)")
     p.add_argument("--out", type=Path, default=None, help="keep the CSVs in this folder")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="alternate the tools this many times and report per-step medians (noisy machines)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="alternate the tools this many times and report per-step medians (noisy machines)",
+    )
     a, extra = p.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -56,13 +63,33 @@ def main(argv: list[str] | None = None) -> int:
     cpus = [int(x) for x in a.client_cpus.replace("-", ",").split(",")] if a.client_cpus else None
     if cpus and "-" in (a.client_cpus or ""):
         cpus = list(range(cpus[0], cpus[-1] + 1))
-    common = ["-m", a.model, "-u", a.url, "-i", a.protocol, "--concurrency-range", a.concurrency_range,
-              "-p", a.interval, "-s", a.stability, *extra]
+    common = [
+        "-m",
+        a.model,
+        "-u",
+        a.url,
+        "-i",
+        a.protocol,
+        "--concurrency-range",
+        a.concurrency_range,
+        "-p",
+        a.interval,
+        "-s",
+        a.stability,
+        *extra,
+    ]
     results: dict[str, list[dict[str, dict[str, str]]]] = {"perf_analyzer": [], "inferd perf": []}
     for rep in range(a.repeat):
         runs = {
             "perf_analyzer": [pa, *common, "-f", str(out / f"perf_analyzer.{rep}.csv"), "--verbose-csv"],
-            "inferd perf": [sys.executable, "-m", "inferd.perf.cli", *common, "-f", str(out / f"inferd_perf.{rep}.csv")],
+            "inferd perf": [
+                sys.executable,
+                "-m",
+                "inferd.perf.cli",
+                *common,
+                "-f",
+                str(out / f"inferd_perf.{rep}.csv"),
+            ],
         }
         order = list(runs) if rep % 2 == 0 else list(reversed(runs))  # alternate who goes first
         for name in order:
@@ -70,15 +97,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# run {rep + 1}/{a.repeat} {name}: {' '.join(cmd)}", file=sys.stderr)
             proc = subprocess.run([*pin_prefix(cpus), *cmd], text=True, capture_output=True)
             if proc.returncode != 0:
-                print(f"# {name} exited with {proc.returncode}:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}",
-                      file=sys.stderr)
+                print(
+                    f"# {name} exited with {proc.returncode}:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}",
+                    file=sys.stderr,
+                )
             csv_path = Path(cmd[cmd.index("-f") + 1])
             if csv_path.exists():
                 results[name].append(read_csv(csv_path))
     pa_rows = median_rows(results["perf_analyzer"])
     our_rows = median_rows(results["inferd perf"])
-    print("| concurrency | perf_analyzer infer/s | inferd perf infer/s | ratio | perf_analyzer p99 (us) "
-          "| inferd perf p99 (us) | ratio | server queue+compute (us) PA / ours |")
+    print(
+        "| concurrency | perf_analyzer infer/s | inferd perf infer/s | ratio | perf_analyzer p99 (us) "
+        "| inferd perf p99 (us) | ratio | server queue+compute (us) PA / ours |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in sorted(set(pa_rows) | set(our_rows), key=lambda k: float(k or 0)):
         x, y = pa_rows.get(key), our_rows.get(key)
@@ -92,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
         t1, t2 = f(x, "Inferences/Second"), f(y, "Inferences/Second")
         l1, l2 = f(x, "p99 latency"), f(y, "p99 latency")
-        print(f"| {key} | {t1:.0f} | {t2:.0f} | {t2 / t1:.2f} | {l1:.0f} | {l2:.0f} | {l2 / l1:.2f} "
-              f"| {server(x):.0f} / {server(y):.0f} |")
+        print(
+            f"| {key} | {t1:.0f} | {t2:.0f} | {t2 / t1:.2f} | {l1:.0f} | {l2:.0f} | {l2 / l1:.2f} "
+            f"| {server(x):.0f} / {server(y):.0f} |"
+        )
     print(f"# CSVs in {out}", file=sys.stderr)
     return 0
 

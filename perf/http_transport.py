@@ -31,12 +31,14 @@ def encode_binary_request(
     raws = []
     for name, array in inputs.items():
         raw = to_raw(array)
-        header["inputs"].append({
-            "name": name,
-            "shape": list(array.shape),
-            "datatype": datatype_of(array),
-            "parameters": {"binary_data_size": len(raw)},
-        })
+        header["inputs"].append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype_of(array),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
         raws.append(raw)
     if outputs:
         header["outputs"] = [{"name": o, "parameters": {"binary_data": binary_output}} for o in outputs]
@@ -102,8 +104,9 @@ class HttpTransport(Transport):
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
             self._session = httpx.AsyncClient(base_url=self.base, limits=limits, timeout=None)
 
-    async def _request(self, method: str, path: str, body: bytes | None = None,
-                       headers: Mapping[str, str] | None = None) -> tuple[int, Mapping[str, str], bytes]:
+    async def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Mapping[str, str], bytes]:
         await self._open()
         try:
             if self._kind == "aiohttp":

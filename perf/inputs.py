@@ -47,9 +47,7 @@ class ModelInfo:
     response_cache: bool = False
 
     @classmethod
-    def from_metadata(
-        cls, metadata: Mapping[str, Any], config: mc.ModelConfig, version: str = ""
-    ) -> ModelInfo:
+    def from_metadata(cls, metadata: Mapping[str, Any], config: mc.ModelConfig, version: str = "") -> ModelInfo:
         """``metadata`` as KServe's JSON shape: name, inputs/outputs of {name, datatype, shape}."""
         batching = config.max_batch_size > 0
         by_name = {i.name: i for i in config.input}
@@ -63,8 +61,11 @@ class ModelInfo:
             c = by_name.get(t["name"])
             inputs.append(
                 TensorInfo(
-                    t["name"], t["datatype"], tuple(shape),
-                    optional=bool(c and c.optional), is_shape_tensor=bool(c and c.is_shape_tensor),
+                    t["name"],
+                    t["datatype"],
+                    tuple(shape),
+                    optional=bool(c and c.optional),
+                    is_shape_tensor=bool(c and c.is_shape_tensor),
                 )
             )
         return cls(
@@ -166,7 +167,9 @@ def _from_json(info: TensorInfo, value: Any, opts: DataOptions) -> np.ndarray:
         flat = np.array([v.encode() if isinstance(v, str) else bytes(v) for v in flat], dtype=object)
     expected = int(np.prod(dims)) if dims else 1
     if flat.size != expected:
-        raise InputError(f"input '{info.name}': {flat.size} values in the JSON data, shape {list(dims)} needs {expected}")
+        raise InputError(
+            f"input '{info.name}': {flat.size} values in the JSON data, shape {list(dims)} needs {expected}"
+        )
     return flat.reshape(dims)
 
 
@@ -177,7 +180,7 @@ def _json_samples(model: ModelInfo, opts: DataOptions) -> list[dict[str, np.ndar
         raise InputError(f"--input-data {opts.input_data}: {e}") from None
     entries = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise InputError(f"--input-data {opts.input_data}: expected {{\"data\": [ {{input: values}}, ... ]}}")
+        raise InputError(f'--input-data {opts.input_data}: expected {{"data": [ {{input: values}}, ... ]}}')
     samples = []
     for i, entry in enumerate(entries):
         sample = {}

@@ -21,8 +21,11 @@ INSTALL_HINT = "bash ../shared/tools/install-perf-analyzer.sh, or set $PERF_ANAL
 
 def find_perf_analyzer() -> str | None:
     """$PERF_ANALYZER, then PATH, then ~/.local/perf_analyzer/bin: the first that starts."""
-    for c in (os.environ.get("PERF_ANALYZER"), shutil.which("perf_analyzer"),
-              str(Path.home() / ".local" / "perf_analyzer" / "bin" / "perf_analyzer")):
+    for c in (
+        os.environ.get("PERF_ANALYZER"),
+        shutil.which("perf_analyzer"),
+        str(Path.home() / ".local" / "perf_analyzer" / "bin" / "perf_analyzer"),
+    ):
         if c and os.access(c, os.X_OK) and _runs(c):
             return c
     return None
@@ -67,17 +70,37 @@ class PaPoint:
 LOAD_LABEL = "perf_analyzer (C++, --async)"
 
 
-def measure(binary: str, url: str, model: str, batch: int, concurrency: int, duration_s: float,
-            timeout_s: float = 300) -> PaPoint:
+def measure(
+    binary: str, url: str, model: str, batch: int, concurrency: int, duration_s: float, timeout_s: float = 300
+) -> PaPoint:
     """``concurrency`` requests in flight over gRPC for about ``duration_s``: the average of 3
     windows of a third each, at least 200 ms (stability is not asked for: ``-s 100`` accepts
     the first three)."""
     window_ms = max(int(duration_s * 1000 / 3), 200)
     with tempfile.TemporaryDirectory(prefix="inferd-pa-") as tmp:
         out = Path(tmp) / "pa.csv"
-        argv = [binary, "-m", model, "-i", "grpc", "-u", url, "-b", str(batch), "--async",
-                "--concurrency-range", str(concurrency), "-p", str(window_ms), "-s", "100",
-                "--max-trials", "10", "-f", str(out)]
+        argv = [
+            binary,
+            "-m",
+            model,
+            "-i",
+            "grpc",
+            "-u",
+            url,
+            "-b",
+            str(batch),
+            "--async",
+            "--concurrency-range",
+            str(concurrency),
+            "-p",
+            str(window_ms),
+            "-s",
+            "100",
+            "--max-trials",
+            "10",
+            "-f",
+            str(out),
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"perf_analyzer failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")

@@ -40,8 +40,15 @@ def install_event_loop(kind: str) -> str:
     return "asyncio"
 
 
-def _child(conn: Connection, protocol: str, url: str, streaming: bool, model: ModelInfo,
-           requests: Sequence[Mapping[str, np.ndarray]], loop_kind: str) -> None:
+def _child(
+    conn: Connection,
+    protocol: str,
+    url: str,
+    streaming: bool,
+    model: ModelInfo,
+    requests: Sequence[Mapping[str, np.ndarray]],
+    loop_kind: str,
+) -> None:
     install_event_loop(loop_kind)
     try:
         asyncio.run(_child_main(conn, protocol, url, streaming, model, requests))
@@ -49,8 +56,14 @@ def _child(conn: Connection, protocol: str, url: str, streaming: bool, model: Mo
         pass
 
 
-async def _child_main(conn: Connection, protocol: str, url: str, streaming: bool, model: ModelInfo,
-                      requests: Sequence[Mapping[str, np.ndarray]]) -> None:
+async def _child_main(
+    conn: Connection,
+    protocol: str,
+    url: str,
+    streaming: bool,
+    model: ModelInfo,
+    requests: Sequence[Mapping[str, np.ndarray]],
+) -> None:
     transport = make_transport(protocol, url, streaming)
     transport.prepare(model, requests)
     gen = LoadGenerator(transport)
@@ -100,8 +113,16 @@ async def _child_main(conn: Connection, protocol: str, url: str, streaming: bool
 class ProcessLoad:
     """The same interface as :class:`LoadGenerator`, backed by child processes."""
 
-    def __init__(self, processes: int, protocol: str, url: str, streaming: bool, model: ModelInfo,
-                 requests: Sequence[Mapping[str, np.ndarray]], loop_kind: str = "auto") -> None:
+    def __init__(
+        self,
+        processes: int,
+        protocol: str,
+        url: str,
+        streaming: bool,
+        model: ModelInfo,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        loop_kind: str = "auto",
+    ) -> None:
         self.n = processes
         self._args = (protocol, url, streaming, model, list(requests), loop_kind)
         self._conns: list[Connection] = []
@@ -131,12 +152,14 @@ class ProcessLoad:
         return list(await asyncio.gather(*(self._ask(c, message) for c in self._conns)))
 
     async def start_concurrency(self, concurrency: int) -> None:
-        await asyncio.gather(*(self._ask(c, ("concurrency", n)) for c, n in zip(self._conns, split(concurrency, self.n))))
+        await asyncio.gather(
+            *(self._ask(c, ("concurrency", n)) for c, n in zip(self._conns, split(concurrency, self.n)))
+        )
 
     async def start_rate(self, rate: float, distribution: str = "constant", seed: int = 0) -> None:
-        await asyncio.gather(*(
-            self._ask(c, ("rate", rate / self.n, distribution, seed + i)) for i, c in enumerate(self._conns)
-        ))
+        await asyncio.gather(
+            *(self._ask(c, ("rate", rate / self.n, distribution, seed + i)) for i, c in enumerate(self._conns))
+        )
 
     async def stop(self) -> None:
         sent = failed = 0

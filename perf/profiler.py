@@ -62,12 +62,15 @@ class ProfileSettings:
 class Progress(Protocol):
     """Where the profiler reports as it goes (the terminal progress line)."""
 
-    def window(self, label: str, trial: int, max_trials: int, window: Window, batch_size: int, stable: bool) -> None: ...
+    def window(
+        self, label: str, trial: int, max_trials: int, window: Window, batch_size: int, stable: bool
+    ) -> None: ...
     def step(self, result: StepResult) -> None: ...
 
 
-def window_of(records: Sequence[Record], start_ns: int, end_ns: int, cpu: float,
-              server: ServerCounters | None) -> Window:
+def window_of(
+    records: Sequence[Record], start_ns: int, end_ns: int, cpu: float, server: ServerCounters | None
+) -> Window:
     """A window from the records that ended in (start_ns, end_ns]."""
     inside = [r for r in records if r.end_ns > start_ns]
     ok = [r for r in inside if r.ok]
@@ -85,8 +88,9 @@ def window_of(records: Sequence[Record], start_ns: int, end_ns: int, cpu: float,
 
 
 class Profiler:
-    def __init__(self, transport: Transport, generator: Generator, settings: ProfileSettings,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self, transport: Transport, generator: Generator, settings: ProfileSettings, progress: Progress | None = None
+    ) -> None:
         self.transport = transport
         self.gen = generator
         self.s = settings
@@ -175,8 +179,7 @@ class Profiler:
                 r.notes.append("the server answered below the requested rate (requests queue up)")
         if r.cpu_fraction > 0.9:
             r.notes.append(
-                f"load generator at {100 * r.cpu_fraction:.0f}% of a core: it may be the bottleneck "
-                "(try --processes N)"
+                f"load generator at {100 * r.cpu_fraction:.0f}% of a core: it may be the bottleneck (try --processes N)"
             )
 
     async def sweep(self, values: Sequence[float]) -> list[StepResult]:

@@ -19,13 +19,19 @@ def _us(ns: int) -> int:
 
 
 # --- CSV ------------------------------------------------------------------------------------
-def csv_header(mode: str, percentiles: Sequence[int], server_stats: bool, cache: bool = False,
-               extra_percentile: int | None = None) -> list[str]:
+def csv_header(
+    mode: str, percentiles: Sequence[int], server_stats: bool, cache: bool = False, extra_percentile: int | None = None
+) -> list[str]:
     """perf_analyzer's ``-f`` header with ``--verbose-csv`` (report_writer.cc)."""
     cols = ["Concurrency" if mode == "concurrency" else "Request Rate", "Inferences/Second", "Client Send"]
     if server_stats:
-        cols += ["Network+Server Send/Recv", "Server Queue", "Server Compute Input",
-                 "Server Compute Infer", "Server Compute Output"]
+        cols += [
+            "Network+Server Send/Recv",
+            "Server Queue",
+            "Server Compute Input",
+            "Server Compute Infer",
+            "Server Compute Output",
+        ]
         if cache:
             cols += ["Server Cache Hit", "Server Cache Miss"]
     cols.append("Client Recv")
@@ -43,8 +49,13 @@ def csv_row(r: StepResult, server_stats: bool, cache: bool = False, extra_percen
         if s is None:
             row += ["0"] * (7 if cache else 5)
         else:
-            row += [str(_us(r.network_ns)), str(_us(s.avg_queue_ns)), str(_us(s.avg_compute_input_ns)),
-                    str(_us(s.avg_compute_infer_ns)), str(_us(s.avg_compute_output_ns))]
+            row += [
+                str(_us(r.network_ns)),
+                str(_us(s.avg_queue_ns)),
+                str(_us(s.avg_compute_input_ns)),
+                str(_us(s.avg_compute_infer_ns)),
+                str(_us(s.avg_compute_output_ns)),
+            ]
             if cache:
                 row += [str(_us(s.avg_cache_hit_ns)), str(_us(s.avg_cache_miss_ns))]
     row.append(str(_us(r.avg_recv_ns)))
@@ -56,8 +67,13 @@ def csv_row(r: StepResult, server_stats: bool, cache: bool = False, extra_percen
     return row
 
 
-def write_csv(path: Path, results: Sequence[StepResult], server_stats: bool, cache: bool = False,
-              extra_percentile: int | None = None) -> None:
+def write_csv(
+    path: Path,
+    results: Sequence[StepResult],
+    server_stats: bool,
+    cache: bool = False,
+    extra_percentile: int | None = None,
+) -> None:
     """Rows sorted by throughput, as perf_analyzer writes them."""
     if not results:
         return
@@ -74,8 +90,7 @@ def table(results: Sequence[StepResult]) -> str:
     """A fixed-width table of the sweep; latencies in microseconds."""
     if not results:
         return "(no results)"
-    head = ["Concurrency" if results[0].mode == "concurrency" else "Rate", "infer/s", "avg", "p50", "p90",
-            "p95", "p99"]
+    head = ["Concurrency" if results[0].mode == "concurrency" else "Rate", "infer/s", "avg", "p50", "p90", "p95", "p99"]
     with_server = any(r.server is not None for r in results)
     if with_server:
         head += ["queue", "c.input", "c.infer", "c.output", "overhead", "net+srv", "infer/exec"]
@@ -90,9 +105,15 @@ def table(results: Sequence[StepResult]) -> str:
                 row += ["-"] * 7
             else:
                 avg_batch = s.inference_count / s.execution_count if s.execution_count else 0.0
-                row += [str(_us(s.avg_queue_ns)), str(_us(s.avg_compute_input_ns)),
-                        str(_us(s.avg_compute_infer_ns)), str(_us(s.avg_compute_output_ns)),
-                        str(_us(s.avg_overhead_ns)), str(_us(r.network_ns)), f"{avg_batch:.2f}"]
+                row += [
+                    str(_us(s.avg_queue_ns)),
+                    str(_us(s.avg_compute_input_ns)),
+                    str(_us(s.avg_compute_infer_ns)),
+                    str(_us(s.avg_compute_output_ns)),
+                    str(_us(s.avg_overhead_ns)),
+                    str(_us(r.network_ns)),
+                    f"{avg_batch:.2f}",
+                ]
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -146,8 +167,10 @@ class TerminalProgress:
     def window(self, label: str, trial: int, max_trials: int, window: Window, batch_size: int, stable: bool) -> None:
         n = len(window.latencies_ns)
         avg = sum(window.latencies_ns) // n // 1000 if n else 0
-        text = (f"  [{label}] window {trial}/{max_trials}: {window.throughput(batch_size):.1f} infer/s, "
-                f"avg {avg} usec{' - stable' if stable else ''}")
+        text = (
+            f"  [{label}] window {trial}/{max_trials}: {window.throughput(batch_size):.1f} infer/s, "
+            f"avg {avg} usec{' - stable' if stable else ''}"
+        )
         if self.verbose:
             self.stream.write(text + "\n")
         elif self.tty:
@@ -198,10 +221,14 @@ def plot_series(results: Sequence[StepResult]) -> list[PlotSeries]:
     measured = sorted((r for r in results if r.latency.count), key=lambda r: r.value)
     percentiles = sorted({q for r in measured for q in r.latency.percentiles_ns})
     return [
-        PlotSeries(f"p{q}", [
-            PlotPoint(r.value, r.label, r.throughput, r.latency.percentiles_ns[q] / 1e6)
-            for r in measured if q in r.latency.percentiles_ns
-        ])
+        PlotSeries(
+            f"p{q}",
+            [
+                PlotPoint(r.value, r.label, r.throughput, r.latency.percentiles_ns[q] / 1e6)
+                for r in measured
+                if q in r.latency.percentiles_ns
+            ],
+        )
         for q in percentiles
     ]
 
@@ -220,8 +247,14 @@ def plot(path: Path, results: Sequence[StepResult], title: str) -> None:
         y = [pt.latency_ms for pt in series.points]
         (line,) = ax.plot(x, y, marker=marker, linestyle="-", label=series.name)
         for pt in series.points:
-            ax.annotate(pt.label, (pt.throughput, pt.latency_ms), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=line.get_color())
+            ax.annotate(
+                pt.label,
+                (pt.throughput, pt.latency_ms),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=line.get_color(),
+            )
     ax.set_xlabel("throughput (infer/s)")
     ax.set_ylabel("latency (ms)")
     what = "concurrency" if results and results[0].mode == "concurrency" else "request rate"

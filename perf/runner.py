@@ -56,8 +56,10 @@ def gone_message(url: str, mode: str, e: ServerGone) -> str:
     kind = "concurrency" if mode == "concurrency" else "request rate"
     done = len(e.results)
     kept = f"{done} completed load level{'s' if done != 1 else ''} reported" if done else "no load level completed"
-    return (f"the server at {url} stopped answering during {kind} {e.value:g}: every request failed for "
-            f"{OUTAGE_NS / 1e9:g} s (last error: {e.last_error}); {kept}")
+    return (
+        f"the server at {url} stopped answering during {kind} {e.value:g}: every request failed for "
+        f"{OUTAGE_NS / 1e9:g} s (last error: {e.last_error}); {kept}"
+    )
 
 
 async def run(opts: RunOptions, progress: Progress | None = None) -> RunOutput:
@@ -85,10 +87,18 @@ async def run(opts: RunOptions, progress: Progress | None = None) -> RunOutput:
         else:
             notes.append("the server does not list the 'statistics' extension: no server-side breakdown")
         settings = ProfileSettings(
-            model=opts.model, version=opts.version, mode=opts.mode, distribution=opts.distribution,
-            batch_size=opts.data.batch_size, measurement_ms=opts.measurement_ms, stability=opts.stability,
-            max_trials=opts.max_trials, percentile=opts.percentile,
-            latency_threshold_ms=opts.latency_threshold_ms, server_stats=server_stats, seed=opts.data.seed,
+            model=opts.model,
+            version=opts.version,
+            mode=opts.mode,
+            distribution=opts.distribution,
+            batch_size=opts.data.batch_size,
+            measurement_ms=opts.measurement_ms,
+            stability=opts.stability,
+            max_trials=opts.max_trials,
+            percentile=opts.percentile,
+            latency_threshold_ms=opts.latency_threshold_ms,
+            server_stats=server_stats,
+            seed=opts.data.seed,
         )
         try:
             results = await _sweep(opts, url, transport, model, requests, settings, progress)
@@ -99,9 +109,15 @@ async def run(opts: RunOptions, progress: Progress | None = None) -> RunOutput:
         await transport.close()
 
 
-async def _sweep(opts: RunOptions, url: str, transport: Transport, model: ModelInfo,
-                 requests: list[dict[str, np.ndarray]], settings: ProfileSettings,
-                 progress: Progress | None) -> list[StepResult]:
+async def _sweep(
+    opts: RunOptions,
+    url: str,
+    transport: Transport,
+    model: ModelInfo,
+    requests: list[dict[str, np.ndarray]],
+    settings: ProfileSettings,
+    progress: Progress | None,
+) -> list[StepResult]:
     if opts.processes == 1:
         return await Profiler(transport, LoadGenerator(transport), settings, progress).sweep(opts.values)
     gen = ProcessLoad(opts.processes, opts.protocol, url, opts.streaming, model, requests, opts.event_loop)

@@ -56,8 +56,14 @@ def split_cpus(no_pin: bool) -> tuple[list[int] | None, int]:
     return [0], ncpu
 
 
-def start(name: str, argv: Sequence[str], cpus: Sequence[int] | None = None, timeout: float = 60,
-          ready_line: str = "listening on", wait_for: str | None = None) -> ServerProcess:
+def start(
+    name: str,
+    argv: Sequence[str],
+    cpus: Sequence[int] | None = None,
+    timeout: float = 60,
+    ready_line: str = "listening on",
+    wait_for: str | None = None,
+) -> ServerProcess:
     """Run ``argv``; wait for the line announcing the port (and ``wait_for``, if given)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -104,8 +110,22 @@ def baseline_argv(python: str = sys.executable) -> list[str]:
 def inferd_argv(repository: Path | None = None, models: Sequence[str] = (), python: str = sys.executable) -> list[str]:
     """``inferd serve`` with gRPC only, on any free port; only ``models`` loaded when given
     (explicit mode), so that other models' frameworks do not share the CPU."""
-    argv = [python, "-m", "inferd.server.cli", "serve", "--grpc-port", "0", "--http-port", "0",
-            "--metrics-port", "0", "--allow-http", "false", "--allow-metrics", "false"]
+    argv = [
+        python,
+        "-m",
+        "inferd.server.cli",
+        "serve",
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--allow-http",
+        "false",
+        "--allow-metrics",
+        "false",
+    ]
     if models:
         argv += ["--model-control-mode", "explicit"]
         for m in models:

@@ -84,19 +84,29 @@ def counters_from_json(stats: Mapping[str, Any]) -> ServerCounters:
         return int(v.get("count", 0)), int(v.get("ns", 0))
 
     success, queue, ci, cf, co, hit, miss = (
-        d(k) for k in ("success", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+        d(k)
+        for k in ("success", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
     )
     return ServerCounters(
-        int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0)),
-        *success, *queue, *ci, *cf, *co, *hit, *miss,
+        int(stats.get("inference_count", 0)),
+        int(stats.get("execution_count", 0)),
+        *success,
+        *queue,
+        *ci,
+        *cf,
+        *co,
+        *hit,
+        *miss,
     )
 
 
 def counters_from_pb(stats: Any) -> ServerCounters:
     """ServerCounters from a ``ModelStatistics`` protobuf message."""
     s = stats.inference_stats
-    pairs = [(x.count, x.ns) for x in (s.success, s.queue, s.compute_input, s.compute_infer,
-                                      s.compute_output, s.cache_hit, s.cache_miss)]
+    pairs = [
+        (x.count, x.ns)
+        for x in (s.success, s.queue, s.compute_input, s.compute_infer, s.compute_output, s.cache_hit, s.cache_miss)
+    ]
     return ServerCounters(stats.inference_count, stats.execution_count, *[v for p in pairs for v in p])
 
 

@@ -96,8 +96,11 @@ class InferdServer:
     async def _report_start(self, loads: Awaitable[object], names: list[str]) -> None:
         """Once the start-up loads are done: the models' table, then every address served."""
         await loads
-        log.info("%d model(s) requested at start-up%s", len(names),
-                 ":\n" + startup_table(self.manager.index()) if names else "")
+        log.info(
+            "%d model(s) requested at start-up%s",
+            len(names),
+            ":\n" + startup_table(self.manager.index()) if names else "",
+        )
         log.info("serving: %s", ", ".join(self._addresses()))
 
     def _addresses(self) -> list[str]:

@@ -28,9 +28,16 @@ def _nice(text: str) -> int:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
-    p.add_argument("--model-repository", "--model-store", type=Path, action="append", default=None,
-                   metavar="FOLDER", help="model repository folder; repeat it to serve the models of several "
-                   "(a model name may be in only one; default: the bundled model_repository/)")
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FOLDER",
+        help="model repository folder; repeat it to serve the models of several "
+        "(a model name may be in only one; default: the bundled model_repository/)",
+    )
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 = any free port")
     p.add_argument("--http-port", type=int, default=d.http_port, help="HTTP/REST port")
@@ -38,28 +45,63 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-grpc", type=_bool, default=d.allow_grpc, metavar="BOOL")
     p.add_argument("--allow-http", type=_bool, default=d.allow_http, metavar="BOOL")
     p.add_argument("--allow-metrics", type=_bool, default=d.allow_metrics, metavar="BOOL")
-    p.add_argument("--grpc-max-message-bytes", type=int, default=d.grpc_max_message_bytes,
-                   help="largest gRPC message accepted or sent (default %(default)s = 256 MiB)")
-    p.add_argument("--grpc-io-sched", choices=["batch", "other"], default=d.grpc_io_sched,
-                   help="Linux scheduling policy of grpc's I/O threads: batch (default) keeps them from "
-                   "preempting the event loop on a shared CPU; other is the kernel's default")
-    p.add_argument("--instance-nice", type=_nice, default=d.instance_nice, metavar="N",
-                   help="Linux: instances of dynamically batched models run N nice steps below the event loop, so that on a "
-                   "shared CPU requests are admitted (and batches formed) before compute runs "
-                   "(default %(default)s, the lowest; 0 = the kernel's default priority). At 10 or more a batch "
-                   "handed to an instance also takes requests admitted before its execution starts")
-    p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=d.event_loop,
-                   help="the server's event loop: auto (default) is uvloop when installed, else asyncio's")
-    p.add_argument("--http-max-body-bytes", type=int, default=d.http_max_body_bytes,
-                   help="largest HTTP request body (default %(default)s = 64 MiB)")
+    p.add_argument(
+        "--grpc-max-message-bytes",
+        type=int,
+        default=d.grpc_max_message_bytes,
+        help="largest gRPC message accepted or sent (default %(default)s = 256 MiB)",
+    )
+    p.add_argument(
+        "--grpc-io-sched",
+        choices=["batch", "other"],
+        default=d.grpc_io_sched,
+        help="Linux scheduling policy of grpc's I/O threads: batch (default) keeps them from "
+        "preempting the event loop on a shared CPU; other is the kernel's default",
+    )
+    p.add_argument(
+        "--instance-nice",
+        type=_nice,
+        default=d.instance_nice,
+        metavar="N",
+        help="Linux: instances of dynamically batched models run N nice steps below the event loop, so that on a "
+        "shared CPU requests are admitted (and batches formed) before compute runs "
+        "(default %(default)s, the lowest; 0 = the kernel's default priority). At 10 or more a batch "
+        "handed to an instance also takes requests admitted before its execution starts",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default=d.event_loop,
+        help="the server's event loop: auto (default) is uvloop when installed, else asyncio's",
+    )
+    p.add_argument(
+        "--http-max-body-bytes",
+        type=int,
+        default=d.http_max_body_bytes,
+        help="largest HTTP request body (default %(default)s = 64 MiB)",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)
-    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
-                   help="explicit mode: model to load at start-up (repeatable, '*' for all)")
-    p.add_argument("--strict-readiness", type=_bool, default=d.strict_readiness, metavar="BOOL",
-                   help="ready only when every requested model is ready (default true)")
-    p.add_argument("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
-                   help="how long in-flight requests may finish at shutdown")
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: model to load at start-up (repeatable, '*' for all)",
+    )
+    p.add_argument(
+        "--strict-readiness",
+        type=_bool,
+        default=d.strict_readiness,
+        metavar="BOOL",
+        help="ready only when every requested model is ready (default true)",
+    )
+    p.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        default=d.exit_timeout_secs,
+        help="how long in-flight requests may finish at shutdown",
+    )
     p.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 

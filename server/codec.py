@@ -69,9 +69,7 @@ def datatype(name: str) -> DataType:
     try:
         return BY_NAME[name]
     except KeyError:
-        raise InvalidArgument(
-            f"unknown datatype '{name}'; expected one of {', '.join(BY_NAME)}"
-        ) from None
+        raise InvalidArgument(f"unknown datatype '{name}'; expected one of {', '.join(BY_NAME)}") from None
 
 
 def from_config_type(config_name: str) -> DataType:
@@ -111,8 +109,7 @@ def from_raw(raw: bytes | memoryview, dt: DataType, shape: Sequence[int], what: 
     expected = count * dt.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"{what}: {len(raw)} bytes of raw data but shape {list(shape)} of {dt.name} "
-            f"needs {expected} bytes"
+            f"{what}: {len(raw)} bytes of raw data but shape {list(shape)} of {dt.name} needs {expected} bytes"
         )
     return np.frombuffer(raw, dtype=dt.wire).reshape(shape)
 
@@ -124,9 +121,7 @@ def _decode_bytes(raw: bytes | memoryview, count: int, shape: Sequence[int], wha
     pos = 0
     for i in range(count):
         if pos + 4 > size:
-            raise InvalidArgument(
-                f"{what}: BYTES data ends after {i} of {count} elements (shape {list(shape)})"
-            )
+            raise InvalidArgument(f"{what}: BYTES data ends after {i} of {count} elements (shape {list(shape)})")
         (n,) = _LEN.unpack_from(view, pos)
         pos += 4
         if n > size - pos:

@@ -22,13 +22,15 @@ CONFIG_FILE = "config.pbtxt"
 
 ModelConfig = mc.ModelConfig
 
-_INT64_TYPES = frozenset({
-    descriptor.FieldDescriptor.TYPE_INT64,
-    descriptor.FieldDescriptor.TYPE_UINT64,
-    descriptor.FieldDescriptor.TYPE_SINT64,
-    descriptor.FieldDescriptor.TYPE_FIXED64,
-    descriptor.FieldDescriptor.TYPE_SFIXED64,
-})
+_INT64_TYPES = frozenset(
+    {
+        descriptor.FieldDescriptor.TYPE_INT64,
+        descriptor.FieldDescriptor.TYPE_UINT64,
+        descriptor.FieldDescriptor.TYPE_SINT64,
+        descriptor.FieldDescriptor.TYPE_FIXED64,
+        descriptor.FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
@@ -100,8 +102,7 @@ def check_name(config: mc.ModelConfig, folder_name: str, source: str) -> None:
         config.name = folder_name
     elif config.name != folder_name:
         raise ModelLoadError(
-            f"{source}: field 'name' is '{config.name}' but the model folder is '{folder_name}'; "
-            "they must match"
+            f"{source}: field 'name' is '{config.name}' but the model folder is '{folder_name}'; they must match"
         )
 
 
@@ -150,9 +151,7 @@ def _tensors(items, kind: str, source: str, optional_ok: bool) -> dict[str, Tens
             raise ModelLoadError(f"{where} '{t.name}': 'reshape' is not supported yet")
         for d in dims:
             if d < -1 or d == 0:
-                raise ModelLoadError(
-                    f"{where} '{t.name}': field 'dims' has {d}; dims must be > 0 or -1 (variable)"
-                )
+                raise ModelLoadError(f"{where} '{t.name}': field 'dims' has {d}; dims must be > 0 or -1 (variable)")
         optional = bool(getattr(t, "optional", False)) if optional_ok else False
         out[t.name] = TensorSpec(t.name, dt, dims, optional)
     return out

@@ -30,8 +30,15 @@ SERVER_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
 # What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
 # Only what inferd implements (not classification).
-EXTENSIONS = ["model_repository", "model_repository(unload_dependents)", "schedule_policy", "model_configuration",
-              "statistics", "binary_tensor_data", "parameters"]
+EXTENSIONS = [
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+]
 
 
 class InferenceCore:
@@ -88,8 +95,8 @@ class InferenceCore:
         if on_loop:  # waiting here for the loop would wait forever
             raise InvalidArgument(
                 f"model '{request.model_name}' was called from a model that runs on the event loop "
-                "(parameter inline_execution: \"true\"); a model that calls other models needs "
-                "inline_execution \"auto\" or \"false\""
+                '(parameter inline_execution: "true"); a model that calls other models needs '
+                'inline_execution "auto" or "false"'
             )
         return asyncio.run_coroutine_threadsafe(self.infer(request), self.loop).result(timeout)
 
@@ -162,7 +169,9 @@ class InferenceCore:
             try:
                 json_format.Parse(config_json, override)
             except json_format.ParseError as e:
-                raise InvalidArgument(f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}") from None
+                raise InvalidArgument(
+                    f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}"
+                ) from None
         await self.load(name, override)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:

@@ -90,7 +90,7 @@ def _check_acyclic(steps: list[Step], producers: dict[str, Step], source: str) -
         if state.get(step.index) == 2:
             return
         if state.get(step.index) == 1:
-            cycle = " -> ".join(s.label for s in path[path.index(step):] + [step])
+            cycle = " -> ".join(s.label for s in path[path.index(step) :] + [step])
             raise ModelLoadError(f"{source}: the ensemble steps form a cycle: {cycle}")
         state[step.index] = 1
         for tensor in step.inputs.values():
@@ -103,8 +103,11 @@ def _check_acyclic(steps: list[Step], producers: dict[str, Step], source: str) -
 
 
 def check_types(
-    config: mc.ModelConfig, plan: EnsemblePlan, ensemble: Signature,
-    signature_of: Callable[[Step], Signature], source: str,
+    config: mc.ModelConfig,
+    plan: EnsemblePlan,
+    ensemble: Signature,
+    signature_of: Callable[[Step], Signature],
+    source: str,
 ) -> None:
     """Check every producer/consumer pair against the composing models' signatures."""
     typed: dict[str, tuple[TensorSpec, str]] = {n: (s, "ensemble input") for n, s in ensemble.inputs.items()}
@@ -112,18 +115,23 @@ def check_types(
     for step in plan.steps:
         sig = sigs[step.index]
         if ensemble.max_batch_size > 0 and sig.max_batch_size == 0:
-            raise ModelLoadError(
-                f"{source}: {step.label} does not batch (max_batch_size 0) but the ensemble does"
-            )
+            raise ModelLoadError(f"{source}: {step.label} does not batch (max_batch_size 0) but the ensemble does")
         for model_output, tensor in step.outputs.items():
             if model_output not in sig.outputs:
-                raise ModelLoadError(f"{source}: {step.label} maps output '{model_output}', which the model does not have")
+                raise ModelLoadError(
+                    f"{source}: {step.label} maps output '{model_output}', which the model does not have"
+                )
             typed[tensor] = (sig.outputs[model_output], f"{step.label} output '{model_output}'")
         for model_input in step.inputs:
             if model_input not in sig.inputs:
-                raise ModelLoadError(f"{source}: {step.label} maps input '{model_input}', which the model does not have")
-    pairs = [(step.inputs[i], sigs[step.index].inputs[i], f"{step.label} input '{i}'")
-             for step in plan.steps for i in step.inputs]
+                raise ModelLoadError(
+                    f"{source}: {step.label} maps input '{model_input}', which the model does not have"
+                )
+    pairs = [
+        (step.inputs[i], sigs[step.index].inputs[i], f"{step.label} input '{i}'")
+        for step in plan.steps
+        for i in step.inputs
+    ]
     pairs += [(t, s, f"ensemble output '{t}'") for t, s in ensemble.outputs.items()]
     for tensor, consumer, what in pairs:
         producer, made_by = typed[tensor]

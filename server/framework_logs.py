@@ -93,7 +93,7 @@ def _banners_dropped() -> Iterator[None]:
             held.seek(0)
             kept = b"".join(line for line in held if not is_banner(line.decode("utf-8", "replace")))
             while kept:
-                kept = kept[os.write(2, kept):]
+                kept = kept[os.write(2, kept) :]
 
 
 def _quiet_tensorflow() -> None:

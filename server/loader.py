@@ -168,9 +168,7 @@ def inline_execution(plan: ModelPlan, placed: list[Instance], params: dict[str, 
     return choice == "true" or plan.backend.inline_safe
 
 
-def load_workers(
-    repo: Repository, plan: ModelPlan, version: int, core: object, nice: int = 0
-) -> list[InstanceWorker]:
+def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object, nice: int = 0) -> list[InstanceWorker]:
     """Create every instance of one version, each backend on its instance's thread; on failure,
     unload what was created. ``nice`` lowers the threads of dynamically batched models only: it
     lets the loop admit requests (and so fill batches) before compute runs, and without a
@@ -186,7 +184,9 @@ def load_workers(
     nice = nice if plan.config.HasField("dynamic_batching") else 0
     try:
         for inst in placed:
-            ctx = LoadContext(plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, core, params)
+            ctx = LoadContext(
+                plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, core, params
+            )
             name = f"{plan.name}.v{version}.{inst.name}"
             batching = plan.config.max_batch_size > 0
             workers.append(InstanceWorker.build(partial(plan.backend, ctx), name, batching, inline, nice))

@@ -64,9 +64,7 @@ class ModelRecord:
 
 
 class ModelManager:
-    def __init__(
-        self, repository: Repository, observers: list[Observer] | None = None, instance_nice: int = 0
-    ) -> None:
+    def __init__(self, repository: Repository, observers: list[Observer] | None = None, instance_nice: int = 0) -> None:
         self.repository = repository
         self.instance_nice = instance_nice
         self.models: dict[str, ModelRecord] = {}
@@ -198,7 +196,8 @@ class ModelManager:
                 record.versions.setdefault(v, VersionSlot())
                 log.error("failed to load model '%s' version %d: %s", name, v, errors[v])
             todo = [
-                v for v in plan.versions
+                v
+                for v in plan.versions
                 if v not in errors and not _unchanged(record.versions.get(v), plan.fingerprints[v])
             ]
             loaded: dict[int, ModelVersion] = {}
@@ -365,6 +364,7 @@ class ModelManager:
 
     def _retire(self, model: ModelVersion, then: Callable[[], None] | None = None) -> asyncio.Task[None]:
         """Drain and close a version that no longer takes new traffic, in the background."""
+
         async def drain() -> None:
             try:
                 if not await model.scheduler.retire(DRAIN_TIMEOUT_S):
@@ -392,15 +392,23 @@ class ModelManager:
             await asyncio.gather(*list(self._drains), return_exceptions=True)
 
 
-def _log_loaded(record: ModelRecord, plan: ModelPlan, loaded: dict[int, ModelVersion], seconds: dict[int, float]) -> None:
+def _log_loaded(
+    record: ModelRecord, plan: ModelPlan, loaded: dict[int, ModelVersion], seconds: dict[int, float]
+) -> None:
     """One line per version put in service, and which serve when others kept serving too; a
     reload that changed nothing says so only at DEBUG."""
     if not loaded:
         log.debug("model '%s': unchanged, nothing reloaded", plan.name)
         return
     for v in sorted(loaded):
-        log.info("model '%s' version %d loaded: %s, %s, %.2f s", plan.name, v, plan.backend_name,
-                 describe_instances(plan), seconds[v])
+        log.info(
+            "model '%s' version %d loaded: %s, %s, %.2f s",
+            plan.name,
+            v,
+            plan.backend_name,
+            describe_instances(plan),
+            seconds[v],
+        )
     serving = sorted(record.serving())
     if serving != sorted(loaded):
         log.info("model '%s': serving versions %s", plan.name, ", ".join(map(str, serving)))

@@ -30,27 +30,58 @@ from .stats import ExecutionTimes, ModelStats
 
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 # Seconds; from 100 µs (a small CPU model) to a minute (a large generative one).
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 # name -> (help, the ModelStats figure); durations are Triton's cumulative microseconds.
 _COUNTERS: dict[str, tuple[str, Callable[[ModelStats], int]]] = {
-    "nv_inference_request_success": ("Number of successful inference requests, all batch sizes",
-                                     lambda s: s.success.count),
-    "nv_inference_count": ("Number of inferences performed (a batch of n counts n)",
-                           lambda s: s.inference_count),
-    "nv_inference_exec_count": ("Number of model executions performed (a batch counts once)",
-                                lambda s: s.execution_count),
-    "nv_inference_request_duration_us": ("Cumulative inference request duration in microseconds",
-                                         lambda s: s.success.ns // 1000),
-    "nv_inference_queue_duration_us": ("Cumulative inference queuing duration in microseconds",
-                                       lambda s: s.queue.ns // 1000),
-    "nv_inference_compute_input_duration_us": ("Cumulative compute input duration in microseconds",
-                                               lambda s: s.compute_input.ns // 1000),
-    "nv_inference_compute_infer_duration_us": ("Cumulative compute inference duration in microseconds",
-                                               lambda s: s.compute_infer.ns // 1000),
-    "nv_inference_compute_output_duration_us": ("Cumulative compute output duration in microseconds",
-                                                lambda s: s.compute_output.ns // 1000),
+    "nv_inference_request_success": (
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    "nv_inference_count": ("Number of inferences performed (a batch of n counts n)", lambda s: s.inference_count),
+    "nv_inference_exec_count": (
+        "Number of model executions performed (a batch counts once)",
+        lambda s: s.execution_count,
+    ),
+    "nv_inference_request_duration_us": (
+        "Cumulative inference request duration in microseconds",
+        lambda s: s.success.ns // 1000,
+    ),
+    "nv_inference_queue_duration_us": (
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
+    "nv_inference_compute_input_duration_us": (
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    "nv_inference_compute_infer_duration_us": (
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    "nv_inference_compute_output_duration_us": (
+        "Cumulative compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000,
+    ),
 }
 # name -> help; observed per successful request, in seconds.
 _HISTOGRAMS = {
@@ -101,13 +132,15 @@ class RequestObserver:
     def series(self, stats: ModelStats) -> _VersionSeries:
         s = self._series.get(stats)
         if s is None:
-            s = _VersionSeries(dict.fromkeys(FAILURE_REASONS, 0),
-                               {name: Histogram(self.buckets) for name in _HISTOGRAMS})
+            s = _VersionSeries(
+                dict.fromkeys(FAILURE_REASONS, 0), {name: Histogram(self.buckets) for name in _HISTOGRAMS}
+            )
             self._series[stats] = s
         return s
 
-    def __call__(self, stats: ModelStats, ok: bool, reason: str, request_ns: int, queue_ns: int,
-                 times: ExecutionTimes | None) -> None:
+    def __call__(
+        self, stats: ModelStats, ok: bool, reason: str, request_ns: int, queue_ns: int, times: ExecutionTimes | None
+    ) -> None:
         s = self.series(stats)
         if not ok:
             key = reason if reason in s.failures else "OTHER"
@@ -130,10 +163,14 @@ class ModelCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
         counters = {name: Metric(name, doc, "unknown") for name, (doc, _) in _COUNTERS.items()}
-        failure = Metric("nv_inference_request_failure",
-                         "Number of failed inference requests, all batch sizes", "unknown")
-        pending = GaugeMetricFamily("nv_inference_pending_request_count",
-                                    "Instantaneous number of pending requests awaiting execution", labels=labels)
+        failure = Metric(
+            "nv_inference_request_failure", "Number of failed inference requests, all batch sizes", "unknown"
+        )
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution",
+            labels=labels,
+        )
         load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=labels)
         histograms = {name: HistogramMetricFamily(name, doc, labels=labels) for name, doc in _HISTOGRAMS.items()}
         for name, record in list(self.manager.models.items()):

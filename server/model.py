@@ -46,8 +46,16 @@ class ModelVersion:
         try:
             checked = validate(self.label, self.signature, request.inputs, request.outputs)
             deadline = request.deadline_ns
-            work = Work(checked.inputs, checked.outputs, checked.batch_size, start, None,
-                        deadline_ns=deadline, client_deadline=deadline is not None, input_bytes=checked.nbytes)
+            work = Work(
+                checked.inputs,
+                checked.outputs,
+                checked.batch_size,
+                start,
+                None,
+                deadline_ns=deadline,
+                client_deadline=deadline is not None,
+                input_bytes=checked.nbytes,
+            )
             if request.parameters:
                 work.priority = self._priority(request.parameters)
                 self._apply_timeout(work, request.parameters)

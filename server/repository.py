@@ -93,8 +93,9 @@ class Repository:
     def model_dir(self, name: str) -> Path:
         found = self.model_dirs(name)
         if len(found) > 1:
-            raise ModelLoadError(f"model '{name}' is in {_count(len(found))} model repositories: "
-                                 f"{_join([str(p.parent) for p in found])}")
+            raise ModelLoadError(
+                f"model '{name}' is in {_count(len(found))} model repositories: {_join([str(p.parent) for p in found])}"
+            )
         return found[0]
 
     def root_of(self, path: Path) -> Path | None:
@@ -146,9 +147,7 @@ class Repository:
                 raise ModelLoadError(f"{source}: version_policy.latest.num_versions must be >= 1")
             chosen = available[-n:]
         if not chosen:
-            raise ModelLoadError(
-                f"{model_dir}: no version folder (a numeric sub-folder such as '1/') to load"
-            )
+            raise ModelLoadError(f"{model_dir}: no version folder (a numeric sub-folder such as '1/') to load")
         return chosen
 
     def file_in(self, folder: Path, relative: str, what: str) -> Path:

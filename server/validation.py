@@ -19,9 +19,7 @@ class Validated:
     nbytes: int  # of all inputs
 
 
-def validate(
-    label: str, sig: Signature, inputs: dict[str, np.ndarray], requested: list[str] | None
-) -> Validated:
+def validate(label: str, sig: Signature, inputs: dict[str, np.ndarray], requested: list[str] | None) -> Validated:
     """Check names, datatypes, shapes and batch size; ``label`` names the model in messages."""
     if inputs.keys() != sig.inputs.keys():
         _check_names(label, sig, inputs)
@@ -60,9 +58,7 @@ def _check_names(label: str, sig: Signature, inputs: dict[str, np.ndarray]) -> N
     """The slow path, when the input names differ from the signature's: unknown or missing."""
     for name in inputs:
         if name not in sig.inputs:
-            raise InvalidArgument(
-                f"{label}: unexpected input '{name}'; the model's inputs are {sorted(sig.inputs)}"
-            )
+            raise InvalidArgument(f"{label}: unexpected input '{name}'; the model's inputs are {sorted(sig.inputs)}")
     for spec in sig.inputs.values():
         if spec.name not in inputs and not spec.optional:
             raise InvalidArgument(f"{label}: missing required input '{spec.name}'")

@@ -54,7 +54,9 @@ def string_identity_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
-def _config(name: str, dtype: str, size: int, inputs: int = 2, outputs: int = 1, max_batch: int = 8, extra: str = "") -> str:
+def _config(
+    name: str, dtype: str, size: int, inputs: int = 2, outputs: int = 1, max_batch: int = 8, extra: str = ""
+) -> str:
     ins = ",\n".join(f'  {{ name: "INPUT{i}" data_type: {dtype} dims: [ {size} ] }}' for i in range(inputs))
     outs = ",\n".join(f'  {{ name: "OUTPUT{i}" data_type: {dtype} dims: [ {size} ] }}' for i in range(outputs))
     return (

@@ -38,8 +38,19 @@ def install(spec: str, folder: Path) -> Path:
     """``pip install --target folder spec`` once; returns the folder."""
     if not (folder / "google" / "protobuf").is_dir():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-             "--upgrade", "--target", str(folder), spec],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+                str(folder),
+                spec,
+            ],
             check=True,
         )
     return folder
@@ -54,8 +65,19 @@ def runtime_path(which: str) -> tuple[Path, str]:
         # The newest release is looked up each time (a folder named "newest" would go stale).
         folder = RUNTIMES / "newest"
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-             "--upgrade", "--target", str(folder), f"protobuf<{bound}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+                str(folder),
+                f"protobuf<{bound}",
+            ],
             check=True,
         )
     (dist,) = folder.glob("protobuf-*.dist-info")

@@ -9,8 +9,21 @@ from .conftest import RunningServer
 
 
 def test_prints_a_row_per_protocol_and_concurrency(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--grpc-url", server.grpc_url, "--http-url", server.http_url, "--seconds", "0.3",
-                 "--warmup", "0.1", "--concurrency", "1", "2"])
+    code = main(
+        [
+            "--grpc-url",
+            server.grpc_url,
+            "--http-url",
+            server.http_url,
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--concurrency",
+            "1",
+            "2",
+        ]
+    )
     assert code == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [

@@ -115,7 +115,9 @@ def test_infer_rejects_inputs_that_are_not_a_dict_of_arrays(client: InferenceCli
 
 
 @pytest.mark.parametrize(("make", "words"), WRONG_INPUTS)
-async def test_async_infer_rejects_inputs_that_are_not_a_dict_of_arrays(server: RunningServer, make, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+async def test_async_infer_rejects_inputs_that_are_not_a_dict_of_arrays(
+    server: RunningServer, make, words: list[str]
+) -> None:  # type: ignore[no-untyped-def]
     async with AsyncInferenceClient(server.grpc_url) as c:
         with pytest.raises(TypeError) as e:
             await c.infer("add_sub", make(np.ones((1, 16), np.float32)))
@@ -173,8 +175,10 @@ def test_load_and_unload(tmp_path: Path) -> None:
 
 async def test_async_client(server: RunningServer, model_repo: Path) -> None:
     rng = np.random.default_rng(3)
-    inputs = {"INPUT0": rng.standard_normal((2, 16)).astype(np.float32),
-              "INPUT1": rng.standard_normal((2, 16)).astype(np.float32)}
+    inputs = {
+        "INPUT0": rng.standard_normal((2, 16)).astype(np.float32),
+        "INPUT1": rng.standard_normal((2, 16)).astype(np.float32),
+    }
     async with AsyncInferenceClient(server.grpc_url) as c:
         assert await c.is_server_live()
         assert await c.is_server_ready() is False  # broken models in the shared repository

@@ -19,12 +19,15 @@ def load(tmp_path: Path, text: str) -> cfg.ModelConfig:
 
 
 def test_parse_and_signature(tmp_path: Path) -> None:
-    config = load(tmp_path, """
+    config = load(
+        tmp_path,
+        """
         max_batch_size: 4
         input [ { name: "A" data_type: TYPE_FP32 dims: [ -1, 3 ] optional: true } ]
         output [ { name: "B" data_type: TYPE_STRING dims: [ 1 ] } ]
         dynamic_batching { preferred_batch_size: [ 2, 4 ] }
-    """)
+    """,
+    )
     cfg.check_name(config, "m", "src")
     assert config.name == "m"
     sig = cfg.signature(config, "src")
@@ -47,14 +50,26 @@ def test_unknown_field(tmp_path: Path) -> None:
     "text,words",
     [
         ('input [ { name: "A" dims: [ 1 ] } ] output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]', "data_type"),
-        ('input [ { name: "A" data_type: TYPE_FP32 dims: [ 0 ] } ] output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]', "dims"),
-        ('input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ] '
-         'output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]', "duplicate input"),
+        (
+            'input [ { name: "A" data_type: TYPE_FP32 dims: [ 0 ] } ] output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+            "dims",
+        ),
+        (
+            'input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ] '
+            'output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+            "duplicate input",
+        ),
         ('input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ]', "no 'output'"),
-        ('max_batch_size: 0 dynamic_batching { } input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ] '
-         'output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]', "max_batch_size"),
-        ('max_batch_size: 4 dynamic_batching { preferred_batch_size: 8 } input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ] '
-         'output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]', "preferred_batch_size"),
+        (
+            'max_batch_size: 0 dynamic_batching { } input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ] '
+            'output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+            "max_batch_size",
+        ),
+        (
+            'max_batch_size: 4 dynamic_batching { preferred_batch_size: 8 } input [ { name: "A" data_type: TYPE_FP32 dims: [ 1 ] } ] '
+            'output [ { name: "B" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+            "preferred_batch_size",
+        ),
     ],
 )
 def test_invalid_configs(tmp_path: Path, text: str, words: str) -> None:

@@ -38,8 +38,9 @@ def work(value: float) -> Work:
 
 
 def scheduler(backend: Gate, max_queue_size: int = 8) -> DirectScheduler:
-    return DirectScheduler([InstanceWorker(backend, "inst0", False)], ModelStats("m", "1"), "model 'm' version 1",
-                           max_queue_size)
+    return DirectScheduler(
+        [InstanceWorker(backend, "inst0", False)], ModelStats("m", "1"), "model 'm' version 1", max_queue_size
+    )
 
 
 async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

@@ -22,8 +22,23 @@ SLOW_ADD_SUB = bundled.ADD_SUB_CONFIG.replace(
 
 
 def start(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "inferd.server.cli", "serve", "--model-repository", str(repo),
-           "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--model-control-mode", "none", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "inferd.server.cli",
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--model-control-mode",
+        "none",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -75,9 +90,24 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(repo: Path) -> None:
 
 def test_bad_repository_path_exits_with_message(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "inferd.server.cli", "serve", "--model-repository", str(tmp_path / "nope"),
-         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
-        capture_output=True, text=True, timeout=60, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "inferd.server.cli",
+            "serve",
+            "--model-repository",
+            str(tmp_path / "nope"),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
     )
     assert result.returncode == 2
     assert "nope" in result.stderr and "not a folder" in result.stderr
@@ -95,8 +125,10 @@ def _thread_policies(pid: int) -> dict[str, set[int]]:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="thread scheduling policies are Linux-only")
-@pytest.mark.parametrize("flag, expected", [((), getattr(os, "SCHED_BATCH", 3)),
-                                            (("--grpc-io-sched", "other"), getattr(os, "SCHED_OTHER", 0))])
+@pytest.mark.parametrize(
+    "flag, expected",
+    [((), getattr(os, "SCHED_BATCH", 3)), (("--grpc-io-sched", "other"), getattr(os, "SCHED_OTHER", 0))],
+)
 def test_grpc_io_sched_flag(repo: Path, flag: tuple[str, ...], expected: int) -> None:
     """grpc's EventEngine threads follow the flag; the event loop thread keeps the default."""
     proc, _ = start(repo, *flag)

@@ -70,11 +70,14 @@ def step_model(repo: Path, name: str, extra: str = "", **spec: object) -> None:
 
 
 def ensemble(
-    repo: Path, name: str, steps: list[tuple[str, dict[str, str], dict[str, str]]],
+    repo: Path,
+    name: str,
+    steps: list[tuple[str, dict[str, str], dict[str, str]]],
     inputs: str = f'{{ name: "X" data_type: TYPE_FP32 dims: [ {SIZE} ] }}',
     outputs: str = f'{{ name: "Y" data_type: TYPE_FP32 dims: [ {SIZE} ] }}',
 ) -> None:
     """An ensemble config; each step is (model, input_map, output_map)."""
+
     def maps(kind: str, m: dict[str, str]) -> str:
         return " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in m.items())
 
@@ -106,12 +109,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     step_model(root, "right", add=10.0, barrier="diamond")
     save(bundled.add_sub_model(size=SIZE), root / "join" / "1" / "model.onnx")
     (root / "join" / "config.pbtxt").write_text('name: "join"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n')
-    ensemble(root, "diamond", [
-        chain("first", "X", "t0"),
-        chain("left", "t0", "a"),
-        chain("right", "t0", "b"),
-        ("join", {"INPUT0": "a", "INPUT1": "b"}, {"OUTPUT0": "SUM", "OUTPUT1": "DIFF"}),
-    ], outputs=", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ {SIZE} ] }}' for n in ("SUM", "DIFF")))
+    ensemble(
+        root,
+        "diamond",
+        [
+            chain("first", "X", "t0"),
+            chain("left", "t0", "a"),
+            chain("right", "t0", "b"),
+            ("join", {"INPUT0": "a", "INPUT1": "b"}, {"OUTPUT0": "SUM", "OUTPUT1": "DIFF"}),
+        ],
+        outputs=", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ {SIZE} ] }}' for n in ("SUM", "DIFF")),
+    )
     # A middle step that fails on negative input.
     step_model(root, "picky", add=0.0, fail_below=0.0)
     step_model(root, "last", add=100.0)
@@ -323,7 +331,9 @@ def test_invalid_ensembles_fail_to_load_with_the_reason(repo: Path, client, case
 
 
 def test_datatype_and_shape_mismatches_fail_to_load(repo: Path, client) -> None:  # type: ignore[no-untyped-def]
-    ensemble(repo, "bad_dtype", [chain("first", "X", "Y")], inputs=f'{{ name: "X" data_type: TYPE_INT32 dims: [ {SIZE} ] }}')
+    ensemble(
+        repo, "bad_dtype", [chain("first", "X", "Y")], inputs=f'{{ name: "X" data_type: TYPE_INT32 dims: [ {SIZE} ] }}'
+    )
     _expect_load_error(client, "bad_dtype", "tensor 'X' is INT32")
     ensemble(repo, "bad_shape", [chain("first", "X", "Y")], outputs='{ name: "Y" data_type: TYPE_FP32 dims: [ 7 ] }')
     _expect_load_error(client, "bad_shape", "dims [4]")
@@ -349,8 +359,23 @@ def test_perf_analyzer_breaks_an_ensemble_down_by_step(server: RunningServer) ->
     pa = find_perf_analyzer()
     if pa is None:
         pytest.skip("perf_analyzer is not installed (bash ../shared/tools/install-perf-analyzer.sh)")
-    cmd = [pa, "-m", "dense_pipeline", "-i", "grpc", "-u", server.grpc_url, "-p", "500",
-           "--concurrency-range", "2", "-s", "100", "--max-trials", "10"]
+    cmd = [
+        pa,
+        "-m",
+        "dense_pipeline",
+        "-i",
+        "grpc",
+        "-u",
+        server.grpc_url,
+        "-p",
+        "500",
+        "--concurrency-range",
+        "2",
+        "-s",
+        "100",
+        "--max-trials",
+        "10",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"perf_analyzer failed:\n{proc.stdout}\n{proc.stderr}"
     out = proc.stdout
@@ -398,6 +423,7 @@ def test_unload_dependents_unloads_the_ensembles_using_a_model(repo: Path, serve
     wait_for(lambda: index(client)[("outer_b", "1")] == ("UNAVAILABLE", "unloaded"), what="outer_b unloaded")
     import httpx
 
-    r = httpx.post(f"http://{server.http_url}/v2/repository/models/first/unload",
-                   json={"parameters": {"unload_dependents": "yes"}})
+    r = httpx.post(
+        f"http://{server.http_url}/v2/repository/models/first/unload", json={"parameters": {"unload_dependents": "yes"}}
+    )
     assert r.status_code == 400 and "unload_dependents" in r.json()["error"]

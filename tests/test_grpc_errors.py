@@ -45,34 +45,58 @@ CASES = {
     "non-numeric version": (request(version="latest"), INVALID, ["latest"]),
     "missing input": (request(inputs=[tensor("INPUT0", [1, 16])], raw=[OK]), INVALID, ["add_sub", "INPUT1", "missing"]),
     "extra input": (
-        request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT1", [1, 16]), tensor("INPUT9", [1, 16])], raw=[OK, OK, OK]),
-        INVALID, ["add_sub", "INPUT9"],
+        request(
+            inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT1", [1, 16]), tensor("INPUT9", [1, 16])], raw=[OK, OK, OK]
+        ),
+        INVALID,
+        ["add_sub", "INPUT9"],
     ),
-    "duplicate input": (request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT0", [1, 16])], raw=[OK, OK]), INVALID, ["INPUT0", "more than once"]),
+    "duplicate input": (
+        request(inputs=[tensor("INPUT0", [1, 16]), tensor("INPUT0", [1, 16])], raw=[OK, OK]),
+        INVALID,
+        ["INPUT0", "more than once"],
+    ),
     "wrong datatype": (
         request(inputs=[tensor("INPUT0", [1, 16], "FP64"), tensor("INPUT1", [1, 16])], raw=[OK + OK, OK]),
-        INVALID, ["add_sub", "INPUT0", "FP64", "FP32"],
+        INVALID,
+        ["add_sub", "INPUT0", "FP64", "FP32"],
     ),
-    "unknown datatype": (request(inputs=[tensor("INPUT0", [1, 16], "FP33"), tensor("INPUT1", [1, 16])]), INVALID, ["FP33"]),
+    "unknown datatype": (
+        request(inputs=[tensor("INPUT0", [1, 16], "FP33"), tensor("INPUT1", [1, 16])]),
+        INVALID,
+        ["FP33"],
+    ),
     "wrong shape": (
         request(inputs=[tensor("INPUT0", [1, 8]), tensor("INPUT1", [1, 16])], raw=[OK[:32], OK]),
-        INVALID, ["add_sub", "INPUT0", "[1, 8]", "16"],
+        INVALID,
+        ["add_sub", "INPUT0", "[1, 8]", "16"],
     ),
-    "missing batch dim": (request(inputs=[tensor("INPUT0", [16]), tensor("INPUT1", [16])], raw=[OK, OK]), INVALID, ["INPUT0", "batch"]),
+    "missing batch dim": (
+        request(inputs=[tensor("INPUT0", [16]), tensor("INPUT1", [16])], raw=[OK, OK]),
+        INVALID,
+        ["INPUT0", "batch"],
+    ),
     "batch too large": (
         request(inputs=[tensor("INPUT0", [9, 16]), tensor("INPUT1", [9, 16])], raw=[OK * 9, OK * 9]),
-        INVALID, ["add_sub", "max_batch_size", "9"],
+        INVALID,
+        ["add_sub", "max_batch_size", "9"],
     ),
     "mismatched batch": (
         request(inputs=[tensor("INPUT0", [2, 16]), tensor("INPUT1", [1, 16])], raw=[OK * 2, OK]),
-        INVALID, ["INPUT1", "batch size"],
+        INVALID,
+        ["INPUT1", "batch size"],
     ),
     "raw size short": (request(raw=[OK[:-4], OK]), INVALID, ["add_sub", "INPUT0", "60 bytes", "64"]),
     "raw size long": (request(raw=[OK, OK + b"x"]), INVALID, ["INPUT1", "65 bytes"]),
-    "negative dim": (request(inputs=[tensor("INPUT0", [-1, 16]), tensor("INPUT1", [1, 16])]), INVALID, ["INPUT0", "negative"]),
+    "negative dim": (
+        request(inputs=[tensor("INPUT0", [-1, 16]), tensor("INPUT1", [1, 16])]),
+        INVALID,
+        ["INPUT0", "negative"],
+    ),
     "huge shape": (
         request(inputs=[tensor("INPUT0", [2**62, 2**62]), tensor("INPUT1", [1, 16])], raw=[OK, OK]),
-        INVALID, ["INPUT0", "bytes"],
+        INVALID,
+        ["INPUT0", "bytes"],
     ),
     "raw count mismatch": (request(raw=[OK]), INVALID, ["raw_input_contents", "1 entries", "2 inputs"]),
     "unknown output": (request(outputs=["OUTPUT7"]), INVALID, ["add_sub", "OUTPUT7"]),
@@ -80,7 +104,8 @@ CASES = {
     "model not ready": (request(model="bad_pbtxt"), grpc.StatusCode.UNAVAILABLE, ["bad_pbtxt", "not ready"]),
     "bytes truncated": (
         request(model="strings", inputs=[tensor("INPUT0", [1, 2], "BYTES")], raw=[b"\x05\x00\x00\x00ab"]),
-        INVALID, ["strings", "INPUT0", "BYTES"],
+        INVALID,
+        ["strings", "INPUT0", "BYTES"],
     ),
 }
 
@@ -126,9 +151,11 @@ def test_fp16_needs_raw(stub):  # type: ignore[no-untyped-def]
 
 
 def test_unknown_model_metadata_and_config(stub):  # type: ignore[no-untyped-def]
-    for rpc, msg in ((stub.ModelMetadata, pb.ModelMetadataRequest(name="nope")),
-                     (stub.ModelConfig, pb.ModelConfigRequest(name="nope")),
-                     (stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope"))):
+    for rpc, msg in (
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="nope")),
+        (stub.ModelConfig, pb.ModelConfigRequest(name="nope")),
+        (stub.ModelStatistics, pb.ModelStatisticsRequest(name="nope")),
+    ):
         with pytest.raises(grpc.RpcError) as info:
             rpc(msg)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in info.value.details()
@@ -148,8 +175,11 @@ def test_message_over_limit_is_resource_exhausted(model_repo):  # type: ignore[n
     try:
         with grpc.insecure_channel(running.grpc_url) as channel:
             big = pb_grpc.GRPCInferenceServiceStub(channel)
-            msg = request(model="strings", inputs=[tensor("INPUT0", [1, 2], "BYTES")],
-                          raw=[b"\x00\x08\x00\x00" + b"x" * 2048 + b"\x00\x00\x00\x00"])
+            msg = request(
+                model="strings",
+                inputs=[tensor("INPUT0", [1, 2], "BYTES")],
+                raw=[b"\x00\x08\x00\x00" + b"x" * 2048 + b"\x00\x00\x00\x00"],
+            )
             error = call(big, msg)
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert len(big.ModelInfer(request()).raw_output_contents) == 2

@@ -18,8 +18,15 @@ from inferd.server.types import InferRequest, InferResponse
 RNG = np.random.default_rng(7)
 
 
-def message(inputs: dict[str, np.ndarray], *, model: str = "m", version: str = "", rid: str = "",
-            outputs: tuple[str, ...] = (), params: dict[str, Any] | None = None) -> pb.ModelInferRequest:
+def message(
+    inputs: dict[str, np.ndarray],
+    *,
+    model: str = "m",
+    version: str = "",
+    rid: str = "",
+    outputs: tuple[str, ...] = (),
+    params: dict[str, Any] | None = None,
+) -> pb.ModelInferRequest:
     msg = pb.ModelInferRequest(model_name=model, model_version=version, id=rid)
     for name, a in inputs.items():
         dt = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "bool": "BOOL", "uint8": "UINT8"}[a.dtype.name]
@@ -39,7 +46,11 @@ def message(inputs: dict[str, np.ndarray], *, model: str = "m", version: str = "
 
 def assert_same(got: InferRequest, want: InferRequest) -> None:
     assert (got.model_name, got.model_version, got.id, got.outputs) == (
-        want.model_name, want.model_version, want.id, want.outputs)
+        want.model_name,
+        want.model_version,
+        want.id,
+        want.outputs,
+    )
     assert dict(got.parameters) == dict(want.parameters)
     assert list(got.inputs) == list(want.inputs)
     for name, a in want.inputs.items():
@@ -55,11 +66,20 @@ def fresh(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 CASES = {
     "plain": dict(inputs={"A": np.ones((1, 16), np.float32), "B": np.zeros((1, 16), np.float32)}),
-    "perf_analyzer-like": dict(inputs={"INPUT0": np.ones((1, 16), np.float32)}, rid="0",
-                               outputs=("OUTPUT0", "OUTPUT1"), params={"triton_enable_empty_final_response": False}),
+    "perf_analyzer-like": dict(
+        inputs={"INPUT0": np.ones((1, 16), np.float32)},
+        rid="0",
+        outputs=("OUTPUT0", "OUTPUT1"),
+        params={"triton_enable_empty_final_response": False},
+    ),
     "version and id": dict(inputs={"X": np.arange(6, dtype=np.int64).reshape(2, 3)}, version="3", rid="req-1"),
-    "dtypes": dict(inputs={"h": np.ones((2, 2), np.float16), "b": np.array([[True, False]]),
-                           "u": np.arange(300, dtype=np.uint8).reshape(3, 100)}),
+    "dtypes": dict(
+        inputs={
+            "h": np.ones((2, 2), np.float16),
+            "b": np.array([[True, False]]),
+            "u": np.arange(300, dtype=np.uint8).reshape(3, 100),
+        }
+    ),
     "scalar and empty": dict(inputs={"s": np.float32(2.5).reshape(()), "e": np.zeros((0, 4), np.float32)}),
     "big tensor": dict(inputs={"big": np.ones((64, 256), np.float32)}, params={"priority": 2, "note": "x"}),
 }
@@ -142,17 +162,20 @@ def test_templates_and_headers_stay_bounded() -> None:
 
 
 RESPONSES = {
-    "two outputs": InferResponse("add_sub", "1", {"OUTPUT0": np.ones((1, 16), np.float32),
-                                                  "OUTPUT1": np.zeros((1, 16), np.float32)}),
+    "two outputs": InferResponse(
+        "add_sub", "1", {"OUTPUT0": np.ones((1, 16), np.float32), "OUTPUT1": np.zeros((1, 16), np.float32)}
+    ),
     "id and version": InferResponse("m", "12", {"Y": np.arange(4, dtype=np.int64)}, id="abc"),
     "no version": InferResponse("m", "", {"Y": np.arange(4, dtype=np.int64)}),
     "strings": InferResponse("m", "1", {"S": np.array([b"a", b"bcd"], dtype=object)}),
-    "fp16, bool, scalar": InferResponse("m", "1", {"h": np.ones((2, 3), np.float16), "b": np.array([True]),
-                                                   "s": np.float32(3).reshape(())}),
+    "fp16, bool, scalar": InferResponse(
+        "m", "1", {"h": np.ones((2, 3), np.float16), "b": np.array([True]), "s": np.float32(3).reshape(())}
+    ),
     "wide dims": InferResponse("m", "1", {"Y": np.ones((1, 300, 2), np.float32)}),
     "not contiguous": InferResponse("m", "1", {"Y": np.arange(12, dtype=np.float32).reshape(3, 4).T}),
-    "parameters": InferResponse("m", "1", {"Y": np.ones(1, np.float32)}, id="x",
-                                parameters={"sequence_end": True, "count": 3, "why": "test"}),
+    "parameters": InferResponse(
+        "m", "1", {"Y": np.ones(1, np.float32)}, id="x", parameters={"sequence_end": True, "count": 3, "why": "test"}
+    ),
 }
 
 

@@ -78,8 +78,13 @@ def test_model_config_is_triton_json(http, grpc) -> None:  # type: ignore[no-unt
     config = http.get_model_config("add_sub")
     assert config["name"] == "add_sub" and config["max_batch_size"] == 8
     assert config["input"][0] == {
-        "name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16], "format": "FORMAT_NONE",
-        "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False,
+        "name": "INPUT0",
+        "data_type": "TYPE_FP32",
+        "dims": [16],
+        "format": "FORMAT_NONE",
+        "is_shape_tensor": False,
+        "allow_ragged_batch": False,
+        "optional": False,
         "is_non_linear_format_io": False,
     }
     want = grpc.get_model_config("add_sub", as_json=True)["config"]
@@ -91,13 +96,23 @@ def _normalize_stats(doc: dict) -> list[dict]:  # type: ignore[type-arg]
     """gRPC's proto JSON leaves out zeros and writes 64-bit integers as strings."""
     out = []
     for s in doc["model_stats"]:
-        inference = {k: {"count": int(v.get("count", 0)), "ns": int(v.get("ns", 0))}
-                     for k, v in s["inference_stats"].items() if k not in ("cache_hit", "cache_miss")}
+        inference = {
+            k: {"count": int(v.get("count", 0)), "ns": int(v.get("ns", 0))}
+            for k, v in s["inference_stats"].items()
+            if k not in ("cache_hit", "cache_miss")
+        }
         batches = [(int(b["batch_size"]), int(b["compute_infer"].get("count", 0))) for b in s.get("batch_stats", [])]
-        out.append({"name": s["name"], "version": s["version"], "last_inference": int(s.get("last_inference", 0)),
-                    "inference_count": int(s.get("inference_count", 0)),
-                    "execution_count": int(s.get("execution_count", 0)), "inference_stats": inference,
-                    "batch_stats": batches})
+        out.append(
+            {
+                "name": s["name"],
+                "version": s["version"],
+                "last_inference": int(s.get("last_inference", 0)),
+                "inference_count": int(s.get("inference_count", 0)),
+                "execution_count": int(s.get("execution_count", 0)),
+                "inference_stats": inference,
+                "batch_stats": batches,
+            }
+        )
     return out
 
 
@@ -106,8 +121,14 @@ def test_statistics_match_grpc(http, grpc) -> None:  # type: ignore[no-untyped-d
     http.infer("add_sub", [http_input("INPUT0", a, "FP32", True), http_input("INPUT1", a, "FP32", True)])
     for model, version in [("add_sub", ""), ("add_sub", "1"), ("", "")]:
         got = http.get_inference_statistics(model, version)
-        assert set(got["model_stats"][0]["inference_stats"]) >= {"success", "fail", "queue", "compute_input",
-                                                                 "compute_infer", "compute_output"}
+        assert set(got["model_stats"][0]["inference_stats"]) >= {
+            "success",
+            "fail",
+            "queue",
+            "compute_input",
+            "compute_infer",
+            "compute_output",
+        }
         want = grpc.get_inference_statistics(model, version, as_json=True)
         assert _normalize_stats(got) == _normalize_stats(want)
     one = http.get_inference_statistics("add_sub")["model_stats"][0]
@@ -170,9 +191,15 @@ def test_infer_matches_grpc(http, grpc, model, datatype, make, mode) -> None:  #
     binary = mode == "binary"
     rng = np.random.default_rng(11)
     a, b = make(rng), make(rng)
-    outputs = [httpclient.InferRequestedOutput(f"OUTPUT{i}", binary_data=binary) for i in range(2 if model == "add_sub" else 1)]
-    got = http.infer(model, [http_input("INPUT0", a, datatype, binary), http_input("INPUT1", b, datatype, binary)],
-                     outputs=outputs, request_id="r-1")
+    outputs = [
+        httpclient.InferRequestedOutput(f"OUTPUT{i}", binary_data=binary) for i in range(2 if model == "add_sub" else 1)
+    ]
+    got = http.infer(
+        model,
+        [http_input("INPUT0", a, datatype, binary), http_input("INPUT1", b, datatype, binary)],
+        outputs=outputs,
+        request_id="r-1",
+    )
     want = grpc.infer(model, [grpc_input("INPUT0", a, datatype), grpc_input("INPUT1", b, datatype)])
     response = got.get_response()
     assert response["model_name"] == model and response["model_version"] == "1" and response["id"] == "r-1"
@@ -187,8 +214,11 @@ def test_infer_matches_grpc(http, grpc, model, datatype, make, mode) -> None:  #
 def test_bytes_match_grpc(http, grpc, mode) -> None:  # type: ignore[no-untyped-def]
     binary = mode == "binary"
     data = np.array([["plain", "ünïcödé"], ["", "x" * 1000]], dtype=object)
-    got = http.infer("strings", [http_input("INPUT0", data, "BYTES", binary)],
-                     outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)])
+    got = http.infer(
+        "strings",
+        [http_input("INPUT0", data, "BYTES", binary)],
+        outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)],
+    )
     want = grpc.infer("strings", [grpc_input("INPUT0", data, "BYTES")]).as_numpy("OUTPUT0")
     out = got.as_numpy("OUTPUT0")
     assert out.shape == (2, 2)
@@ -212,7 +242,8 @@ def test_mixed_json_and_binary(http) -> None:  # type: ignore[no-untyped-def]
     a = np.full((2, 16), 3, np.float32)
     b = np.ones((2, 16), np.float32)
     result = http.infer(
-        "add_sub", [http_input("INPUT0", a, "FP32", False), http_input("INPUT1", b, "FP32", True)],
+        "add_sub",
+        [http_input("INPUT0", a, "FP32", False), http_input("INPUT1", b, "FP32", True)],
         outputs=[httpclient.InferRequestedOutput("OUTPUT1", binary_data=False)],
     )
     response = result.get_response()
@@ -227,8 +258,11 @@ def test_fp16_json_is_refused(http) -> None:  # type: ignore[no-untyped-def]
         http.infer("add_fp16", [http_input("INPUT0", a, "FP16", False), http_input("INPUT1", a, "FP16", False)])
     assert e.value.status() == "400" and "binary" in e.value.message()
     with pytest.raises(InferenceServerException) as e:
-        http.infer("add_fp16", [http_input("INPUT0", a, "FP16", True), http_input("INPUT1", a, "FP16", True)],
-                   outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)])
+        http.infer(
+            "add_fp16",
+            [http_input("INPUT0", a, "FP16", True), http_input("INPUT1", a, "FP16", True)],
+            outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)],
+        )
     assert e.value.status() == "400" and "binary_data" in e.value.message()
 
 
@@ -236,9 +270,11 @@ def test_fp16_json_is_refused(http) -> None:  # type: ignore[no-untyped-def]
 def test_compressed_request_and_response(http, algorithm) -> None:  # type: ignore[no-untyped-def]
     a = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
     result = http.infer(
-        "add_sub", [http_input("INPUT0", a, "FP32", False), http_input("INPUT1", a, "FP32", True)],
+        "add_sub",
+        [http_input("INPUT0", a, "FP32", False), http_input("INPUT1", a, "FP32", True)],
         outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)],
-        request_compression_algorithm=algorithm, response_compression_algorithm=algorithm,
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
     )
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
 
@@ -246,8 +282,12 @@ def test_compressed_request_and_response(http, algorithm) -> None:  # type: igno
 def test_core_errors_keep_their_status(http) -> None:  # type: ignore[no-untyped-def]
     a = np.ones((1, 16), np.float32)
     inputs = [http_input("INPUT0", a, "FP32", True), http_input("INPUT1", a, "FP32", True)]
-    for model, version, status in [("no_such_model", "", "404"), ("add_sub", "7", "404"),
-                                   ("missing_file", "", "503"), ("add_sub", "x", "400")]:
+    for model, version, status in [
+        ("no_such_model", "", "404"),
+        ("add_sub", "7", "404"),
+        ("missing_file", "", "503"),
+        ("add_sub", "x", "400"),
+    ]:
         with pytest.raises(InferenceServerException) as e:
             http.infer(model, inputs, model_version=version)
         assert e.value.status() == status, (model, version, e.value.message())

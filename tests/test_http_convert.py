@@ -63,11 +63,13 @@ def test_binary_request_is_zero_copy() -> None:
     a = np.arange(6, dtype=np.float32)
     b = np.array([-1, 7], dtype=np.int64)
     strings = struct.pack("<I", 2) + b"hi" + struct.pack("<I", 0)
-    doc = {"inputs": [
-        {"name": "A", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}},
-        {"name": "B", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}},
-        {"name": "S", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(strings)}},
-    ]}
+    doc = {
+        "inputs": [
+            {"name": "A", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}},
+            {"name": "B", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}},
+            {"name": "S", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(strings)}},
+        ]
+    }
     buffer = bytearray(a.tobytes() + b.tobytes() + strings)
     req, _ = request(doc, buffer)  # type: ignore[arg-type]
     np.testing.assert_array_equal(req.inputs["A"], a.reshape(2, 3))
@@ -79,10 +81,12 @@ def test_binary_request_is_zero_copy() -> None:
 
 def test_misaligned_binary_input_is_copied_aligned() -> None:
     raw = b"\0" + np.arange(4, dtype=np.float64).tobytes()
-    doc = {"inputs": [
-        {"name": "P", "shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": 1}},
-        {"name": "Q", "shape": [4], "datatype": "FP64", "parameters": {"binary_data_size": 32}},
-    ]}
+    doc = {
+        "inputs": [
+            {"name": "P", "shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": 1}},
+            {"name": "Q", "shape": [4], "datatype": "FP64", "parameters": {"binary_data_size": 32}},
+        ]
+    }
     req, _ = request(doc, raw)
     assert req.inputs["Q"].flags.aligned and req.inputs["Q"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
@@ -123,16 +127,16 @@ def test_bad_json_tensors(tensor: dict, words: str) -> None:  # type: ignore[typ
     ],
 )
 def test_bad_requests(doc: dict, words: str) -> None:  # type: ignore[type-arg]
-    doc["inputs"] = [
-        {"shape": [1], "datatype": "FP32", "data": [1], **t} for t in doc["inputs"]
-    ]
+    doc["inputs"] = [{"shape": [1], "datatype": "FP32", "data": [1], **t} for t in doc["inputs"]]
     with pytest.raises(InvalidArgument, match=words):
         request(doc)
 
 
 def test_unimplemented_parameters() -> None:
     with pytest.raises(Unimplemented):
-        request({"inputs": [{"name": "A", "shape": [1], "datatype": "FP32", "parameters": {"shared_memory_region": "r"}}]})
+        request(
+            {"inputs": [{"name": "A", "shape": [1], "datatype": "FP32", "parameters": {"shared_memory_region": "r"}}]}
+        )
     with pytest.raises(Unimplemented):
         request({"inputs": [], "outputs": [{"name": "X", "parameters": {"classification": 3}}]})
 
@@ -147,11 +151,16 @@ def test_response_golden_json_and_binary() -> None:
     body, header_length = conv.response_to_http(InferResponse("m", "1", outputs, "7"), fmt)
     assert header_length is not None
     header = json.loads(body[:header_length])
-    assert header == {"model_name": "m", "model_version": "1", "id": "7", "outputs": [
-        {"name": "F", "datatype": "FP32", "shape": [1, 2], "data": [1.5, float("inf")]},
-        {"name": "S", "datatype": "BYTES", "shape": [2], "data": ["ok", "\ufffd"]},
-        {"name": "H", "datatype": "FP16", "shape": [2], "parameters": {"binary_data_size": 4}},
-    ]}
+    assert header == {
+        "model_name": "m",
+        "model_version": "1",
+        "id": "7",
+        "outputs": [
+            {"name": "F", "datatype": "FP32", "shape": [1, 2], "data": [1.5, float("inf")]},
+            {"name": "S", "datatype": "BYTES", "shape": [2], "data": ["ok", "\ufffd"]},
+            {"name": "H", "datatype": "FP16", "shape": [2], "parameters": {"binary_data_size": 4}},
+        ],
+    }
     assert body[header_length:] == outputs["H"].tobytes()
     only_json, none = conv.response_to_http(InferResponse("m", "1", {"F": outputs["F"]}), conv.OutputFormat())
     assert none is None and b'"id"' not in only_json
@@ -211,8 +220,9 @@ async def _chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
         yield data[i : i + size]
 
 
-def read(data: bytes, limit: int = 100, length: bool = True, encoding: str | None = None,
-         header_length: int | None = None) -> memoryview:
+def read(
+    data: bytes, limit: int = 100, length: bool = True, encoding: str | None = None, header_length: int | None = None
+) -> memoryview:
     return asyncio.run(read_body(_chunks(data), limit, str(len(data)) if length else None, encoding, header_length))
 
 

@@ -41,9 +41,15 @@ def infer_doc(**changes: Any) -> dict[str, Any]:
     return {"inputs": inputs}
 
 
-def binary_body(sizes: tuple[int, int], payload: bytes, header_length: str | None = None) -> tuple[bytes, dict[str, str]]:
-    doc = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": s}}
-                      for n, s in zip(("INPUT0", "INPUT1"), sizes)]}
+def binary_body(
+    sizes: tuple[int, int], payload: bytes, header_length: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    doc = {
+        "inputs": [
+            {"name": n, "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": s}}
+            for n, s in zip(("INPUT0", "INPUT1"), sizes)
+        ]
+    }
     header = json.dumps(doc).encode()
     return header + payload, {"Inference-Header-Content-Length": header_length or str(len(header))}
 
@@ -64,8 +70,11 @@ def test_malformed_json(client: httpx.Client) -> None:
     expect(client.post(INFER, content=b"\xff\xfe{"), 400)
     expect(client.post(INFER, content=b"[1, 2]"), 400, "JSON object")
     expect(client.post(INFER, json={"inputs": {"name": "INPUT0"}}), 400, "'inputs' must be a list")
-    expect(client.post(INFER, json={"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16]}]}),
-           400, "neither 'data'")
+    expect(
+        client.post(INFER, json={"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16]}]}),
+        400,
+        "neither 'data'",
+    )
     expect(client.post(INFER, json={**infer_doc(), "parameters": {"priority": {"x": 1}}}), 400, "'priority'")
 
 
@@ -83,12 +92,17 @@ def test_bad_datatypes_and_values(client: httpx.Client) -> None:
     expect(client.post(INFER, json=infer_doc(datatype="INT64", data=[1] * 16)), 400, "INT64", "FP32")
     expect(client.post(INFER, json=infer_doc(data=["1"] * 16)), 400, "must be numbers", "strings")
     expect(client.post(INFER, json=infer_doc(data=[None] * 16)), 400, "must be numbers")
-    int_doc = {"inputs": [{"name": n, "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 2**70]}
-                          for n in ("INPUT0", "INPUT1")]}
+    int_doc = {
+        "inputs": [
+            {"name": n, "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 2**70]} for n in ("INPUT0", "INPUT1")
+        ]
+    }
     expect(client.post("/v2/models/add_int64/infer", json=int_doc), 400)
     int_doc["inputs"][0]["data"] = [1.5, 2, 3, 4]
     expect(client.post("/v2/models/add_int64/infer", json=int_doc), 400, "must be integers")
-    fp16 = {"inputs": [{"name": n, "shape": [1, 4], "datatype": "FP16", "data": [1.0] * 4} for n in ("INPUT0", "INPUT1")]}
+    fp16 = {
+        "inputs": [{"name": n, "shape": [1, 4], "datatype": "FP16", "data": [1.0] * 4} for n in ("INPUT0", "INPUT1")]
+    }
     expect(client.post("/v2/models/add_fp16/infer", json=fp16), 400, "binary")
 
 
@@ -106,18 +120,26 @@ def test_binary_data_size_beyond_the_body(client: httpx.Client) -> None:
 
 
 def test_bytes_binary_count_checked_before_allocating(client: httpx.Client) -> None:
-    doc = {"inputs": [{"name": "INPUT0", "shape": [1, 10**11], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}
+    doc = {
+        "inputs": [{"name": "INPUT0", "shape": [1, 10**11], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]
+    }
     header = json.dumps(doc).encode()
-    r = client.post("/v2/models/strings/infer", content=header + struct.pack("<I", 4) + b"abcd",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+    r = client.post(
+        "/v2/models/strings/infer",
+        content=header + struct.pack("<I", 4) + b"abcd",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     expect(r, 400, "cannot hold")
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1e3", "12a", "0x10", "١٢"])
 def test_non_numeric_header_length(client: httpx.Client, value: str) -> None:
     body, headers = binary_body((64, 64), b"\0" * 128, header_length=value)
-    expect(client.post(INFER, content=body, headers={k: v.encode() for k, v in headers.items()}),
-           400, "Inference-Header-Content-Length")
+    expect(
+        client.post(INFER, content=body, headers={k: v.encode() for k, v in headers.items()}),
+        400,
+        "Inference-Header-Content-Length",
+    )
 
 
 @pytest.mark.parametrize("value", ["99999999999999999999999999", "100000"])
@@ -154,8 +176,11 @@ def test_unsupported_features(client: httpx.Client) -> None:
     expect(client.get("/v2/systemsharedmemory/status"), 501)
     expect(client.post("/v2/cudasharedmemory/region/x/register", json={}), 501)
     expect(client.post("/v2/logging", json={"log_file": "/etc/passwd"}), 501)
-    expect(client.post("/v2/repository/models/add_sub/load", json={"parameters": {"file:1/model.onnx": "AAAA"}}),
-           501, "file:")
+    expect(
+        client.post("/v2/repository/models/add_sub/load", json={"parameters": {"file:1/model.onnx": "AAAA"}}),
+        501,
+        "file:",
+    )
     expect(client.post(INFER, content=b"{}", headers={"Content-Encoding": "br"}), 400, "Content-Encoding")
 
 

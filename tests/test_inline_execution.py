@@ -97,8 +97,9 @@ def test_server_answers_the_same_with_inline_execution_off(server: RunningServer
         shutil.copytree(model_repo / "add_sub", repo / "add_sub")
         config = repo / "add_sub" / "config.pbtxt"
         if config.exists():
-            config.write_text(config.read_text()
-                              + '\nparameters { key: "inline_execution" value { string_value: "false" } }\n')
+            config.write_text(
+                config.read_text() + '\nparameters { key: "inline_execution" value { string_value: "false" } }\n'
+            )
         else:
             pytest.skip("the test repository's add_sub has no config.pbtxt to extend")
     other = start_server(test_settings(repo))

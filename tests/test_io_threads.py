@@ -59,4 +59,3 @@ def test_serves_under_either_policy(server: RunningServer) -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="expected one of"):
         apply_io_policy("fifo")
-

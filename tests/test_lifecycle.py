@@ -74,6 +74,7 @@ def inference_count(client: grpcclient.InferenceServerClient, model: str) -> int
 
 # --- explicit mode and the repository API --------------------------------------------------
 
+
 def test_explicit_load_unload_and_index_states(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     repo = tmp_path / "repo"
     write_const(repo, "m", 1, 1.0, const_config("m"))
@@ -114,12 +115,18 @@ def test_load_reloads_only_what_changed(serve, tmp_path: Path) -> None:  # type:
     c.load_model("m")
     assert inference_count(c, "m") == 3  # same loaded version: statistics carry on
 
-    override = json.loads(json.dumps({
-        "name": "m", "platform": "onnxruntime_onnx", "max_batch_size": 8,
-        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-        "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
-        "dynamic_batching": {"max_queue_delay_microseconds": 100},
-    }))
+    override = json.loads(
+        json.dumps(
+            {
+                "name": "m",
+                "platform": "onnxruntime_onnx",
+                "max_batch_size": 8,
+                "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+                "dynamic_batching": {"max_queue_delay_microseconds": 100},
+            }
+        )
+    )
     c.load_model("m", config=json.dumps(override))
     assert inference_count(c, "m") == 0  # reloaded
     assert c.get_model_config("m").config.HasField("dynamic_batching")
@@ -164,8 +171,12 @@ def test_traversal_names_are_rejected_and_touch_nothing(serve, tmp_path: Path) -
             assert code == "StatusCode.INVALID_ARGUMENT", name
     assert index(c) == before_index
     # An override cannot point the model file out of the version folder either.
-    config = {"name": "m", "platform": "onnxruntime_onnx", "max_batch_size": 8,
-              "default_model_filename": "../../../outside/secret/1/model.onnx"}
+    config = {
+        "name": "m",
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 8,
+        "default_model_filename": "../../../outside/secret/1/model.onnx",
+    }
     code, message = status_of(lambda: c.load_model("m", config=json.dumps(config)))
     assert code == "StatusCode.INVALID_ARGUMENT" and "must name a file inside" in message
     assert infer_const(c, "m") == ("1", 1.0)  # still the repository's own model
@@ -174,6 +185,7 @@ def test_traversal_names_are_rejected_and_touch_nothing(serve, tmp_path: Path) -
 
 
 # --- failures keep the old version ----------------------------------------------------------
+
 
 def test_broken_new_version_keeps_the_old_one_serving(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     repo = tmp_path / "repo"
@@ -306,8 +318,10 @@ def test_warmup_runs_on_every_instance_before_ready(serve, tmp_path: Path) -> No
 
 
 def test_warmup_with_onnxruntime(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    extra = ('model_warmup [ { name: "z" batch_size: 8 inputs { key: "INPUT0" '
-             'value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n')
+    extra = (
+        'model_warmup [ { name: "z" batch_size: 8 inputs { key: "INPUT0" '
+        "value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n"
+    )
     write_const(tmp_path / "repo", "m", 1, 1.0, const_config("m", extra))
     c = serve(model_control_mode="none").client
     assert infer_const(c, "m", rows=8) == ("1", 1.0)
@@ -315,6 +329,7 @@ def test_warmup_with_onnxruntime(serve, tmp_path: Path) -> None:  # type: ignore
 
 
 # --- readiness ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("strict", [True, False])
 def test_strict_readiness_over_requested_models(serve, tmp_path: Path, strict: bool) -> None:  # type: ignore[no-untyped-def]

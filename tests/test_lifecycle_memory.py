@@ -61,8 +61,12 @@ def rss_mb() -> float:
 def test_load_unload_cycles_do_not_grow_memory(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "tests.test_lifecycle_memory", str(tmp_path)], cwd=root,
-        env=dict(os.environ, MALLOC_ARENA_MAX="1"), capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "tests.test_lifecycle_memory", str(tmp_path)],
+        cwd=root,
+        env=dict(os.environ, MALLOC_ARENA_MAX="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -91,8 +91,9 @@ def test_poll_mode_changes_under_load(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_const(repo, "live", 1, 10.0, const_config("live", LATEST_2))
     write_const(repo, "live", 2, 20.0)
-    running = start_server(test_settings(repo, model_control_mode="poll", repository_poll_secs=POLL,
-                                         allow_http=False, allow_metrics=False))
+    running = start_server(
+        test_settings(repo, model_control_mode="poll", repository_poll_secs=POLL, allow_http=False, allow_metrics=False)
+    )
     probe = grpcclient.InferenceServerClient(running.grpc_url)
     latest = [Client("live"), Client("live")]
     pinned = Client("live", "2")  # version 2 stays in the policy throughout
@@ -110,8 +111,10 @@ def test_poll_mode_changes_under_load(tmp_path: Path) -> None:
 
             (repo / "live" / "config.pbtxt").write_text(const_config("live", LATEST_2 + BATCHING))
             for v in ("2", "3"):
-                wait_for(lambda v=v: probe.get_model_config("live", v).config.HasField("dynamic_batching"),
-                         what=f"v{v} reloaded with the new config")
+                wait_for(
+                    lambda v=v: probe.get_model_config("live", v).config.HasField("dynamic_batching"),
+                    what=f"v{v} reloaded with the new config",
+                )
 
             marks["replace"] = time.monotonic()
             write_const(repo, "live", 3, 31.0)  # the model file, rewritten in place
@@ -149,8 +152,9 @@ def test_api_loads_and_unloads_under_load(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_const(repo, "live", 1, 10.0, const_config("live"))
     write_const(repo, "other", 1, 5.0, const_config("other"))
-    running = start_server(test_settings(repo, model_control_mode="explicit", load_models=["live"],
-                                         allow_http=False, allow_metrics=False))
+    running = start_server(
+        test_settings(repo, model_control_mode="explicit", load_models=["live"], allow_http=False, allow_metrics=False)
+    )
     api = grpcclient.InferenceServerClient(running.grpc_url)
     clients = [Client("live"), Client("live"), Client("live", "1")]
     override = (

@@ -16,7 +16,9 @@ from .conftest import RunningServer, start_server, test_settings
 from .models import bundled, write
 
 GOOD = {"inputs": [{"name": n, "shape": [2, 16], "datatype": "FP32", "data": [1.0] * 32} for n in ("INPUT0", "INPUT1")]}
-BAD_SHAPE = {"inputs": [{"name": n, "shape": [2, 15], "datatype": "FP32", "data": [1.0] * 30} for n in ("INPUT0", "INPUT1")]}
+BAD_SHAPE = {
+    "inputs": [{"name": n, "shape": [2, 15], "datatype": "FP32", "data": [1.0] * 30} for n in ("INPUT0", "INPUT1")]
+}
 
 
 @pytest.fixture
@@ -63,9 +65,11 @@ def test_counters_and_histograms_match_exactly(own: RunningServer) -> None:
         assert m[(f"nv_inference_{part}_duration_us", ids())] == s[part]["ns"] // 1000
     assert m[("nv_model_load_duration_secs", ids())] > 0
 
-    for name, total_ns in [("inferd_request_duration_seconds", s["success"]["ns"]),
-                           ("inferd_queue_duration_seconds", s["queue"]["ns"]),
-                           ("inferd_compute_infer_duration_seconds", s["compute_infer"]["ns"])]:
+    for name, total_ns in [
+        ("inferd_request_duration_seconds", s["success"]["ns"]),
+        ("inferd_queue_duration_seconds", s["queue"]["ns"]),
+        ("inferd_compute_infer_duration_seconds", s["compute_infer"]["ns"]),
+    ]:
         assert m[(f"{name}_count", ids())] == 5
         assert m[(f"{name}_bucket", ids(le="+Inf"))] == 5
         assert m[(f"{name}_sum", ids())] == pytest.approx(total_ns / 1e9, rel=1e-9)

@@ -50,8 +50,9 @@ def serve(repos: tuple[Path, Path]) -> Iterator:  # type: ignore[type-arg]
     servers: list[tuple[RunningServer, grpcclient.InferenceServerClient]] = []
 
     def make(**settings: object) -> grpcclient.InferenceServerClient:
-        running = start_server(test_settings(repos[0], model_repository=repos, allow_http=False,
-                                             allow_metrics=False, **settings))
+        running = start_server(
+            test_settings(repos[0], model_repository=repos, allow_http=False, allow_metrics=False, **settings)
+        )
         servers.append((running, grpcclient.InferenceServerClient(running.grpc_url)))
         return servers[-1][1]
 
@@ -149,9 +150,25 @@ def test_a_path_of_one_repository_must_stay_in_it(repos: tuple[Path, Path]) -> N
 def test_every_repository_must_be_a_folder(repos: tuple[Path, Path]) -> None:
     not_a_folder = repos[1] / "add_int" / "config.pbtxt"
     result = subprocess.run(
-        [sys.executable, "-m", "inferd.server.cli", "serve", "--model-repository", str(repos[0]),
-         "--model-store", str(not_a_folder), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "inferd.server.cli",
+            "serve",
+            "--model-repository",
+            str(repos[0]),
+            "--model-store",
+            str(not_a_folder),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert str(not_a_folder) in result.stderr and "not a folder" in result.stderr

@@ -18,7 +18,8 @@ def test_every_bundled_model_folder_is_listed_as_a_package() -> None:
         if name.startswith("inferd.model_repository.")
     }
     folders = {
-        p.name for p in (REPO_ROOT / "model_repository").iterdir()
+        p.name
+        for p in (REPO_ROOT / "model_repository").iterdir()
         if p.is_dir() and p.name.isidentifier() and p.name != "__pycache__"
     }
     assert listed == folders

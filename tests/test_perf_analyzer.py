@@ -33,8 +33,26 @@ _BREAKDOWN = re.compile(
 
 def run_perf_analyzer(protocol: str, url: str, csv_path: Path) -> dict[int, dict[str, float]]:
     assert PERF_ANALYZER is not None
-    cmd = [PERF_ANALYZER, "-m", "add_sub", "-i", protocol, "-u", url, "-p", "500", "--concurrency-range", "1:2",
-           "-s", "100", "--max-trials", "10", "-f", str(csv_path), "--verbose-csv"]
+    cmd = [
+        PERF_ANALYZER,
+        "-m",
+        "add_sub",
+        "-i",
+        protocol,
+        "-u",
+        url,
+        "-p",
+        "500",
+        "--concurrency-range",
+        "1:2",
+        "-s",
+        "100",
+        "--max-trials",
+        "10",
+        "-f",
+        str(csv_path),
+        "--verbose-csv",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     steps: dict[int, dict[str, float]] = {}
@@ -48,8 +66,9 @@ def run_perf_analyzer(protocol: str, url: str, csv_path: Path) -> dict[int, dict
         fig["server_inferences"] = float(re.search(r"Inference count: (\d+)", body).group(1))  # type: ignore[union-attr]
         b = _BREAKDOWN.search(body)
         assert b, f"no server-side breakdown for concurrency {m.group(1)}:\n{body}"
-        for key, value in zip(("request", "overhead", "queue", "compute_input", "compute_infer", "compute_output"),
-                              b.groups()):
+        for key, value in zip(
+            ("request", "overhead", "queue", "compute_input", "compute_infer", "compute_output"), b.groups()
+        ):
             fig[key] = float(value)
         steps[int(m.group(1))] = fig
     return steps

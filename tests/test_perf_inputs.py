@@ -26,8 +26,11 @@ def model(max_batch: int = 8, dims: tuple[int, ...] = (16,), datatype: str = "FP
 def test_model_info_from_metadata_and_config() -> None:
     config = mc.ModelConfig(name="m", max_batch_size=4)
     config.input.add(name="A", data_type=mc.TYPE_FP32, dims=[-1, 3], optional=True)
-    meta = {"name": "m", "inputs": [{"name": "A", "datatype": "FP32", "shape": ["-1", "-1", "3"]}],
-            "outputs": [{"name": "B", "datatype": "FP32", "shape": [-1]}]}
+    meta = {
+        "name": "m",
+        "inputs": [{"name": "A", "datatype": "FP32", "shape": ["-1", "-1", "3"]}],
+        "outputs": [{"name": "B", "datatype": "FP32", "shape": [-1]}],
+    }
     info = ModelInfo.from_metadata(meta, config)
     assert info.inputs[0].dims == (-1, 3) and info.inputs[0].optional
     assert info.outputs == ("B",)
@@ -77,11 +80,17 @@ def test_bytes_inputs() -> None:
 
 def test_json_input_data(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
-    path.write_text(json.dumps({"data": [
-        {"IN": [1, 2, 3, 4]},
-        {"IN": {"content": [5, 6, 7, 8], "shape": [4]}},
-        {"IN": {"b64": "AAAAAAAAgD8AAABAAABAQA=="}},  # FP32 0, 1, 2, 3
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "data": [
+                    {"IN": [1, 2, 3, 4]},
+                    {"IN": {"content": [5, 6, 7, 8], "shape": [4]}},
+                    {"IN": {"b64": "AAAAAAAAgD8AAABAAABAQA=="}},  # FP32 0, 1, 2, 3
+                ]
+            }
+        )
+    )
     m = model(dims=(4,))
     reqs = build_requests(m, DataOptions(input_data=str(path)))
     assert [r["IN"].ravel().tolist() for r in reqs] == [[1, 2, 3, 4], [5, 6, 7, 8], [0, 1, 2, 3]]
@@ -109,13 +118,48 @@ def test_ranges_and_shapes() -> None:
 
 
 def test_cli_options_use_perf_analyzer_names(tmp_path: Path) -> None:
-    args = build_parser().parse_args([
-        "-m", "dense", "-x", "1", "-u", "h:1", "-i", "http", "-b", "4", "--request-rate-range", "100:300:100",
-        "--request-distribution", "poisson", "--shape", "IN:3", "--input-data", "zero", "-p", "200", "-s", "20",
-        "--max-trials", "5", "--percentile", "95", "-f", str(tmp_path / "o.csv"), "--async",
-    ])
+    args = build_parser().parse_args(
+        [
+            "-m",
+            "dense",
+            "-x",
+            "1",
+            "-u",
+            "h:1",
+            "-i",
+            "http",
+            "-b",
+            "4",
+            "--request-rate-range",
+            "100:300:100",
+            "--request-distribution",
+            "poisson",
+            "--shape",
+            "IN:3",
+            "--input-data",
+            "zero",
+            "-p",
+            "200",
+            "-s",
+            "20",
+            "--max-trials",
+            "5",
+            "--percentile",
+            "95",
+            "-f",
+            str(tmp_path / "o.csv"),
+            "--async",
+        ]
+    )
     o = options_from_args(args)
-    assert (o.model, o.version, o.url, o.protocol, o.mode, o.values) == ("dense", "1", "h:1", "http", "rate", [100, 200, 300])
+    assert (o.model, o.version, o.url, o.protocol, o.mode, o.values) == (
+        "dense",
+        "1",
+        "h:1",
+        "http",
+        "rate",
+        [100, 200, 300],
+    )
     assert o.distribution == "poisson" and o.data.batch_size == 4 and o.data.shapes == {"IN": [3]}
     assert (o.measurement_ms, o.stability, o.max_trials, o.percentile) == (200, 0.2, 5, 95)
     assert o.plot_path == tmp_path / "o.png"
@@ -124,12 +168,18 @@ def test_cli_options_use_perf_analyzer_names(tmp_path: Path) -> None:
 def test_http_binary_round_trip() -> None:
     body, n = encode_binary_request({"A": np.arange(4, dtype=np.float32), "S": np.array([b"xy"], dtype=object)})
     header = json.loads(body[:n])
-    assert header["inputs"][0] == {"name": "A", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}
+    assert header["inputs"][0] == {
+        "name": "A",
+        "shape": [4],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": 16},
+    }
     assert header["inputs"][1]["parameters"]["binary_data_size"] == 6
     assert header["parameters"] == {"binary_data_output": True}
     assert body[n:] == np.arange(4, dtype=np.float32).tobytes() + b"\x02\x00\x00\x00xy"
-    head = json.dumps({"outputs": [{"name": "O", "datatype": "INT8", "shape": [3],
-                                    "parameters": {"binary_data_size": 3}}]}).encode()
+    head = json.dumps(
+        {"outputs": [{"name": "O", "datatype": "INT8", "shape": [3], "parameters": {"binary_data_size": 3}}]}
+    ).encode()
     doc = decode_binary_response(head + b"\x01\x02\x03", len(head))
     assert doc["outputs"][0]["raw"] == b"\x01\x02\x03"
     assert decode_binary_response(b'{"outputs": []}', None) == {"outputs": []}

@@ -60,14 +60,34 @@ def test_stability_rule() -> None:
 
 
 def test_server_counters_delta_and_breakdown() -> None:
-    before = ServerCounters(inference_count=10, execution_count=10, success_count=10, success_ns=10_000,
-                            queue_count=10, queue_ns=1_000, compute_input_count=10, compute_input_ns=500,
-                            compute_infer_count=10, compute_infer_ns=5_000, compute_output_count=10,
-                            compute_output_ns=500)
-    after = ServerCounters(inference_count=30, execution_count=20, success_count=30, success_ns=70_000,
-                           queue_count=30, queue_ns=21_000, compute_input_count=30, compute_input_ns=2_500,
-                           compute_infer_count=30, compute_infer_ns=25_000, compute_output_count=30,
-                           compute_output_ns=2_500)
+    before = ServerCounters(
+        inference_count=10,
+        execution_count=10,
+        success_count=10,
+        success_ns=10_000,
+        queue_count=10,
+        queue_ns=1_000,
+        compute_input_count=10,
+        compute_input_ns=500,
+        compute_infer_count=10,
+        compute_infer_ns=5_000,
+        compute_output_count=10,
+        compute_output_ns=500,
+    )
+    after = ServerCounters(
+        inference_count=30,
+        execution_count=20,
+        success_count=30,
+        success_ns=70_000,
+        queue_count=30,
+        queue_ns=21_000,
+        compute_input_count=30,
+        compute_input_ns=2_500,
+        compute_infer_count=30,
+        compute_infer_ns=25_000,
+        compute_output_count=30,
+        compute_output_ns=2_500,
+    )
     d = after - before
     assert d.success_count == 20 and d.inference_count == 20 and d.execution_count == 10
     assert d.avg_request_ns == 3000
@@ -82,8 +102,13 @@ def test_server_counters_delta_and_breakdown() -> None:
 def test_counters_from_json_and_version_choice() -> None:
     stats = [
         {"name": "m", "version": "1", "inference_count": 1, "inference_stats": {"success": {"count": 1, "ns": 5}}},
-        {"name": "m", "version": "3", "inference_count": 7, "execution_count": 2,
-         "inference_stats": {"success": {"count": "7", "ns": "700"}, "queue": {"count": 7, "ns": 70}}},
+        {
+            "name": "m",
+            "version": "3",
+            "inference_count": 7,
+            "execution_count": 2,
+            "inference_stats": {"success": {"count": "7", "ns": "700"}, "queue": {"count": 7, "ns": 70}},
+        },
         {"name": "m", "version": "2"},
     ]
     best = pick_version(stats, "", lambda s: s["version"])
@@ -109,10 +134,20 @@ def test_window_keeps_requests_that_ended_inside() -> None:
 
 
 def test_merge_uses_all_windows_and_sums_server_deltas() -> None:
-    s = ServerCounters(success_count=2, success_ns=2000, queue_count=2, queue_ns=200,
-                       compute_input_count=2, compute_infer_count=2, compute_infer_ns=1000, compute_output_count=2)
-    windows = [Window(1_000_000_000, [1000, 3000], send_ns=20, recv_ns=40, server=s),
-               Window(1_000_000_000, [2000, 2000], send_ns=20, recv_ns=40, server=s)]
+    s = ServerCounters(
+        success_count=2,
+        success_ns=2000,
+        queue_count=2,
+        queue_ns=200,
+        compute_input_count=2,
+        compute_infer_count=2,
+        compute_infer_ns=1000,
+        compute_output_count=2,
+    )
+    windows = [
+        Window(1_000_000_000, [1000, 3000], send_ns=20, recv_ns=40, server=s),
+        Window(1_000_000_000, [2000, 2000], send_ns=20, recv_ns=40, server=s),
+    ]
     r = merge(windows, "concurrency", 2, 1, None, True, 5)
     assert r.throughput == pytest.approx(2.0)
     assert r.latency.avg_ns == 2000

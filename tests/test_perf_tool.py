@@ -68,8 +68,7 @@ def test_concurrency_counts_match_server(server: RunningServer) -> None:
 
 
 def test_rate_mode_holds_the_rate(server: RunningServer) -> None:
-    opts = short("add_sub", server.grpc_url, mode="rate", values=[150.0], distribution="poisson",
-                 measurement_ms=400)
+    opts = short("add_sub", server.grpc_url, mode="rate", values=[150.0], distribution="poisson", measurement_ms=400)
     (r,) = check_counts(server, "add_sub", opts).results
     assert r.throughput == pytest.approx(150, rel=0.35)
 
@@ -97,8 +96,24 @@ def test_http(server: RunningServer) -> None:
 
 def test_cli_writes_csv_and_plot(server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sweep.csv"
-    code = perf_main(["-m", "add_sub", "-u", server.grpc_url, "--concurrency-range", "1:2", "-p", "250",
-                      "-s", "100", "--max-trials", "4", "-f", str(out)])
+    code = perf_main(
+        [
+            "-m",
+            "add_sub",
+            "-u",
+            server.grpc_url,
+            "--concurrency-range",
+            "1:2",
+            "-p",
+            "250",
+            "-s",
+            "100",
+            "--max-trials",
+            "4",
+            "-f",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "infer/s" in printed and "p99" in printed
@@ -121,10 +136,25 @@ def test_cli_reports_unknown_model(server: RunningServer, capsys: pytest.Capture
 def start_add_sub_server(root: Path) -> tuple[servers.ServerProcess, dict[str, str]]:
     """`inferd serve` with add_sub only, gRPC and HTTP on free ports: (process, urls by protocol)."""
     write(root, "add_sub", bundled.ADD_SUB_CONFIG, bundled.add_sub_model())
-    argv = [sys.executable, "-m", "inferd.server.cli", "serve", "--model-repository", str(root),
-            "--grpc-port", "0", "--http-port", "0", "--allow-metrics", "false", "--model-control-mode", "none"]
-    proc = servers.start("inferd", argv, ready_line="gRPC (KServe v2) listening on",
-                         wait_for="HTTP (KServe v2) listening on")
+    argv = [
+        sys.executable,
+        "-m",
+        "inferd.server.cli",
+        "serve",
+        "--model-repository",
+        str(root),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--allow-metrics",
+        "false",
+        "--model-control-mode",
+        "none",
+    ]
+    proc = servers.start(
+        "inferd", argv, ready_line="gRPC (KServe v2) listening on", wait_for="HTTP (KServe v2) listening on"
+    )
     http = next(re.search(r"HTTP \(KServe v2\) listening on \S+:(\d+)", line) for line in proc.log if "HTTP (" in line)
     assert http is not None
     return proc, {"grpc": proc.url, "http": f"127.0.0.1:{http.group(1)}"}
@@ -160,8 +190,28 @@ class Lines:
 def test_cli_stops_when_the_server_dies(protocol: str, tmp_path: Path) -> None:
     server, urls = start_add_sub_server(tmp_path / "repo")
     out = tmp_path / "sweep.csv"
-    cmd = [sys.executable, "-m", "inferd.server.cli", "perf", "-m", "add_sub", "-u", urls[protocol], "-i", protocol,
-           "--concurrency-range", "1:40", "-p", "150", "-s", "100", "-r", "3", "-f", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "inferd.server.cli",
+        "perf",
+        "-m",
+        "add_sub",
+        "-u",
+        urls[protocol],
+        "-i",
+        protocol,
+        "--concurrency-range",
+        "1:40",
+        "-p",
+        "150",
+        "-s",
+        "100",
+        "-r",
+        "3",
+        "-f",
+        str(out),
+    ]
     perf = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stderr = Lines(perf.stderr)
@@ -222,8 +272,13 @@ def step(load: float, throughput: float, latency_us: int, mode: str = "concurren
 def test_plot_series_in_load_order_with_labels() -> None:
     # Throughput peaks at concurrency 4 and falls after it; given out of order, plus a step
     # in which nothing completed.
-    results = [step(8, 300, 9000), step(1, 100, 1000), step(4, 400, 4000), step(2, 250, 2000),
-               merge([Window(duration_ns=1_000_000_000, latencies_ns=[])], "concurrency", 16, 1, None, False, 1)]
+    results = [
+        step(8, 300, 9000),
+        step(1, 100, 1000),
+        step(4, 400, 4000),
+        step(2, 250, 2000),
+        merge([Window(duration_ns=1_000_000_000, latencies_ns=[])], "concurrency", 16, 1, None, False, 1),
+    ]
     series = plot_series(results)
     assert [s.name for s in series] == ["p50", "p90", "p95", "p99"]
     for s in series:
@@ -248,8 +303,9 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_without_matplotlib(server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_plot_without_matplotlib(
+    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the extra sees
     # Asked for by --plot: a usage error before any load is sent.
     assert perf_main(["-m", "add_sub", "-u", server.grpc_url, "--plot", str(tmp_path / "p.png")]) == 2

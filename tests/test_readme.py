@@ -98,8 +98,11 @@ RUNNABLE = [b for b in BLOCKS if b.lang in RUN_LANGS]
 
 def block_params() -> list[object]:
     return [
-        pytest.param(b, id=f"{b.lang}-line{b.line}",
-                     marks=[pytest.mark.skip(reason=f"README: {b.skip_reason}")] if b.skip_reason else [])
+        pytest.param(
+            b,
+            id=f"{b.lang}-line{b.line}",
+            marks=[pytest.mark.skip(reason=f"README: {b.skip_reason}")] if b.skip_reason else [],
+        )
         for b in RUNNABLE
     ]
 
@@ -150,16 +153,31 @@ def wait_until_ready(url: str, names: set[str], log: Path, timeout: float = 10) 
                     f"  {n}: {index[n].state} {index[n].reason}" if n in index else f"  {n}: not in the repository"
                     for n in waiting
                 )
-                raise AssertionError(f"models the README uses are not READY:\n{states}\n"
-                                     f"server log:\n{log.read_text(errors='replace')}")
+                raise AssertionError(
+                    f"models the README uses are not READY:\n{states}\nserver log:\n{log.read_text(errors='replace')}"
+                )
             time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("readme") / "inferd.log"
-    cmd = [sys.executable, "-m", "inferd.server.cli", "serve", "--model-repository", str(ROOT / "model_repository"),
-           "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--model-control-mode", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "inferd.server.cli",
+        "serve",
+        "--model-repository",
+        str(ROOT / "model_repository"),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--model-control-mode",
+        "none",
+    ]
     # A file, not a pipe: nobody drains the server's output while the blocks run.
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -186,19 +204,23 @@ def command_for(lang: str, code: str) -> list[str]:
 def run_block(server: Server, what: str, lang: str, code: str) -> None:
     """Run `code` as pasted (ports rewritten); fail with the code and its output if it went wrong."""
     code = server.point_at(code)
-    env = {**os.environ, "PATH": os.pathsep.join([str(VENV_BIN), str(Path(sys.executable).parent),
-                                                   os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(VENV_BIN), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     try:
-        result = subprocess.run(command_for(lang, code), cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=BLOCK_TIMEOUT_S)
+        result = subprocess.run(
+            command_for(lang, code), cwd=ROOT, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{what} ran over {BLOCK_TIMEOUT_S} s:\n--- code ---\n{code}\n--- output ---\n{e.output}")
     output = result.stdout + result.stderr
     sign = ERROR_SIGNS.search(output)
     if result.returncode != 0 or sign is not None:
         why = f"exit status {result.returncode}" if result.returncode else f"its output shows {sign.group(0)!r}"
-        pytest.fail(f"{what} failed ({why}):\n--- code (ports rewritten) ---\n{code}--- output ---\n{output}",
-                    pytrace=False)
+        pytest.fail(
+            f"{what} failed ({why}):\n--- code (ports rewritten) ---\n{code}--- output ---\n{output}", pytrace=False
+        )
 
 
 # --- tests ----------------------------------------------------------------------------------------

@@ -74,8 +74,9 @@ def test_config_symlink_outside_is_never_read(layout: tuple[Repository, Path]) -
 
 def test_override_cannot_point_the_model_file_outside(layout: tuple[Repository, Path]) -> None:
     repo, _ = layout
-    override = mc.ModelConfig(name="m", platform="onnxruntime_onnx",
-                              default_model_filename="../../../outside/secret/1/model.onnx")
+    override = mc.ModelConfig(
+        name="m", platform="onnxruntime_onnx", default_model_filename="../../../outside/secret/1/model.onnx"
+    )
     with pytest.raises(InferdError) as info:
         plan_model(repo, "m", override)
     assert info.value.code is Code.INVALID_ARGUMENT and "inside" in info.value.message

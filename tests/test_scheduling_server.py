@@ -114,6 +114,7 @@ class Collector:
         def done(result, error) -> None:  # type: ignore[no-untyped-def]
             with self.lock:
                 self.results[value] = error if error is not None else result.as_numpy("Y")
+
         return done
 
 

@@ -18,8 +18,15 @@ from .framework_models import HAVE_TF, put, tf_module
 from .models import _config, bundled, write
 
 TWO_INSTANCES = bundled.ADD_SUB_CONFIG.replace("count: 1", "count: 2")
-BANNERS = ["oneDNN", "absl::InitializeLog", "This TensorFlow binary is optimized", "cpu_feature_guard",
-           "cuda drivers", "rebuild TensorFlow", "Unable to register cu"]
+BANNERS = [
+    "oneDNN",
+    "absl::InitializeLog",
+    "This TensorFlow binary is optimized",
+    "cpu_feature_guard",
+    "cuda drivers",
+    "rebuild TensorFlow",
+    "Unable to register cu",
+]
 ABSL_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d+\.\d+ ")
 LOADED = re.compile(r"model '(\w+)' version (\d+) loaded: (\w+), (\d+ instances? \([^)]+\)), (\d+\.\d\d) s$")
 LISTENING = re.compile(r"(gRPC|HTTP|metrics) \(.*?\) listening on ([\d.]+:\d+)")
@@ -43,8 +50,21 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve_until_started(repo: Path, log: Path, *extra: str) -> str:
     """Start `inferd serve`, wait for its addresses line, stop it; returns everything it printed."""
-    cmd = [sys.executable, "-m", "inferd.server.cli", "serve", "--model-repository", str(repo),
-           "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "inferd.server.cli",
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        *extra,
+    ]
     with log.open("wb") as out:  # a file: nobody has to drain a pipe while the models load
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -68,7 +88,7 @@ def table_rows(text: str) -> dict[str, tuple[str, str]]:
     start = next(i for i, line in enumerate(lines) if "model(s) requested at start-up:" in line)
     assert lines[start + 1].startswith("+--") and ROW.match(lines[start + 2]).groups() == ("Model", "Version", "Status")
     rows = {}
-    for line in lines[start + 4:]:
+    for line in lines[start + 4 :]:
         if line.startswith("+--"):
             break
         name, version, status = ROW.match(line).groups()
@@ -134,13 +154,16 @@ def test_debug_quiets_nothing(clean_env: pytest.MonkeyPatch) -> None:
     assert not set(framework_logs.QUIET_ENV) & set(os.environ)
 
 
-@pytest.mark.parametrize("line, banner", [
-    ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", True),
-    ("I0000 00:00:1796588464.804201    5889 port.cc:153] oneDNN custom operations are on.", True),
-    ("2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda", True),
-    ("To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with flags.", True),
-    ("2026-12-06 20:21:04,857 INFO inferd.server.manager: model 'add_sub' version 1 loaded", False),
-    ("E0000 00:00:1796588464.804201    5889 loader.cc:12] the model's graph is broken", False),
-])
+@pytest.mark.parametrize(
+    "line, banner",
+    [
+        ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR", True),
+        ("I0000 00:00:1796588464.804201    5889 port.cc:153] oneDNN custom operations are on.", True),
+        ("2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda", True),
+        ("To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with flags.", True),
+        ("2026-12-06 20:21:04,857 INFO inferd.server.manager: model 'add_sub' version 1 loaded", False),
+        ("E0000 00:00:1796588464.804201    5889 loader.cc:12] the model's graph is broken", False),
+    ],
+)
 def test_banner_lines(line: str, banner: bool) -> None:
     assert framework_logs.is_banner(line) is banner

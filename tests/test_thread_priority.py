@@ -20,9 +20,7 @@ from onnx import TensorProto
 from .conftest import RunningServer
 from .models import binary_model, save
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="per-thread nice values are Linux-only"
-)
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux-only")
 
 
 def _nice() -> int:

@@ -125,9 +125,7 @@ def _from_contents(t: Any, dt: codec.DataType, shape: tuple[int, ...], what: str
         raise InvalidArgument(f"{what}: {dt.name} data must be sent in raw_input_contents")
     values = getattr(t.contents, field)
     if len(values) != count:
-        raise InvalidArgument(
-            f"{what}: {len(values)} values in contents.{field} but shape {list(shape)} needs {count}"
-        )
+        raise InvalidArgument(f"{what}: {len(values)} values in contents.{field} but shape {list(shape)} needs {count}")
     if dt.itemsize == 0:
         out = np.empty(count, dtype=object)
         out[:] = list(values)
@@ -146,8 +144,11 @@ def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
         tensors.append({"name": name, "datatype": codec.of_array(array).name, "shape": array.shape})
         raw.append(codec.to_raw(array))
     msg = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id,
-        outputs=tensors, raw_output_contents=raw,
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=tensors,
+        raw_output_contents=raw,
     )
     if response.parameters:
         parameters_to_pb(response.parameters, msg.parameters)

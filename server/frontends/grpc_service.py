@@ -226,7 +226,7 @@ class _Collect:
 def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     collect = _Collect()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, collect)
-    (service, handlers), = collect.handlers.items()
+    ((service, handlers),) = collect.handlers.items()
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)  # raw bytes both ways
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)

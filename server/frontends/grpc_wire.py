@@ -182,8 +182,16 @@ class InferWire:
         # Shared by every request read with this template: a read-only plain dict, cheaper to
         # look up than the message's map.
         params = MappingProxyType(dict(PbParameters(msg.parameters))) if len(msg.parameters) else {}
-        template = _Template(data[:pre_end], id_end > pre_end, data[id_end:raw_start], tuple(inputs),
-                             msg.model_name, msg.model_version, outputs, params)
+        template = _Template(
+            data[:pre_end],
+            id_end > pre_end,
+            data[id_end:raw_start],
+            tuple(inputs),
+            msg.model_name,
+            msg.model_version,
+            outputs,
+            params,
+        )
         key = data[: 2 + data[1]]
         if len(self._templates) >= MAX_MODELS and key not in self._templates:
             self._templates.clear()
@@ -260,6 +268,8 @@ class InferWire:
         """(model name and version, the output tensors) as serialized fields."""
         pre = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
         tensors = pb.ModelInferResponse(
-            outputs=[{"name": n, "datatype": codec.of_array(a).name, "shape": a.shape} for n, a in response.outputs.items()]
+            outputs=[
+                {"name": n, "datatype": codec.of_array(a).name, "shape": a.shape} for n, a in response.outputs.items()
+            ]
         )
         return pre.SerializeToString(), tensors.SerializeToString()

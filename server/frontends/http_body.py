@@ -22,9 +22,7 @@ _AUTO_WBITS = 32 + zlib.MAX_WBITS
 
 
 def _too_large(size: int | str, limit: int) -> ResourceExhausted:
-    return ResourceExhausted(
-        f"request body of {size} bytes exceeds the limit of {limit} bytes (--http-max-body-bytes)"
-    )
+    return ResourceExhausted(f"request body of {size} bytes exceeds the limit of {limit} bytes (--http-max-body-bytes)")
 
 
 async def read_body(

@@ -27,9 +27,7 @@ BINARY_ONLY = frozenset({"FP16", "BF16"})
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # bytes.translate table: '[' and '{' -> +1, ']' and '}' -> -1 (as int8), everything else deleted.
-_BRACKETS = bytes(range(256)).translate(
-    bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
-)
+_BRACKETS = bytes(range(256)).translate(bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff"))
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 
 
@@ -349,4 +347,3 @@ def response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes,
 def dumps(doc: Any) -> bytes:
     # NaN/Inf pass through as the literals Python and rapidjson (tritonclient) read back.
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
-

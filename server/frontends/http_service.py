@@ -158,7 +158,9 @@ class HttpApi:
         media = JSON_TYPE if json_length is None else "application/octet-stream"
         return Response(payload, media_type=media, headers=headers)
 
-    def _check_json_outputs(self, model: str, version: str, requested: list[str] | None, fmt: conv.OutputFormat) -> None:
+    def _check_json_outputs(
+        self, model: str, version: str, requested: list[str] | None, fmt: conv.OutputFormat
+    ) -> None:
         if fmt.all_binary(requested):
             return  # the usual tritonclient request: nothing to check
         try:

@@ -92,9 +92,7 @@ class DynamicBatcher(Scheduler):
         if level is None:
             raise InvalidArgument(f"{self.label}: priority {work.priority} is not a configured level")
         if len(level) >= level.max_size:
-            raise Unavailable(
-                f"{self.label}: exceeds maximum queue size ({level.max_size}) at priority {level_no}"
-            )
+            raise Unavailable(f"{self.label}: exceeds maximum queue size ({level.max_size}) at priority {level_no}")
         if level.timeout_ns and (work.deadline_ns is None or not level.allow_override):
             if work.set_deadline(work.enqueue_ns + level.timeout_ns, client=False):
                 work.timeout_action_delay = level.delay_on_timeout

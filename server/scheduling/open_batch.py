@@ -74,7 +74,9 @@ class OpenBatch:
                 return self.items
             self._closed = True
         now = self.started_ns = time.monotonic_ns()
-        expired = [w for w in self.items if w.deadline_ns is not None and now >= w.deadline_ns and not w.timeout_action_delay]
+        expired = [
+            w for w in self.items if w.deadline_ns is not None and now >= w.deadline_ns and not w.timeout_action_delay
+        ]
         if expired:
             self.items = [w for w in self.items if w not in expired]
             self._on_expired(expired)

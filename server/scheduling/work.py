@@ -51,7 +51,7 @@ class Work:
     def batch_key(self) -> tuple[Any, ...]:
         """Requests merge only when their non-batch dims, dtypes and input sets agree."""
         if self.key is None:
-            self.key = tuple(
-                (name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items())
-            ) + (tuple(self.outputs),)
+            self.key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items())) + (
+                tuple(self.outputs),
+            )
         return self.key

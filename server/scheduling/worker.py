@@ -57,9 +57,7 @@ def _average(old: float | None, new: int, clip: bool = False) -> float:
 
 def instance_executor(name: str, nice: int = 0) -> ThreadPoolExecutor:
     """The instance's one thread, ``nice`` steps below the default priority."""
-    return ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix=name, initializer=partial(lower_thread_priority, nice)
-    )
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=partial(lower_thread_priority, nice))
 
 
 class InstanceWorker:
@@ -155,9 +153,7 @@ class InstanceWorker:
             inputs = items[0].inputs  # zero-copy: the request's own arrays
             total = items[0].batch_size
         else:
-            inputs = {
-                name: np.concatenate([w.inputs[name] for w in items]) for name in items[0].inputs
-            }
+            inputs = {name: np.concatenate([w.inputs[name] for w in items]) for name in items[0].inputs}
             total = sum(w.batch_size for w in items)
         t1 = time.monotonic_ns()
         produced = self._backend_execute(inputs, outputs)

@@ -40,9 +40,13 @@ class TritonPythonModel:
         responses, start = [], 0
         for f in features:
             end = start + len(f)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("LABEL", label[start:end]),
-                pb_utils.Tensor("SCORE", score[start:end]),
-            ]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("LABEL", label[start:end]),
+                        pb_utils.Tensor("SCORE", score[start:end]),
+                    ]
+                )
+            )
             start = end
         return responses

@@ -21,8 +21,12 @@ class TritonPythonModel:
             # argsort is stable, so equal scores keep the lower class first.
             top = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
             scores = np.take_along_axis(probs, top, axis=1).astype(np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("LABELS", LABELS[top]),
-                pb_utils.Tensor("SCORES", scores),
-            ]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("LABELS", LABELS[top]),
+                        pb_utils.Tensor("SCORES", scores),
+                    ]
+                )
+            )
         return responses
