@@ -13,6 +13,7 @@ ARGS ?=
 # build kept on disk on this project's machines).
 FRAMEWORK_PACKAGES ?= torch==2.13.0 tensorflow-cpu
 FRAMEWORKS_REPOSITORY := examples/frameworks
+SOURCES := protocol clients server backends perf tests proto model_repository
 
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
@@ -61,8 +62,12 @@ test: $(TEST_STAMP)
 test-protobuf-oldest: $(TEST_STAMP)
 	$(PY) tests/protobuf_runtime.py --oldest -- -m pytest -q tests/test_proto_stubs.py tests/test_client.py tests/test_grpc_infer.py tests/test_grpc_wire.py
 
+# Style, types and the architecture's import rules (pyproject.toml [tool.importlinter]).
 lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check server backends clients perf tests
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy server backends clients perf protocol
+	$(VENV)/bin/lint-imports
 
 proto: $(TEST_STAMP)
 	$(PY) proto/generate.py

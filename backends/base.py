@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol.pb import model_config_pb2 as mc
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server import codec
-from ..server.errors import Internal, ModelLoadError
+from ..protocol import codec
+from ..protocol.errors import Internal, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
 
 # Triton's default when auto-completing a batchable model.
 DEFAULT_MAX_BATCH_SIZE = 4

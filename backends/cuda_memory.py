@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..server.errors import Internal, ModelLoadError
+from ..protocol.errors import Internal, ModelLoadError
 
 
 class Device(ABC):

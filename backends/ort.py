@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server import codec, framework_logs
-from ..server.errors import ModelLoadError
+from ..protocol import codec
+from ..protocol.errors import ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
+from . import framework_logs
 from .base import Backend, LoadContext
 from .common import TensorInfo, complete_config, default_threads
 from .registry import require

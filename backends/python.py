@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server.config import message_to_dict
-from ..server.errors import InferdError, Internal, ModelLoadError
+from ..protocol.errors import InferdError, Internal, ModelLoadError
+from ..protocol.messages import message_to_dict
+from ..protocol.pb import model_config_pb2 as mc
 from . import python_api as api
 from .base import Backend, LoadContext
 

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server import codec
-from ..server.errors import Code, InferdError, InvalidArgument
-from ..server.types import InferRequest, InferResponse
+from ..protocol import codec
+from ..protocol.errors import Code, InferdError, InvalidArgument
+from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import InferRequest, InferResponse
 
 _log = logging.getLogger("inferd.python_model")
 

@@ -15,8 +15,8 @@ import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server.errors import ModelLoadError
+from ..protocol.errors import ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
 from .base import Backend
 
 ENTRY_POINT_GROUP = "inferd.backends"

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server import framework_logs
-from ..server.errors import Internal, ModelLoadError
+from ..protocol.errors import Internal, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
+from . import framework_logs
 from .base import Backend, LoadContext
 from .common import (
     TensorInfo,

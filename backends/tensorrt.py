@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server import codec
-from ..server.errors import Internal, InvalidArgument, ModelLoadError
+from ..protocol import codec
+from ..protocol.errors import Internal, InvalidArgument, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
 from .base import Backend, LoadContext
 from .common import TensorInfo, check_tensors, complete_config, datatype_of
 from .cuda_memory import Device, open_device

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from ..server import codec, framework_logs
-from ..server.errors import Internal, ModelLoadError
+from ..protocol import codec
+from ..protocol.errors import Internal, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
+from . import framework_logs
 from .base import Backend, LoadContext
 from .common import check_output, default_threads, int_param, output_types
 from .registry import require

@@ -1,65 +1,34 @@
 """A small KServe v2 / Triton gRPC client over numpy arrays: :class:`InferenceClient` (blocking)
 and :class:`AsyncInferenceClient` (grpc.aio).
 
-It needs only grpcio, protobuf, numpy and the generated stubs in ``inferd.clients.pb`` (BF16
-also needs ``ml_dtypes``, imported when present), so it never imports the server. Tensors always
+It needs only grpcio, protobuf, numpy, ml_dtypes and inferd's protocol layer (the generated
+stubs and the one datatype codec the server uses too), so it never imports the server. Tensors always
 travel as ``raw_input_contents`` / ``raw_output_contents``, as Triton's own clients do.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 
-from .pb import grpc_service_pb2 as pb
-from .pb import grpc_service_pb2_grpc as pb_grpc
-from .pb import model_config_pb2 as mc
-
-try:  # BF16 has no numpy dtype of its own
-    import ml_dtypes
-
-    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency of the server, not of clients
-    _BF16 = None
+from ..protocol import codec
+from ..protocol.pb import grpc_service_pb2 as pb
+from ..protocol.pb import grpc_service_pb2_grpc as pb_grpc
+from ..protocol.pb import model_config_pb2 as mc
 
 __all__ = [
     "AsyncInferenceClient",
     "InferenceClient",
     "InferenceError",
     "build_infer_request",
-    "datatype_of",
-    "decode_bytes",
-    "encode_bytes",
-    "numpy_dtype",
     "parse_infer_response",
 ]
 
 # Triton and tritonclient accept messages up to 2 GiB; grpcio's default receive limit is 4 MiB.
 DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
-
-# KServe datatype <-> numpy dtype. BYTES is variable length (object arrays of bytes).
-_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-if _BF16 is not None:
-    _DTYPES["BF16"] = _BF16
-_NAMES = {dt: name for name, dt in _DTYPES.items()}
-_LEN = struct.Struct("<I")
 
 
 class InferenceError(Exception):
@@ -72,67 +41,6 @@ class InferenceError(Exception):
 
 
 # --- tensors ------------------------------------------------------------------------------
-def numpy_dtype(datatype: str) -> np.dtype | None:
-    """The numpy dtype of a fixed-size KServe datatype; None for BYTES and unknown names."""
-    return _DTYPES.get(datatype)
-
-
-def datatype_of(array: np.ndarray) -> str:
-    """The KServe datatype name of a numpy array (str, bytes and object arrays are BYTES)."""
-    if array.dtype.kind in "OSU":
-        return "BYTES"
-    name = _NAMES.get(array.dtype.newbyteorder("=") if array.dtype.byteorder == ">" else array.dtype)
-    if name is None:
-        raise TypeError(f"numpy dtype {array.dtype} has no KServe datatype")
-    return name
-
-
-def encode_bytes(array: np.ndarray) -> bytes:
-    """BYTES wire format: each element as a 4-byte little-endian length, then its bytes."""
-    parts: list[bytes] = []
-    for e in array.ravel():
-        b = e.encode("utf-8") if isinstance(e, str) else bytes(e)
-        parts.append(_LEN.pack(len(b)))
-        parts.append(b)
-    return b"".join(parts)
-
-
-def decode_bytes(raw: bytes, shape: Sequence[int]) -> np.ndarray:
-    """The inverse of :func:`encode_bytes`: an object array of ``bytes`` of ``shape``."""
-    count = int(np.prod(shape)) if len(shape) else 1
-    out = np.empty(count, dtype=object)
-    view, pos = memoryview(raw), 0
-    for i in range(count):
-        if pos + 4 > len(view):
-            raise ValueError(f"BYTES data ends after {i} of {count} elements")
-        (n,) = _LEN.unpack_from(view, pos)
-        pos += 4
-        out[i] = bytes(view[pos : pos + n])
-        pos += n
-    if pos != len(view):
-        raise ValueError(f"{len(view) - pos} bytes left over after {count} BYTES elements")
-    return out.reshape(tuple(shape))
-
-
-def to_raw(array: np.ndarray) -> bytes:
-    """Raw tensor bytes: little-endian, row-major, unpadded (BYTES length-prefixed)."""
-    if array.dtype.kind in "OSU":
-        return encode_bytes(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
-
-
-def from_raw(raw: bytes, datatype: str, shape: Sequence[int]) -> np.ndarray:
-    if datatype == "BYTES":
-        return decode_bytes(raw, shape)
-    dtype = _DTYPES.get(datatype)
-    if dtype is None:
-        hint = " (install ml_dtypes for BF16)" if datatype == "BF16" else ""
-        raise TypeError(f"cannot decode datatype {datatype}{hint}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype).reshape(tuple(shape))
-
-
 def _set_parameter(target: Any, value: bool | int | float | str) -> None:
     if isinstance(value, bool):
         target.bool_param = value
@@ -159,9 +67,9 @@ def build_infer_request(
         array = np.asarray(value)
         t = msg.inputs.add()
         t.name = name
-        t.datatype = datatype_of(array)
+        t.datatype = codec.of_array(array).name
         t.shape.extend(array.shape)
-        raw.append(to_raw(array))
+        raw.append(codec.to_raw(array))
     msg.raw_input_contents.extend(raw)
     for name in outputs or ():
         msg.outputs.add().name = name
@@ -176,7 +84,7 @@ def parse_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarra
     raw = response.raw_output_contents
     for i, t in enumerate(response.outputs):
         if i < len(raw):
-            result[t.name] = from_raw(raw[i], t.datatype, t.shape)
+            result[t.name] = codec.from_raw(raw[i], codec.datatype(t.datatype), t.shape, f"output '{t.name}'")
         else:
             result[t.name] = _from_contents(t)
     return result
@@ -200,7 +108,7 @@ def _from_contents(t: Any) -> np.ndarray:
     if field is None:
         raise TypeError(f"output '{t.name}': {t.datatype} without raw_output_contents")
     values = list(getattr(t.contents, field))
-    dtype = object if t.datatype == "BYTES" else _DTYPES[t.datatype]
+    dtype = codec.datatype(t.datatype).dtype
     out = np.empty(len(values), dtype=dtype)
     out[:] = values
     return out.reshape(tuple(t.shape))

@@ -31,9 +31,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ..clients.pb import grpc_service_pb2 as pb
-from ..clients.pb import grpc_service_pb2_grpc as pb_grpc
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol.pb import grpc_service_pb2 as pb
+from ..protocol.pb import grpc_service_pb2_grpc as pb_grpc
+from ..protocol.pb import model_config_pb2 as mc
 from ..server import event_loop  # stdlib only (uvloop if asked for)
 from ..server.frontends.io_threads import apply_io_policy  # stdlib only
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.client import build_infer_request, datatype_of, numpy_dtype, to_raw
+from ..clients.client import build_infer_request
+from ..protocol import codec
 from .stats import percentile
 
 MODES = ("grpc", "http-json", "http-binary")
@@ -72,8 +73,8 @@ def make_inputs(metadata: dict[str, Any], batch: int, seed: int = 0) -> dict[str
     rng = np.random.default_rng(seed)
     inputs = {}
     for t in metadata["inputs"]:
-        dtype = numpy_dtype(t["datatype"])
-        if dtype is None:
+        dtype = codec.datatype(t["datatype"]).dtype
+        if dtype.kind == "O":
             raise SystemExit(f"input {t['name']}: {t['datatype']} is not supported by this benchmark")
         shape = [batch if int(d) == -1 else int(d) for d in t["shape"]]
         inputs[t["name"]] = (rng.standard_normal(shape) * 10).astype(dtype)
@@ -82,9 +83,9 @@ def make_inputs(metadata: dict[str, Any], batch: int, seed: int = 0) -> dict[str
 
 def http_bodies(inputs: dict[str, np.ndarray]) -> dict[str, tuple[bytes, dict[str, str]]]:
     """The JSON-tensor and binary-tensor request bodies (and headers) for the same inputs."""
-    tensors = [{"name": n, "shape": list(a.shape), "datatype": datatype_of(a)} for n, a in inputs.items()]
+    tensors = [{"name": n, "shape": list(a.shape), "datatype": codec.of_array(a).name} for n, a in inputs.items()]
     as_json = {"inputs": [{**t, "data": a.ravel().tolist()} for t, a in zip(tensors, inputs.values())]}
-    raws = [to_raw(a) for a in inputs.values()]
+    raws = [codec.to_raw(a) for a in inputs.values()]
     header = json.dumps(
         {
             "inputs": [{**t, "parameters": {"binary_data_size": len(r)}} for t, r in zip(tensors, raws)],
@@ -128,7 +129,7 @@ async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Cell]]:
     import aiohttp
     import grpc
 
-    from ..clients.pb import grpc_service_pb2 as pb
+    from ..protocol.pb import grpc_service_pb2 as pb
 
     http_base = f"http://{args.http_url}" if args.http_url else None
     cells: dict[tuple[int, str], list[Cell]] = {}

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..server import event_loop
 from . import perf_analyzer
@@ -144,7 +145,7 @@ def render(raw: dict[tuple[str, int], list[Point]], concurrencies: list[int], na
     return "\n".join(lines)
 
 
-def _argv(name: str, repository: Path | None) -> tuple[list[str], dict[str, str]]:
+def _argv(name: str, repository: Path | None) -> tuple[list[str], dict[str, Any]]:
     if name.startswith("baseline"):
         tuned = ["--io-sched", "batch", "--event-loop", event_loop.resolve("auto")]
         extra = tuned if name in ("baseline-tuned", "baseline-ort") else []

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import grpc
 
-from ..clients.pb import grpc_service_pb2 as pb
-from ..clients.pb import grpc_service_pb2_grpc as pb_grpc
+from ..protocol.pb import grpc_service_pb2 as pb
+from ..protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from .inputs import DataOptions, build_requests
 from .loadgen import LoadGenerator, Record
 from .servers import ServerProcess, inferd_argv, split_cpus, start

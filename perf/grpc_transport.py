@@ -14,7 +14,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from ..clients.client import AsyncInferenceClient, InferenceError, build_infer_request
-from ..clients.pb import grpc_service_pb2 as pb
+from ..protocol.pb import grpc_service_pb2 as pb
 from .inputs import ModelInfo
 from .stats import ServerCounters
 from .transport import RequestFailed, Transport, counters_from_pb, pick_version

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from ..clients.client import datatype_of, to_raw
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol import codec
+from ..protocol.pb import model_config_pb2 as mc
 from .inputs import ModelInfo
 from .stats import ServerCounters
 from .transport import RequestFailed, Transport, counters_from_json, pick_version
@@ -30,12 +30,12 @@ def encode_binary_request(
     header: dict[str, Any] = {"inputs": []}
     raws = []
     for name, array in inputs.items():
-        raw = to_raw(array)
+        raw = codec.to_raw(array)
         header["inputs"].append(
             {
                 "name": name,
                 "shape": list(array.shape),
-                "datatype": datatype_of(array),
+                "datatype": codec.of_array(array).name,
                 "parameters": {"binary_data_size": len(raw)},
             }
         )

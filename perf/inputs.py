@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.client import decode_bytes, numpy_dtype
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol import codec
+from ..protocol.errors import InvalidArgument
+from ..protocol.pb import model_config_pb2 as mc
 
 
 class InputError(ValueError):
@@ -119,10 +120,10 @@ def _dims(info: TensorInfo, opts: DataOptions, override: Sequence[int] | None = 
 
 
 def _dtype(info: TensorInfo) -> np.dtype:
-    dtype = numpy_dtype(info.datatype)
-    if dtype is None:
-        raise InputError(f"input '{info.name}': datatype {info.datatype} is not supported")
-    return dtype
+    try:
+        return codec.datatype(info.datatype).dtype
+    except InvalidArgument as e:
+        raise InputError(f"input '{info.name}': {e}") from None
 
 
 def _sample(info: TensorInfo, dims: tuple[int, ...], opts: DataOptions, rng: np.random.Generator) -> np.ndarray:
@@ -156,7 +157,10 @@ def _from_json(info: TensorInfo, value: Any, opts: DataOptions) -> np.ndarray:
             raw = base64.b64decode(value["b64"])
             dims = _dims(info, opts, shape_override)
             if info.datatype == "BYTES":
-                return decode_bytes(raw, dims)
+                try:
+                    return codec.from_raw(raw, codec.BYTES, dims, f"input '{info.name}'")
+                except InvalidArgument as e:
+                    raise InputError(str(e)) from None
             return np.frombuffer(raw, dtype=_dtype(info)).reshape(dims).copy()
         value = value.get("content")
         if value is None:

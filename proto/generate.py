@@ -1,18 +1,18 @@
-"""Regenerate the Python gRPC/protobuf stubs in clients/pb/ from proto/*.proto.
+"""Regenerate the Python gRPC/protobuf stubs in protocol/pb/ from proto/*.proto.
 
 Usage (with the project's venv python):
 
-    python proto/generate.py           # (re)write clients/pb/
-    python proto/generate.py --check   # exit 1 if clients/pb/ is stale
+    python proto/generate.py           # (re)write protocol/pb/
+    python proto/generate.py --check   # exit 1 if protocol/pb/ is stale
 
 The raw protoc output is post-processed so that the stubs work as the
-package ``inferd.clients.pb``:
+package ``inferd.protocol.pb``:
 
 * cross-module imports (``import model_config_pb2 as ...``) become relative
   (``from . import model_config_pb2 as ...``), since protoc emits top-level
   imports that only work when the output folder itself is on sys.path;
 * every ``*_pb2.py`` registers its descriptors in a private descriptor pool
-  (``clients/pb/_pool.py``) instead of protobuf's process-wide default pool.
+  (``protocol/pb/_pool.py``) instead of protobuf's process-wide default pool.
   tritonclient registers the very same ``inference.*`` names in the default
   pool, and a second registration of a file with the same name but different
   content is an error, so without this our stubs and ``tritonclient.grpc``
@@ -37,7 +37,7 @@ from grpc_tools import protoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "proto"
-OUT_DIR = REPO_ROOT / "clients" / "pb"
+OUT_DIR = REPO_ROOT / "protocol" / "pb"
 
 # Sources, in dependency order.
 PROTO_FILES: tuple[str, ...] = ("model_config.proto", "grpc_service.proto", "health.proto")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="generate into a temporary directory and fail if clients/pb/ differs",
+        help="generate into a temporary directory and fail if protocol/pb/ differs",
     )
     args = parser.parse_args(argv)
     files = render()

@@ -1,13 +1,16 @@
-"""``inferd`` command line: ``inferd serve`` runs the server; ``inferd perf`` runs a load test."""
+"""``inferd`` command line: ``inferd serve`` runs the server. Other sub-commands (``inferd perf``,
+the load tool) come from the ``inferd.commands`` entry-point group, so the server never imports
+them and other packages can add their own."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from . import framework_logs
+from ..backends import framework_logs
 from .settings import Settings
 
 
@@ -129,17 +132,26 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     )
 
 
+COMMANDS_GROUP = "inferd.commands"
+
+
+def plugin_commands() -> dict[str, EntryPoint]:
+    """Sub-commands other than ``serve``: name -> ``main(argv) -> exit status``."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP) if ep.name != "serve"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inferd", description="KServe v2 / Triton-compatible inference server")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     add_serve_arguments(serve)
-    sub.add_parser("perf", help="load-test a server (perf_analyzer-style); see 'inferd perf --help'", add_help=False)
+    plugins = plugin_commands()
+    for name in sorted(plugins):
+        sub.add_parser(name, help=f"see 'inferd {name} --help'", add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "perf":
-        from ..perf.cli import main as perf_main
-
-        return perf_main(rest)
+    if args.command in plugins:
+        command_main = plugins[args.command].load()
+        return int(command_main(rest))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     settings = settings_from_args(args)

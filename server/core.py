@@ -9,14 +9,9 @@ from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
 
-from ..clients.pb import model_config_pb2 as mc
-from .config import TensorSpec
-from .errors import InvalidArgument, NotFound, Unavailable
-from .manager import ModelManager
-from .model import ModelVersion
-from .repository import check_model_name
-from .stats import ModelStats
-from .types import (
+from ..protocol.errors import InvalidArgument, NotFound, Unavailable
+from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import (
     InferRequest,
     InferResponse,
     ModelIndexEntry,
@@ -24,6 +19,11 @@ from .types import (
     ServerMetadata,
     TensorMetadata,
 )
+from .config import TensorSpec
+from .manager import ModelManager
+from .model import ModelVersion
+from .repository import check_model_name
+from .stats import ModelStats
 
 SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol.errors import InferdError, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import InferRequest
 from .config import Signature, TensorSpec
-from .errors import InferdError, ModelLoadError
 from .scheduling.base import Scheduler
 from .scheduling.work import Work
 from .stats import ExecutionTimes, ModelStats
-from .types import InferRequest
 
 
 @dataclass(frozen=True)

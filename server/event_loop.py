@@ -36,7 +36,7 @@ def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
         return uvloop.new_event_loop
     # asyncio's own loop class, not asyncio.new_event_loop: that follows the installed policy,
     # which may be uvloop's (the perf tool installs it in-process).
-    return asyncio.ProactorEventLoop if sys.platform == "win32" else asyncio.SelectorEventLoop
+    return getattr(asyncio, "ProactorEventLoop") if sys.platform == "win32" else asyncio.SelectorEventLoop  # noqa: B009 (absent off Windows)
 
 
 def run(main: Coroutine[Any, Any, T], kind: str) -> T:

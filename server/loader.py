@@ -9,16 +9,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from ..backends import registry
 from ..backends.base import Backend, Instance, LoadContext
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol.errors import InferdError, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
 from . import config as cfg
 from .ensemble import EnsemblePlan, plan_ensemble
-from .errors import InferdError, ModelLoadError
 from .repository import Repository
 from .scheduling.worker import InstanceWorker
 
@@ -124,6 +124,13 @@ def _complete_instance_groups(config: mc.ModelConfig) -> None:
             group.kind = mc.ModelInstanceGroup.KIND_GPU if group.gpus else mc.ModelInstanceGroup.KIND_CPU
 
 
+def _factory(plan: ModelPlan, ctx: LoadContext) -> Callable[[], Backend]:
+    backend = plan.backend
+    if backend is None:  # ensembles have no instances
+        raise ModelLoadError(f"model '{plan.name}' has no backend to build instances of")
+    return lambda: backend(ctx)
+
+
 def instances(config: mc.ModelConfig) -> list[Instance]:
     out: list[Instance] = []
     for group in config.instance_group:
@@ -189,7 +196,7 @@ def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object, 
             )
             name = f"{plan.name}.v{version}.{inst.name}"
             batching = plan.config.max_batch_size > 0
-            workers.append(InstanceWorker.build(partial(plan.backend, ctx), name, batching, inline, nice))
+            workers.append(InstanceWorker.build(_factory(plan, ctx), name, batching, inline, nice))
     except BaseException as e:
         for w in workers:
             w.close()

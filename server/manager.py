@@ -19,16 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.registry import platform_of
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
+from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import ModelIndexEntry
 from .ensemble import EnsembleScheduler, check_types
-from .errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from .loader import ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
 from .repository import Repository, check_model_name
 from .scheduling import make_scheduler
 from .scheduling.worker import InstanceWorker
 from .stats import ModelStats, Observer
-from .types import ModelIndexEntry
 from .warmup import build_samples, run_samples
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
+from ..protocol.errors import Code, InferdError, InvalidArgument
+from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import InferRequest, Scalar
 from .config import Signature
-from .errors import Code, InferdError, InvalidArgument
 from .scheduling.base import Scheduler
 from .scheduling.work import Work
 from .stats import ModelStats
-from .types import InferRequest, Scalar
 from .validation import validate
 
 

@@ -15,8 +15,12 @@ import os
 import stat
 from pathlib import Path, PurePath
 
-from ..clients.pb import model_config_pb2 as mc
-from .errors import InvalidArgument, ModelLoadError, NotFound
+from ..protocol.errors import InvalidArgument, ModelLoadError, NotFound
+from ..protocol.pb import model_config_pb2 as mc
+
+# Folders a repository may hold that are never models: Python's bytecode cache appears beside
+# a repository's own .py files (the installed bundled repository has its build script).
+NOT_MODELS = frozenset({"__pycache__"})
 
 # One entry per file under a folder: (path relative to the folder, size, mtime_ns).
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -66,7 +70,9 @@ class Repository:
             if not root.is_dir():
                 continue
             for entry in root.iterdir():
-                if is_model_name(entry.name) and entry.is_dir() and self.inside(entry):
+                if entry.name in NOT_MODELS or not is_model_name(entry.name):
+                    continue
+                if entry.is_dir() and self.inside(entry):
                     names.add(entry.name)
         return sorted(names)
 

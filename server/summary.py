@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .types import ModelIndexEntry
+from ..protocol.types import ModelIndexEntry
 
 HEADER = ("Model", "Version", "Status")
 

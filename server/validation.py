@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import codec
+from ..protocol import codec
+from ..protocol.errors import InvalidArgument
 from .config import Signature, TensorSpec
-from .errors import InvalidArgument
 
 
 @dataclass(slots=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..clients.pb import model_config_pb2 as mc
-from . import codec
+from ..protocol import codec
+from ..protocol.errors import InferdError, ModelLoadError
+from ..protocol.pb import model_config_pb2 as mc
 from .config import Signature
-from .errors import InferdError, ModelLoadError
 from .repository import Repository
 from .scheduling.work import Work
 from .scheduling.worker import InstanceWorker

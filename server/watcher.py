@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import InferdError
+from ..protocol.errors import InferdError
 from .repository import Fingerprint, Repository
 
 log = logging.getLogger(__name__)

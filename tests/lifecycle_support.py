@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from inferd.backends import registry
 from inferd.backends.base import Backend, LoadContext
-from inferd.server.errors import ModelLoadError
+from inferd.protocol.errors import ModelLoadError
 from onnx import TensorProto, helper, numpy_helper
 
 from .models import OPSET, save

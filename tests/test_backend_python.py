@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from inferd.backends.base import Instance, LoadContext
 from inferd.backends.python import PythonBackend
-from inferd.clients.pb import model_config_pb2 as mc
-from inferd.server.config import message_to_dict
-from inferd.server.errors import Code
+from inferd.protocol.errors import Code
+from inferd.protocol.messages import message_to_dict
+from inferd.protocol.pb import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from .framework_models import FrameworkServer, quiet_torchscript

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from inferd.backends import registry
 from inferd.backends.base import Backend, Instance, LoadContext
-from inferd.clients.pb import model_config_pb2 as mc
-from inferd.server.errors import ModelLoadError
+from inferd.protocol.errors import ModelLoadError
+from inferd.protocol.pb import model_config_pb2 as mc
 
 from .conftest import start_server, test_settings
 from .framework_models import infer

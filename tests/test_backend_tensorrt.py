@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from inferd.backends.cuda_memory import open_device
-from inferd.server.errors import ModelLoadError
+from inferd.protocol.errors import ModelLoadError
 
 from .conftest import start_server, test_settings
 from .framework_models import FrameworkServer, infer, quiet_torchscript

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from inferd.backends.base import Instance, LoadContext
-from inferd.clients.pb import model_config_pb2 as mc
+from inferd.protocol.pb import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from .framework_models import FEATURES, FrameworkServer, needs_torch, quiet_torchscript

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 from inferd.backends.base import Backend, LoadContext
-from inferd.clients.pb import model_config_pb2 as mc
-from inferd.server.errors import Internal, Unavailable
+from inferd.protocol.errors import Internal, Unavailable
+from inferd.protocol.pb import model_config_pb2 as mc
 from inferd.server.scheduling.batcher import DynamicBatcher
 from inferd.server.scheduling.open_batch import OPEN_BATCH_MIN_NICE
 from inferd.server.scheduling.work import Work

@@ -12,7 +12,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from inferd.clients import AsyncInferenceClient, InferenceClient, InferenceError
-from inferd.clients.client import decode_bytes, encode_bytes
 
 from .conftest import RunningServer, start_server, test_settings
 from .models import binary_model, write
@@ -67,13 +66,21 @@ def test_requested_outputs_and_parameters(client: InferenceClient) -> None:
     np.testing.assert_array_equal(got["OUTPUT1"], np.zeros((1, 16), np.float32))
 
 
-def test_bytes_codec() -> None:
-    array = np.array([b"", b"ab", "ç"], dtype=object)
-    raw = encode_bytes(array)
-    assert raw == b"\x00\x00\x00\x00" + b"\x02\x00\x00\x00ab" + b"\x02\x00\x00\x00" + "ç".encode()
-    assert decode_bytes(raw, [3]).tolist() == [b"", b"ab", "ç".encode()]
-    with pytest.raises(ValueError):
-        decode_bytes(raw[:-1], [3])
+def test_bytes_tensors_round_trip(client: InferenceClient) -> None:
+    """The client encodes with the server's own codec: what it sends is what a model gets."""
+    from inferd.clients.client import build_infer_request, parse_infer_response
+    from inferd.protocol.pb import grpc_service_pb2 as pb
+
+    array = np.array([[b"", b"ab", "ç".encode()]], dtype=object)
+    request = build_infer_request("m", {"x": array})
+    assert request.inputs[0].datatype == "BYTES"
+    assert (
+        request.raw_input_contents[0]
+        == b"\x00\x00\x00\x00" + b"\x02\x00\x00\x00ab" + b"\x02\x00\x00\x00" + "ç".encode()
+    )
+    response = pb.ModelInferResponse(raw_output_contents=list(request.raw_input_contents))
+    response.outputs.add(name="x", datatype="BYTES", shape=[1, 3])
+    assert parse_infer_response(response)["x"].tolist() == array.tolist()
 
 
 def test_unknown_model_errors(client: InferenceClient) -> None:

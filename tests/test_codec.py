@@ -5,8 +5,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from inferd.server import codec
-from inferd.server.errors import InvalidArgument
+from inferd.protocol import codec
+from inferd.protocol.errors import InvalidArgument
 
 NUMERIC = [n for n, d in codec.BY_NAME.items() if d.itemsize]
 

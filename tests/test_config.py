@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from inferd.clients.pb import model_config_pb2 as mc
+from inferd.protocol.errors import ModelLoadError
+from inferd.protocol.messages import message_to_dict
+from inferd.protocol.pb import model_config_pb2 as mc
 from inferd.server import config as cfg
-from inferd.server.errors import ModelLoadError
 
 
 def load(tmp_path: Path, text: str) -> cfg.ModelConfig:
@@ -91,7 +92,7 @@ def test_message_to_dict_writes_64_bit_integers_as_numbers() -> None:
     config.input.add(name="x", dims=[-1, 3])
     config.dynamic_batching.max_queue_delay_microseconds = 500
     config.dynamic_batching.priority_queue_policy[1].default_timeout_microseconds = 7
-    doc = cfg.message_to_dict(config)
+    doc = message_to_dict(config)
     assert doc["input"][0]["dims"] == [-1, 3]
     assert doc["dynamic_batching"]["max_queue_delay_microseconds"] == 500
     assert doc["dynamic_batching"]["priority_queue_policy"]["1"]["default_timeout_microseconds"] == 7

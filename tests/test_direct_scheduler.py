@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 from inferd.backends.base import Backend
-from inferd.server.errors import Unavailable
+from inferd.protocol.errors import Unavailable
 from inferd.server.scheduling.direct import DirectScheduler
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import InstanceWorker

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from inferd.backends import registry
 from inferd.backends.base import Backend, LoadContext
-from inferd.server.errors import InvalidArgument
+from inferd.protocol.errors import InvalidArgument
 from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, start_server, test_settings

@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from inferd.clients.pb import grpc_service_pb2 as pb
-from inferd.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 
 OK = np.ones((1, 16), np.float32).tobytes()
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inferd.clients.pb import grpc_service_pb2 as pb
-from inferd.server.errors import InvalidArgument
+from inferd.protocol.errors import InvalidArgument
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.types import InferRequest, InferResponse
 from inferd.server.frontends import grpc_wire
 from inferd.server.frontends.grpc_convert import request_from_pb, response_to_pb
 from inferd.server.frontends.grpc_wire import InferWire
-from inferd.server.types import InferRequest, InferResponse
 
 RNG = np.random.default_rng(7)
 

@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from inferd.clients.pb import grpc_service_pb2 as pb
-from inferd.server.config import message_to_dict
-from inferd.server.errors import Code, InvalidArgument, ResourceExhausted, Unimplemented
+from inferd.protocol.errors import Code, InvalidArgument, ResourceExhausted, Unimplemented
+from inferd.protocol.messages import message_to_dict
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.types import InferResponse
 from inferd.server.frontends import http_convert as conv
 from inferd.server.frontends import http_metadata as meta
 from inferd.server.frontends.grpc_convert import statistics_to_pb
 from inferd.server.frontends.http_body import ALIGNMENT, read_body
 from inferd.server.frontends.http_service import STATUS
 from inferd.server.stats import ExecutionTimes, ModelStats
-from inferd.server.types import InferResponse
 
 EMPTY = memoryview(b"")
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from inferd.backends.base import Backend
-from inferd.server.errors import InvalidArgument
+from inferd.protocol.errors import InvalidArgument
+from inferd.protocol.types import InferRequest
 from inferd.server.scheduling.direct import DirectScheduler
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import INLINE_MAX_BYTES, InstanceWorker
 from inferd.server.stats import ModelStats
-from inferd.server.types import InferRequest
 
 from .conftest import RunningServer
 

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from inferd.clients.pb import grpc_service_pb2 as pb
-from inferd.clients.pb import grpc_service_pb2_grpc as pb_grpc
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.repository import Repository
 from tritonclient.utils import InferenceServerException
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from inferd.server.errors import InvalidArgument, ModelLoadError
+from inferd.protocol.errors import InvalidArgument, ModelLoadError
 from inferd.server.repository import Repository
 from onnx import TensorProto
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from inferd.clients.client import build_infer_request
-from inferd.clients.pb import grpc_service_pb2 as pb
-from inferd.clients.pb import model_config_pb2 as mc
 from inferd.perf.cli import build_parser, options_from_args, parse_range
 from inferd.perf.grpc_transport import _with_id
 from inferd.perf.http_transport import decode_binary_response, encode_binary_request
 from inferd.perf.inputs import DataOptions, InputError, ModelInfo, TensorInfo, build_requests, parse_shape
 from inferd.perf.procs import split
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.pb import model_config_pb2 as mc
 
 
 def model(max_batch: int = 8, dims: tuple[int, ...] = (16,), datatype: str = "FP32", **kw: object) -> ModelInfo:

@@ -1,4 +1,4 @@
-"""Tests for the generated protobuf/gRPC stubs in clients/pb/.
+"""Tests for the generated protobuf/gRPC stubs in protocol/pb/.
 
 * the committed stubs match what proto/generate.py produces (not stale);
 * our messages are wire-compatible with tritonclient's (bytes produced by one
@@ -38,33 +38,33 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _import_stubs() -> tuple[ModuleType, str | None]:
-    """Import ``inferd.clients.pb``; return it and the sys.path entry used.
+    """Import ``inferd.protocol.pb``; return it and the sys.path entry used.
 
-    Until the project is installed (setuptools maps clients/ to
-    ``inferd.clients``), fall back to a throwaway namespace-package shim
-    that points ``inferd/clients`` at the repo's clients/ folder.
+    Until the project is installed (setuptools maps protocol/ to
+    ``inferd.protocol``), fall back to a throwaway namespace-package shim
+    that points ``inferd/protocol`` at the repo's protocol/ folder.
     """
     try:
-        return importlib.import_module("inferd.clients.pb"), None
+        return importlib.import_module("inferd.protocol.pb"), None
     except ModuleNotFoundError as exc:
-        if exc.name not in ("inferd", "inferd.clients"):
+        if exc.name not in ("inferd", "inferd.protocol"):
             raise
     shim = tempfile.mkdtemp(prefix="inferd-shim-")
     atexit.register(shutil.rmtree, shim, ignore_errors=True)  # removes the link only
     (Path(shim) / "inferd").mkdir()
-    (Path(shim) / "inferd" / "clients").symlink_to(REPO_ROOT / "clients", target_is_directory=True)
+    (Path(shim) / "inferd" / "protocol").symlink_to(REPO_ROOT / "protocol", target_is_directory=True)
     sys.path.insert(0, shim)
-    return importlib.import_module("inferd.clients.pb"), shim
+    return importlib.import_module("inferd.protocol.pb"), shim
 
 
 _, _SHIM_DIR = _import_stubs()
 
 # Imported only now, after the (possible) shim is in place.
-ours_svc = importlib.import_module("inferd.clients.pb.grpc_service_pb2")
-ours_svc_grpc = importlib.import_module("inferd.clients.pb.grpc_service_pb2_grpc")
-ours_mc = importlib.import_module("inferd.clients.pb.model_config_pb2")
-ours_health = importlib.import_module("inferd.clients.pb.health_pb2")
-ours_health_grpc = importlib.import_module("inferd.clients.pb.health_pb2_grpc")
+ours_svc = importlib.import_module("inferd.protocol.pb.grpc_service_pb2")
+ours_svc_grpc = importlib.import_module("inferd.protocol.pb.grpc_service_pb2_grpc")
+ours_mc = importlib.import_module("inferd.protocol.pb.model_config_pb2")
+ours_health = importlib.import_module("inferd.protocol.pb.health_pb2")
+ours_health_grpc = importlib.import_module("inferd.protocol.pb.health_pb2_grpc")
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -89,7 +89,7 @@ def test_generated_stubs_are_up_to_date() -> None:
         timeout=120,
     )
     assert result.returncode == 0, (
-        "clients/pb/ is stale; run `python proto/generate.py`\n" + result.stdout + result.stderr
+        "protocol/pb/ is stale; run `python proto/generate.py`\n" + result.stdout + result.stderr
     )
 
 
@@ -505,13 +505,13 @@ def test_health_descriptor() -> None:
 
 
 def test_private_descriptor_pool() -> None:
-    from inferd.clients.pb import _pool
+    from inferd.protocol.pb import _pool
 
     for module in (ours_svc, ours_mc, ours_health):
         assert module.DESCRIPTOR.pool is _pool.POOL
     assert _pool.POOL is not descriptor_pool.Default()
     assert triton_svc.DESCRIPTOR.pool is descriptor_pool.Default()
-    assert ours_svc.ModelInferRequest.__module__ == "inferd.clients.pb.grpc_service_pb2"
+    assert ours_svc.ModelInferRequest.__module__ == "inferd.protocol.pb.grpc_service_pb2"
 
 
 _COEXIST_SCRIPT = textwrap.dedent(
@@ -519,10 +519,10 @@ _COEXIST_SCRIPT = textwrap.dedent(
     import importlib, sys
 
     def load_ours():
-        return (importlib.import_module("inferd.clients.pb.grpc_service_pb2"),
-                importlib.import_module("inferd.clients.pb.model_config_pb2"),
-                importlib.import_module("inferd.clients.pb.grpc_service_pb2_grpc"),
-                importlib.import_module("inferd.clients.pb.health_pb2_grpc"))
+        return (importlib.import_module("inferd.protocol.pb.grpc_service_pb2"),
+                importlib.import_module("inferd.protocol.pb.model_config_pb2"),
+                importlib.import_module("inferd.protocol.pb.grpc_service_pb2_grpc"),
+                importlib.import_module("inferd.protocol.pb.health_pb2_grpc"))
 
     def load_triton():
         import tritonclient.grpc  # noqa: F401  (registers inference.* in the default pool)

@@ -26,7 +26,7 @@ CHILD = textwrap.dedent(
     import google.protobuf
     import tritonclient.grpc as grpcclient
     from inferd.clients import InferenceClient
-    from inferd.clients.pb import grpc_service_pb2, model_config_pb2
+    from inferd.protocol.pb import grpc_service_pb2, model_config_pb2
     from inferd.server.app import InferdServer
     from inferd.server.settings import Settings
 

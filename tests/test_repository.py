@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from inferd.clients.pb import model_config_pb2 as mc
-from inferd.server.errors import Code, InferdError, InvalidArgument, ModelLoadError, NotFound
+from inferd.protocol.errors import Code, InferdError, InvalidArgument, ModelLoadError, NotFound
+from inferd.protocol.pb import model_config_pb2 as mc
 from inferd.server.loader import plan_model
 from inferd.server.repository import Repository, check_model_name
 
@@ -115,3 +115,12 @@ def test_fingerprint_sees_size_mtime_and_new_files_but_not_outside_targets(layou
     os.utime(outside / "secret" / "config.pbtxt", ns=(1, 1))
     assert repo.fingerprint(folder) == third  # the escaping link's target is never looked at
     assert repo.fingerprint(folder, skip=frozenset({"1", "link"})) == tuple(e for e in third if e[0] == "config.pbtxt")
+
+
+def test_python_bytecode_cache_is_not_a_model(layout: tuple[Repository, Path]) -> None:
+    """A repository with .py files beside its models (the installed bundled one has its build
+    script) gets a __pycache__ folder; it is never listed as a model."""
+    repo, _ = layout
+    (repo.roots[0] / "__pycache__").mkdir()
+    (repo.roots[0] / "__pycache__" / "build.cpython-311.pyc").write_bytes(b"")
+    assert repo.model_names() == ["m"]

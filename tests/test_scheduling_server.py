@@ -178,8 +178,8 @@ def test_client_deadline_removes_queued_request(gated) -> None:  # type: ignore[
 def test_cancelled_rpc_never_executes(gated) -> None:  # type: ignore[no-untyped-def]
     gate = GATES["batched"]
     gate.open.clear()
-    from inferd.clients.pb import grpc_service_pb2 as pb
-    from inferd.clients.pb import grpc_service_pb2_grpc as pb_grpc
+    from inferd.protocol.pb import grpc_service_pb2 as pb
+    from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(gated.grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

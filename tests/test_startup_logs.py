@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from inferd.server import framework_logs
+from inferd.backends import framework_logs
 
 from .framework_models import HAVE_TF, put, tf_module
 from .models import _config, bundled, write

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ...clients.pb import grpc_service_pb2 as pb
-from .. import codec
-from ..errors import InvalidArgument
+from ...protocol import codec
+from ...protocol.errors import InvalidArgument
+from ...protocol.pb import grpc_service_pb2 as pb
+from ...protocol.types import InferRequest, InferResponse, Scalar
 from ..stats import Duration, ModelStats
-from ..types import InferRequest, InferResponse, Scalar
 
 _BY_NAME = codec.BY_NAME
 # Which InferTensorContents field holds each datatype (FP16/BF16 have none: raw only).

@@ -13,11 +13,11 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ...clients.pb import grpc_service_pb2 as pb
-from ...clients.pb import grpc_service_pb2_grpc as pb_grpc
-from ...clients.pb import health_pb2, health_pb2_grpc
+from ...protocol.errors import Code, InferdError, InvalidArgument
+from ...protocol.pb import grpc_service_pb2 as pb
+from ...protocol.pb import grpc_service_pb2_grpc as pb_grpc
+from ...protocol.pb import health_pb2, health_pb2_grpc
 from ..core import InferenceCore
-from ..errors import Code, InferdError, InvalidArgument
 from .grpc_convert import request_from_pb, response_to_pb, statistics_to_pb
 from .grpc_wire import InferWire
 

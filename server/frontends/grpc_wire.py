@@ -27,10 +27,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ...clients.pb import grpc_service_pb2 as pb
-from .. import codec
-from ..errors import InvalidArgument
-from ..types import InferRequest, InferResponse
+from ...protocol import codec
+from ...protocol.errors import InvalidArgument
+from ...protocol.pb import grpc_service_pb2 as pb
+from ...protocol.types import InferRequest, InferResponse
 from .grpc_convert import PbParameters, parameters_to_pb, request_from_pb
 
 # Field tags (field number << 3 | wire type 2, length-delimited) of ModelInferRequest/Response.

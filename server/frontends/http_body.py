@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from ..errors import InvalidArgument, ResourceExhausted
+from ...protocol.errors import InvalidArgument, ResourceExhausted
 
 ALIGNMENT = 64
 # zlib or gzip container, detected from its header: clients send either for "deflate".

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import codec
-from ..errors import InvalidArgument, Unimplemented
-from ..types import InferRequest, InferResponse, Scalar
+from ...protocol import codec
+from ...protocol.errors import InvalidArgument, Unimplemented
+from ...protocol.types import InferRequest, InferResponse, Scalar
 
 # Deep enough for any tensor rank numpy supports inside {"inputs": [{"data": ...}]}, shallow
 # enough that no parser recursion can be driven by a request.

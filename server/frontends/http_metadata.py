@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...protocol.types import ModelIndexEntry, ModelMetadata, ServerMetadata, TensorMetadata
 from ..stats import Duration, ModelStats
-from ..types import ModelIndexEntry, ModelMetadata, ServerMetadata, TensorMetadata
 
 
 def _tensor_json(t: TensorMetadata) -> dict[str, Any]:

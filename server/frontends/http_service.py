@@ -18,9 +18,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..config import message_to_dict
+from ...protocol.errors import Code, InferdError, InvalidArgument, Unimplemented
+from ...protocol.messages import message_to_dict
 from ..core import InferenceCore
-from ..errors import Code, InferdError, InvalidArgument, Unimplemented
 from . import http_convert as conv
 from . import http_metadata as meta
 from .http_body import read_body

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...clients.pb import model_config_pb2 as mc
+from ...protocol.pb import model_config_pb2 as mc
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DirectScheduler

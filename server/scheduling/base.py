@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import Unavailable
+from ...protocol.errors import Unavailable
 from ..stats import ExecutionTimes, ModelStats
 from .work import Work
 from .worker import InstanceWorker

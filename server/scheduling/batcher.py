@@ -26,8 +26,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ...clients.pb import model_config_pb2 as mc
-from ..errors import InferdError, InvalidArgument, Unavailable
+from ...protocol.errors import InferdError, InvalidArgument, Unavailable
+from ...protocol.pb import model_config_pb2 as mc
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DEFAULT_MAX_QUEUE

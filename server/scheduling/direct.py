@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InferdError, Unavailable
+from ...protocol.errors import InferdError, Unavailable
 from ..stats import ModelStats
 from .base import Scheduler
 from .work import Work

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, InferdError, Unavailable
+from ...protocol.errors import DeadlineExceeded, InferdError, Unavailable
 
 
 @dataclass(slots=True, eq=False)

@@ -13,18 +13,19 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import TypeAlias
 
 import numpy as np
 
 from ...backends.base import Backend
-from ..errors import InferdError, Internal
+from ...protocol.errors import InferdError, Internal
 from ..stats import ExecutionTimes
 from .open_batch import OpenBatch
 from .thread_priority import lower_thread_priority, thread_nice
 from .work import Work
 
 # One request's outcome: its outputs, or the error that failed it alone.
-Result = dict[str, np.ndarray] | InferdError
+Result: TypeAlias = dict[str, np.ndarray] | InferdError
 # The hop to an instance thread and back costs ~50 µs of CPU and more of wall time (two thread
 # wake-ups and the GIL changing hands), more than a small model's whole execution. So an
 # instance allowed to (see loader.inline_execution) runs executions on the event loop while they
