@@ -92,7 +92,7 @@ python3 -m venv "$work/wheel-venv"
 wheel=$(ls "$work"/dist/inferd-*.whl)
 "$work/wheel-venv/bin/pip" install -q "$wheel[onnx]"
 mkdir -p "$work/elsewhere"
-(cd "$work/elsewhere" && "$work/wheel-venv/bin/python" - <<'PY') || fail "the installed wheel did not serve its bundled repository"
+(cd "$work/elsewhere" && timeout 120 "$work/wheel-venv/bin/python" - <<'PY') || fail "the installed wheel did not serve its bundled repository"
 import asyncio
 import numpy as np
 from inferd.clients import InferenceClient
@@ -103,8 +103,10 @@ async def main() -> None:
     server = InferdServer(Settings(grpc_port=0, http_port=0, metrics_port=0, model_control_mode="none"))
     await server.start()
     assert "site-packages" in str(server.settings.model_repository), server.settings.model_repository
+    # The client blocks: it runs on a thread while this loop serves.
     client = InferenceClient(f"127.0.0.1:{server.grpc_port}")
-    states = {m.name: m.state for m in client.repository_index()}
+    index = await asyncio.to_thread(client.repository_index)
+    states = {m.name: m.state for m in index}
     assert states and set(states.values()) == {"READY"}, states
     a = np.arange(16, dtype=np.float32).reshape(1, 16)
     out = await asyncio.to_thread(client.infer, "add_sub", {"INPUT0": a, "INPUT1": a})
