@@ -69,6 +69,12 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/mypy server backends clients perf protocol
 	$(VENV)/bin/lint-imports
 
+# The benchmarks (perf/README.md): `make perf` lists them, `make perf BENCH=kserve ARGS="--rounds 5"`
+# runs one (ARGS are its options; `make perf BENCH=protocol ARGS=--help` shows them).
+.PHONY: perf
+perf: $(TEST_STAMP)
+	@$(VENV)/bin/inferd perf bench $(if $(BENCH),$(BENCH) $(ARGS),--list)
+
 proto: $(TEST_STAMP)
 	$(PY) proto/generate.py
 

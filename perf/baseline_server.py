@@ -1,4 +1,4 @@
-"""The protocol-overhead baseline (issue 2): the least a Python gRPC server can do to answer
+"""The protocol-overhead baseline: the least a Python gRPC server can do to answer
 KServe v2 ModelInfer for the bundled element-wise ``add_sub`` model.
 
 A bare ``grpc.aio`` servicer on inferd's generated stubs: it decodes the two raw FP32 inputs

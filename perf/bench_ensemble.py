@@ -2,7 +2,7 @@
 (preprocess -> dense -> postprocess) as one request, and as three gRPC round trips.
 
     taskset -c 0 inferd serve --http-port 18000 --grpc-port 18001 --metrics-port 18002 &
-    taskset -c 1 python -m inferd.perf.bench_ensemble --grpc-url 127.0.0.1:18001 --rounds 3
+    taskset -c 1 inferd perf bench ensemble --grpc-url 127.0.0.1:18001 --rounds 3
 
 Per concurrency and mode it prints throughput, p50/p99 latency and, from the server's
 statistics, the three models' compute and queue time per request (the queue time is mostly
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..clients.client import AsyncInferenceClient
-from .bench_http_vs_grpc import Cell, _drive, _loopback
+from .harness import Bench, module_main
+from .points import Cell, drive, loopback
 
 STEPS = ("preprocess", "dense", "postprocess")
 ENSEMBLE = "dense_pipeline"
@@ -60,7 +61,7 @@ async def _measured(
     warmup: float,
 ) -> Row:
     before = {m: await _totals(client, m) for m in STEPS + (ENSEMBLE,)}
-    cell = await _drive(send, concurrency, seconds, warmup, mode)
+    cell = await drive(send, concurrency, seconds, warmup, mode)
     after = {m: await _totals(client, m) for m in STEPS + (ENSEMBLE,)}
     # Per pipeline request: every step runs once per request in both modes.
     requests = max(after["dense"][0] - before["dense"][0], 1)
@@ -163,8 +164,7 @@ def render(rows: dict[tuple[int, str], list[Row]], ceiling: Cell | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inferd.perf.bench_ensemble", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of the server's gRPC front end (loopback)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
@@ -176,13 +176,23 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(__file__).resolve().parent.parent / "model_repository",
         help="where the in-process ceiling reads dense/1/model.onnx ('' to skip it)",
     )
-    args = p.parse_args(argv)
-    _loopback(args.grpc_url)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    loopback(args.grpc_url)
     rows = asyncio.run(run(args))
     ceiling = in_process_ceiling(args.repository, args.seconds) if str(args.repository) else None
     print(render(rows, ceiling))
     return 0 if not any(r.cell.errors for rs in rows.values() for r in rs) else 1
 
 
+BENCH = Bench(
+    "ensemble",
+    "the dense_pipeline ensemble against the same three models chained by the client (a running server)",
+    add_arguments,
+    run_bench,
+    __doc__ or "",
+)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(module_main(BENCH))

@@ -4,7 +4,7 @@ at each concurrency.
 
     taskset -c 0 inferd serve --model-control-mode explicit --load-model add_sub \
         --http-port 18000 --grpc-port 18001 --metrics-port 18002 &
-    taskset -c 1 python -m inferd.perf.bench_http_vs_grpc \
+    taskset -c 1 inferd perf bench http-vs-grpc \
         --grpc-url 127.0.0.1:18001 --http-url 127.0.0.1:18000 --rounds 3
 
 It starts nothing and sends requests only to the loopback URLs it is given, each cell for a
@@ -18,36 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..clients.client import build_infer_request
 from ..protocol import codec
-from .stats import percentile
+from .harness import Bench, module_main
+from .points import Cell, Send, drive, loopback
 
 MODES = ("grpc", "http-json", "http-binary")
-Send = Callable[[], Awaitable[None]]
-
-
-@dataclass
-class Cell:
-    """One protocol at one concurrency, for one round."""
-
-    mode: str
-    concurrency: int
-    requests: int
-    errors: int
-    rate: float  # requests per second
-    p50_us: float
-    p99_us: float
 
 
 def median_row(cells: list[Cell]) -> str:
@@ -60,13 +43,6 @@ def median_row(cells: list[Cell]) -> str:
         f"{statistics.median(c.p50_us for c in cells):,.0f} | {statistics.median(c.p99_us for c in cells):,.0f} | "
         f"{sum(c.requests for c in cells)} | {sum(c.errors for c in cells)} |"
     )
-
-
-def _loopback(url: str) -> str:
-    host = url.rsplit(":", 1)[0].strip("[]")
-    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-        raise SystemExit(f"{url}: this benchmark only sends to loopback addresses")
-    return url
 
 
 def make_inputs(metadata: dict[str, Any], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -96,33 +72,6 @@ def http_bodies(inputs: dict[str, np.ndarray]) -> dict[str, tuple[bytes, dict[st
         "http-json": (json.dumps(as_json).encode(), {"Content-Type": "application/json"}),
         "http-binary": (header + b"".join(raws), {"Inference-Header-Content-Length": str(len(header))}),
     }
-
-
-async def _drive(send: Send, concurrency: int, seconds: float, warmup: float, mode: str) -> Cell:
-    """``concurrency`` workers back to back; only requests that start after the warm-up and end
-    before the deadline count."""
-    start = time.monotonic_ns() + int(warmup * 1e9)
-    end = start + int(seconds * 1e9)
-    latencies: list[int] = []
-    errors = 0
-
-    async def worker() -> None:
-        nonlocal errors
-        while (t0 := time.monotonic_ns()) < end:
-            try:
-                await send()
-            except Exception:
-                if t0 >= start:
-                    errors += 1
-                continue
-            t1 = time.monotonic_ns()
-            if t0 >= start and t1 <= end:
-                latencies.append(t1 - t0)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    lat = sorted(latencies)
-    p50, p99 = (percentile(lat, 50) / 1000, percentile(lat, 99) / 1000) if lat else (0.0, 0.0)
-    return Cell(mode, concurrency, len(lat), errors, len(lat) / seconds, p50, p99)
 
 
 async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Cell]]:
@@ -170,14 +119,14 @@ async def run(args: argparse.Namespace) -> dict[tuple[int, str], list[Cell]]:
             for c in args.concurrency:
                 for mode in MODES[rnd % 3 :] + MODES[: rnd % 3]:
                     if mode == "grpc" and channel is not None:
-                        cell = await _drive(send_grpc, c, args.seconds, args.warmup, mode)
+                        cell = await drive(send_grpc, c, args.seconds, args.warmup, mode)
                     elif mode != "grpc" and http_base:
                         connector = aiohttp.TCPConnector(limit=c)
                         async with aiohttp.ClientSession(
                             connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=30)
                         ) as session:
                             send = _http_sender(session, http_base, args.model, *bodies[mode])
-                            cell = await _drive(send, c, args.seconds, args.warmup, mode)
+                            cell = await drive(send, c, args.seconds, args.warmup, mode)
                     else:
                         continue
                     cells.setdefault((c, mode), []).append(cell)
@@ -217,8 +166,7 @@ def render(cells: dict[tuple[int, str], list[Cell]]) -> str:
     return "\n".join(lines + [median_row(cells[k]) for k in order])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inferd.perf.bench_http_vs_grpc", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-url", default="", help="host:port of the server's gRPC front end (loopback)")
     p.add_argument("--http-url", default="", help="host:port of the server's HTTP front end (loopback)")
     p.add_argument("--model", default="add_sub")
@@ -227,14 +175,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
     p.add_argument("--rounds", type=int, default=1, help="measure the grid this many times; report medians")
-    a = p.parse_args(argv)
+
+
+def run_bench(a: argparse.Namespace) -> int:
     if not (a.grpc_url or a.http_url):
-        p.error("give --grpc-url, --http-url or both")
+        raise SystemExit("give --grpc-url, --http-url or both")
     for url in (a.grpc_url, a.http_url):
         if url:
-            _loopback(url)
+            loopback(url)
     print(render(asyncio.run(run(a))))
     return 0
+
+
+BENCH = Bench(
+    "http-vs-grpc",
+    "one running server's gRPC, HTTP/JSON and HTTP/binary paths at each concurrency",
+    add_arguments,
+    run_bench,
+    __doc__ or "",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return module_main(BENCH, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""Model lifecycle benchmark: how long a dropped model folder takes to serve in poll mode, and
+"""Model lifecycle: how long a dropped model folder takes to serve in poll mode, and
 what a version swap costs the requests flowing through it.
-
-    python -m inferd.perf.bench_swap [--poll-secs 2] [--drops 3] [--duration 8] [--concurrency 8]
 
 1. Drop to READY: an inferd in poll mode (default interval) watches an empty repository; each
    bundled model folder is copied in (``shutil.copytree``, not atomic: the two-scan stability
@@ -38,9 +36,10 @@ import grpc
 
 from ..protocol.pb import grpc_service_pb2 as pb
 from ..protocol.pb import grpc_service_pb2_grpc as pb_grpc
+from .harness import Bench, module_main
 from .inputs import DataOptions, build_requests
 from .loadgen import LoadGenerator, Record
-from .servers import ServerProcess, inferd_argv, split_cpus, start
+from .servers import INFERD_LOADED, INFERD_READY_LINE, ServerProcess, inferd_argv, split_cpus, start
 from .stats import LatencySummary
 from .transport import make_transport
 
@@ -50,7 +49,7 @@ NEAR_SWAP_NS = 250_000_000
 
 def serve(repo: Path, poll_secs: float, cpus: list[int] | None) -> ServerProcess:
     argv = inferd_argv(repo) + ["--model-control-mode", "poll", "--repository-poll-secs", str(poll_secs)]
-    return start("inferd", argv, cpus, ready_line="gRPC (KServe v2) listening on", wait_for="model(s) requested")
+    return start("inferd", argv, cpus, ready_line=INFERD_READY_LINE, wait_for=INFERD_LOADED)
 
 
 def wait_ready(stub: pb_grpc.GRPCInferenceServiceStub, name: str, version: str, ready: bool, timeout: float) -> float:
@@ -224,8 +223,7 @@ def render(
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inferd.perf.bench_swap", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--poll-secs",
         type=float,
@@ -244,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per window (default 8)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before the windows")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the generator to separate CPUs")
-    a = p.parse_args(argv)
 
+
+def run(a: argparse.Namespace) -> int:
     cpus, ncpu = split_cpus(a.no_pin)
     pin = cpus is not None
     print(
@@ -266,5 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+BENCH = Bench(
+    "swap",
+    "poll-mode drop-to-READY time, and request latency while model versions are swapped under load",
+    add_arguments,
+    run,
+    __doc__ or "",
+)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(module_main(BENCH))

@@ -4,6 +4,8 @@ Option names follow perf_analyzer's where they apply, so a command line can move
 the two tools. Differences: the default protocol is gRPC, requests are always asynchronous
 (``--async``/``--sync`` are accepted for compatibility), and ``--processes`` spreads the load
 over several Python processes.
+
+``inferd perf bench NAME`` runs one of the benchmarks instead (``harness.py``; ``--list``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="inferd perf",
         description="Load-test a KServe v2 / Triton server, perf_analyzer style.",
-        epilog="Example: inferd perf -m add_sub -u 127.0.0.1:8001 --concurrency-range 1:8:2 -f out.csv",
+        epilog="Example: inferd perf -m add_sub -u 127.0.0.1:8001 --concurrency-range 1:8:2 -f out.csv\n"
+        "Benchmarks: inferd perf bench --list, inferd perf bench NAME --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-m", dest="model", required=True, help="model name")
     p.add_argument("-x", dest="version", default="", help="model version (default: the server's choice)")
@@ -227,7 +231,12 @@ def write_outputs(opts: RunOptions, out: RunOutput) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Returns 0 when every step was stable and error-free, 1 otherwise, and 2 on usage errors
-    or when the server cannot be reached or stops answering."""
+    or when the server cannot be reached or stops answering. ``bench ...`` runs a benchmark."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .harness import bench_main
+
+        return bench_main(argv[1:])
     from .report import TerminalProgress
 
     args = build_parser().parse_args(argv)

@@ -1,8 +1,9 @@
 """NVIDIA's perf_analyzer as a load generator: finding a binary that runs, and one measured point.
 
-Its C++ client spends ~20-30 µs of CPU per request against ~150-250 µs for a Python grpc.aio
-client, and turns a burst of responses around at once, so where a benchmark asks what the
-*server* can do, perf_analyzer's load disturbs it least (install: ../shared/tools/).
+Its C++ client costs a fraction of a Python grpc.aio client's CPU per request and turns a burst
+of responses around at once, so where a benchmark asks what the *server* can do, its load
+disturbs the server least (figures: reports/2026-12-04-tools-http-backends-lifecycle-ensembles.md;
+install: ../shared/tools/).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +63,11 @@ def start(
     timeout: float = 60,
     ready_line: str = "listening on",
     wait_for: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ServerProcess:
-    """Run ``argv``; wait for the line announcing the port (and ``wait_for``, if given)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """Run ``argv`` (with ``env`` added to the environment); wait for the line announcing the
+    port (and ``wait_for``, if given)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.Popen(
         [*pin_prefix(cpus), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -103,8 +105,37 @@ def start(
     raise RuntimeError(f"{name} did not start (exit code {proc.poll()}):\n{tail}")
 
 
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+# What inferd logs once its gRPC port is bound, and once the start-up models are loaded.
+INFERD_READY_LINE = "gRPC (KServe v2) listening on"
+INFERD_LOADED = "model(s) requested"
+
+
 def baseline_argv(python: str = sys.executable) -> list[str]:
     return [python, "-m", "inferd.perf.baseline_server", "--port", "0"]
+
+
+def kserve_argv(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "inferd.perf.kserve_server", "--grpc-port", "0"]
+
+
+def start_kserve(cpus: Sequence[int] | None = None, extra: Sequence[str] = ()) -> ServerProcess:
+    # KServe imports FastAPI, ray's hooks and more before it listens: allow it time.
+    return start("kserve", [*kserve_argv(), *extra], cpus, timeout=120, ready_line="kserve gRPC listening on")
+
+
+def start_inferd(
+    name: str,
+    env: Mapping[str, str],
+    cpus: Sequence[int] | None,
+    repository: Path | None = None,
+    models: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> ServerProcess:
+    """``inferd serve`` (gRPC only) as its build (``env``) runs it, on the given repository or
+    the current checkout's bundled one (also for an older build: the same models for both)."""
+    argv = [*inferd_argv(repository or BUNDLED_REPOSITORY, models), *extra]
+    return start(name, argv, cpus, ready_line=INFERD_READY_LINE, wait_for=INFERD_LOADED, env=env)
 
 
 def inferd_argv(repository: Path | None = None, models: Sequence[str] = (), python: str = sys.executable) -> list[str]:

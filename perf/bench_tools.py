@@ -1,8 +1,8 @@
 """Run perf_analyzer and ``inferd perf`` with the same options against a running server and
 print their CSVs side by side (throughput and p99), with the ratio of each pair.
 
-    python -m inferd.perf.compare_tools -m dense -u 127.0.0.1:8001 --concurrency-range 1:16:5 \\
-        [--client-cpus 1] [--repeat 3] [-- extra options for both tools]
+    inferd perf bench tools -m dense -u 127.0.0.1:8001 --concurrency-range 1:16:5 \\
+        [--client-cpus 1] [--repeat 3] [--extra="--max-trials 12"]
 
 The two tools run one after the other (alternating which goes first with ``--repeat``; the
 table shows per-step medians), each pinned to ``--client-cpus`` when given (pin the server
@@ -14,12 +14,14 @@ client figures differ, the difference is on the client side.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from .harness import Bench, module_main
 from .perf_analyzer import for_load, read_csv
 from .servers import pin_prefix
 
@@ -37,8 +39,7 @@ def median_rows(runs: list[dict[str, dict[str, str]]]) -> dict[str, dict[str, st
     return merged
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inferd.perf.compare_tools", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", dest="model", required=True)
     p.add_argument("-u", dest="url", default="127.0.0.1:8001")
     p.add_argument("-i", dest="protocol", default="grpc", choices=["grpc", "http"])
@@ -53,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="alternate the tools this many times and report per-step medians (noisy machines)",
     )
-    a, extra = p.parse_known_args(argv)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
+    p.add_argument("--extra", default="", help="more options for both tools, one string (--extra='--max-trials 12')")
+
+
+def run(a: argparse.Namespace) -> int:
+    extra = shlex.split(a.extra)
     pa = for_load("perf_analyzer")
     assert pa is not None  # for_load exits when it is missing
     out = a.out or Path(tempfile.mkdtemp(prefix="inferd-compare-"))
@@ -131,5 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+BENCH = Bench(
+    "tools",
+    "perf_analyzer and inferd perf with the same options against a running server, side by side",
+    add_arguments,
+    run,
+    __doc__ or "",
+)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(module_main(BENCH))
