@@ -1,6 +1,6 @@
-"""ModelInfer's wire-level decoding and encoding (server/frontends/grpc_wire.py) give exactly what
-the message path gives: every request is decoded twice, the second time through the template
-learnt from the first, and compared field by field with ``request_from_pb``."""
+"""The gRPC infer codec's wire-level decoding and encoding (server/frontends/grpc_wire.py) give
+exactly what the message path gives: every request is decoded twice, the second time through the
+template learnt from the first, and compared field by field with ``request_from_pb``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from inferd.protocol import codec
 from inferd.protocol.errors import InvalidArgument
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.types import InferRequest, InferResponse
 from inferd.server.frontends import grpc_wire
-from inferd.server.frontends.grpc_convert import request_from_pb, response_to_pb
-from inferd.server.frontends.grpc_wire import InferWire
+from inferd.server.frontends.grpc_convert import InferCodec, request_from_pb
 
 RNG = np.random.default_rng(7)
 
@@ -88,7 +88,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_template_decoding_matches_the_message_path(case: str) -> None:
     spec = CASES[case]
-    wire = InferWire()
+    wire = InferCodec()
     first = message(**spec).SerializeToString()
     assert_same(wire.decode(first), request_from_pb(pb.ModelInferRequest.FromString(first)))
     for n in range(3):  # new values (and a new id of another length when there is one)
@@ -96,12 +96,12 @@ def test_template_decoding_matches_the_message_path(case: str) -> None:
         if spec.get("rid"):
             kw["rid"] = spec["rid"] + "9" * n
         data = message(**kw).SerializeToString()
-        assert wire._from_template(data, None) is not None, "the learnt template should fit"
+        assert wire._wire.fit(data, None) is not None, "the learnt template should fit"
         assert_same(wire.decode(data, 5.0), request_from_pb(pb.ModelInferRequest.FromString(data)))
 
 
 def test_another_layout_of_the_same_model_is_not_read_with_a_stale_template() -> None:
-    wire = InferWire()
+    wire = InferCodec()
     wire.decode(message({"A": np.ones((1, 4), np.float32)}).SerializeToString())
     for other in (
         message({"A": np.ones((2, 4), np.float32)}),  # another shape
@@ -114,7 +114,7 @@ def test_another_layout_of_the_same_model_is_not_read_with_a_stale_template() ->
 
 
 def test_bytes_that_differ_only_in_the_tail_take_the_message_path() -> None:
-    wire = InferWire()
+    wire = InferCodec()
     good = message({"A": np.ones((1, 4), np.float32)})
     wire.decode(good.SerializeToString())
     short = pb.ModelInferRequest()
@@ -130,7 +130,7 @@ def test_bytes_that_differ_only_in_the_tail_take_the_message_path() -> None:
 
 
 def test_requests_with_contents_or_strings_are_decoded_but_not_templated() -> None:
-    wire = InferWire()
+    wire = InferCodec()
     msg = pb.ModelInferRequest(model_name="m")
     t = msg.inputs.add(name="A", datatype="FP32", shape=[2])
     t.contents.fp32_contents.extend([1.0, 2.0])
@@ -140,25 +140,43 @@ def test_requests_with_contents_or_strings_are_decoded_but_not_templated() -> No
     for m in (msg, s):
         data = m.SerializeToString()
         assert_same(wire.decode(data), request_from_pb(pb.ModelInferRequest.FromString(data)))
-        assert wire._from_template(data, None) is None
+        assert wire._wire.fit(data, None) is None
     assert wire.decode(s.SerializeToString()).inputs["S"].tolist() == [b"hi"]
 
 
 def test_invalid_bytes_are_an_invalid_argument() -> None:
     with pytest.raises(InvalidArgument, match="not a valid ModelInferRequest"):
-        InferWire().decode(b"\x0a\x05ab")
+        InferCodec().decode(b"\x0a\x05ab")
 
 
 def test_templates_and_headers_stay_bounded() -> None:
-    wire = InferWire()
+    wire = InferCodec()
     for i in range(grpc_wire.MAX_MODELS + 10):
         wire.decode(message({"A": np.ones((1, 2), np.float32)}, model=f"m{i}").SerializeToString())
         wire.encode(InferResponse(f"m{i}", "1", {"Y": np.ones(2, np.float32)}))
-    assert len(wire._templates) <= grpc_wire.MAX_MODELS
-    assert len(wire._headers) <= grpc_wire.MAX_MODELS
+    assert len(wire._wire._templates) <= grpc_wire.MAX_MODELS
+    assert len(wire._wire._headers) <= grpc_wire.MAX_MODELS
     for batch in range(1, 10):
         wire.decode(message({"A": np.ones((batch, 2), np.float32)}, model="many").SerializeToString())
-    assert len(wire._templates[b"\x0a\x04many"]) == grpc_wire.TEMPLATES_PER_MODEL
+    assert len(wire._wire._templates[b"\x0a\x04many"]) == grpc_wire.TEMPLATES_PER_MODEL
+
+
+def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
+    """The reference: the response as a message, as Triton answers (always raw_output_contents)."""
+    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for name, array in response.outputs.items():
+        msg.outputs.add(name=name, datatype=codec.of_array(array).name, shape=array.shape)
+        msg.raw_output_contents.append(codec.to_raw(array))
+    for key, v in response.parameters.items():
+        if isinstance(v, bool):
+            msg.parameters[key].bool_param = v
+        elif isinstance(v, int):
+            msg.parameters[key].int64_param = v
+        elif isinstance(v, float):
+            msg.parameters[key].double_param = v
+        else:
+            msg.parameters[key].string_param = v
+    return msg
 
 
 RESPONSES = {
@@ -181,7 +199,7 @@ RESPONSES = {
 
 @pytest.mark.parametrize("case", RESPONSES, ids=list(RESPONSES))
 def test_encoded_responses_are_what_the_message_serializes_to(case: str) -> None:
-    wire = InferWire()
+    wire = InferCodec()
     response = RESPONSES[case]
     for _ in range(2):  # the second time from the cached header
         got = wire.encode(response)

@@ -16,7 +16,7 @@ from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.types import InferResponse
 from inferd.server.frontends import http_convert as conv
 from inferd.server.frontends import http_metadata as meta
-from inferd.server.frontends.grpc_convert import statistics_to_pb
+from inferd.server.frontends.grpc_metadata import statistics_to_pb
 from inferd.server.frontends.http_body import ALIGNMENT, read_body
 from inferd.server.frontends.http_service import STATUS
 from inferd.server.stats import ExecutionTimes, ModelStats

@@ -1,25 +1,28 @@
 """The gRPC front end: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on grpc.aio.
 
-Each RPC converts its message (``grpc_convert``), calls the core and converts back; core errors
-map to gRPC status codes here, once.
+Each RPC converts its message (``grpc_convert`` for inference, ``grpc_metadata`` for the rest),
+calls the core and converts back; core errors map to gRPC status codes in ``_status``, once.
+ModelInfer and ModelStreamInfer take and give bytes, registered without the message
+(de)serializers, so both decode and encode through the same ``InferCodec``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
-from ...protocol.errors import Code, InferdError, InvalidArgument
+from ...protocol.errors import Code, InferdError, InvalidArgument, Unimplemented
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from ...protocol.pb import health_pb2, health_pb2_grpc
 from ..core import InferenceCore
-from .grpc_convert import request_from_pb, response_to_pb, statistics_to_pb
-from .grpc_wire import InferWire
+from . import grpc_metadata as meta
+from .grpc_convert import InferCodec, stream_error
 
 log = logging.getLogger(__name__)
 
@@ -34,99 +37,88 @@ STATUS = {
     Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
+Servicer = TypeVar("Servicer")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
-async def _abort(context: grpc.aio.ServicerContext, e: InferdError) -> NoReturn:
-    await context.abort(STATUS[e.code], e.message)
-    raise AssertionError("unreachable")  # context.abort always raises
+def _status(method: Callable[[Servicer, Req, Any], Awaitable[Resp]]) -> Callable[[Servicer, Req, Any], Awaitable[Resp]]:
+    """A unary RPC whose InferdError ends the call with the error's status and message."""
+
+    @functools.wraps(method)
+    async def rpc(self: Servicer, request: Req, context: Any) -> Resp:
+        try:
+            return await method(self, request, context)
+        except InferdError as e:
+            await context.abort(STATUS[e.code], e.message)
+            raise AssertionError("unreachable") from None  # context.abort always raises
+
+    return rpc
 
 
-async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by inferd yet")
-    raise AssertionError("unreachable")
+def _unsupported(what: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+    @_status
+    async def rpc(self: Any, request: Any, context: Any) -> Any:
+        raise Unimplemented(f"{what} is not supported by inferd yet")
+
+    return rpc
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
-        self.wire = InferWire()
+        self.codec = InferCodec()
 
+    @_status
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.core.server_live())
 
+    @_status
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core.server_ready())
 
+    @_status
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
 
+    @_status
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
-        m = self.core.server_metadata()
-        return pb.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
+        return meta.server_metadata_pb(self.core.server_metadata())
 
+    @_status
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-        try:
-            m = self.core.model_metadata(request.name, request.version)
-        except InferdError as e:
-            await _abort(context, e)
-        T = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name=m.name,
-            versions=m.versions,
-            platform=m.platform,
-            inputs=[T(name=t.name, datatype=t.datatype, shape=t.shape) for t in m.inputs],
-            outputs=[T(name=t.name, datatype=t.datatype, shape=t.shape) for t in m.outputs],
-        )
+        return meta.model_metadata_pb(self.core.model_metadata(request.name, request.version))
 
+    @_status
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
-        try:
-            config = self.core.model_config(request.name, request.version)
-        except InferdError as e:
-            await _abort(context, e)
-        response = pb.ModelConfigResponse()
-        response.config.CopyFrom(config)
-        return response
+        return meta.model_config_pb(self.core.model_config(request.name, request.version))
 
+    @_status
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
-        try:
-            stats = self.core.model_statistics(request.name, request.version)
-        except InferdError as e:
-            await _abort(context, e)
-        response = pb.ModelStatisticsResponse()
-        for s in stats:
-            statistics_to_pb(s, response.model_stats.add())
-        return response
+        return meta.statistics_pb(self.core.model_statistics(request.name, request.version))
 
+    @_status
     async def ModelInfer(self, request: bytes, context: Any) -> bytes:
-        """Bytes in, bytes out: registered without the message (de)serializers (see grpc_wire)."""
-        try:
-            core_request = self.wire.decode(request, context.time_remaining())
-            response = await self.core.infer(core_request)
-            return self.wire.encode(response)
-        except InferdError as e:
-            await _abort(context, e)
+        core_request = self.codec.decode(request, context.time_remaining())
+        return self.codec.encode(await self.core.infer(core_request))
 
-    async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """Requests on one stream run concurrently; responses (or per-request errors) are sent
-        as they complete, so a decoupled model's 0..N responses fit the same loop."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        as they complete, so a decoupled model's 0..N responses fit the same loop. The stream's
+        deadline bounds the stream, not each request, so requests carry none."""
+        out: asyncio.Queue[bytes | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def one(msg: pb.ModelInferRequest) -> None:
+        async def one(data: bytes) -> None:
             try:
-                async for r in self.core.infer_stream(request_from_pb(msg)):
-                    out.put_nowait(pb.ModelStreamInferResponse(infer_response=response_to_pb(r)))
+                async for r in self.core.infer_stream(self.codec.decode(data)):
+                    out.put_nowait(self.codec.encode_stream(r))
             except InferdError as e:
-                error = pb.ModelStreamInferResponse(error_message=e.message)
-                error.infer_response.id = msg.id
-                error.infer_response.model_name = msg.model_name
-                out.put_nowait(error)
+                out.put_nowait(stream_error(e.message, data))
 
         async def read() -> None:
-            async for msg in request_iterator:
-                task = asyncio.ensure_future(one(msg))
+            async for data in requests:
+                task = asyncio.ensure_future(one(data))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks:
@@ -142,56 +134,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for t in list(tasks):
                 t.cancel()
 
+    @_status
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
-        entries = self.core.repository_index(request.ready)
-        M = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(
-            models=[M(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries]
-        )
+        return meta.repository_index_pb(self.core.repository_index(request.ready))
 
+    @_status
     async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
         config = None
         if "config" in request.parameters:
-            config = request.parameters["config"].string_param
-        try:
-            await self.core.load_model(request.model_name, config)
-        except InferdError as e:
-            await _abort(context, e)
+            param = request.parameters["config"]
+            if param.WhichOneof("parameter_choice") != "string_param":
+                raise InvalidArgument("parameter 'config' must be a string (a JSON ModelConfig)")
+            config = param.string_param
+        files = [k for k in request.parameters if k.startswith("file:")]
+        await self.core.load_model(request.model_name, config, files)
         return pb.RepositoryModelLoadResponse()
 
+    @_status
     async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
-        try:
-            param = request.parameters.get("unload_dependents")
-            if param is not None and param.WhichOneof("parameter_choice") != "bool_param":
-                raise InvalidArgument("parameter 'unload_dependents' must be a bool")
-            await self.core.unload_model(request.model_name, bool(param is not None and param.bool_param))
-        except InferdError as e:
-            await _abort(context, e)
+        param = request.parameters.get("unload_dependents")
+        if param is not None and param.WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgument("parameter 'unload_dependents' must be a bool")
+        await self.core.unload_model(request.model_name, bool(param is not None and param.bool_param))
         return pb.RepositoryModelUnloadResponse()
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "system shared memory")
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "system shared memory")
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "system shared memory")
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
-
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "tracing")
-
-    async def LogSettings(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "changing log settings over the API")
+    SystemSharedMemoryStatus = _unsupported("system shared memory")
+    SystemSharedMemoryRegister = _unsupported("system shared memory")
+    SystemSharedMemoryUnregister = _unsupported("system shared memory")
+    CudaSharedMemoryStatus = _unsupported("CUDA shared memory")
+    CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unsupported("CUDA shared memory")
+    TraceSetting = _unsupported("tracing")
+    LogSettings = _unsupported("changing log settings over the API")
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -205,13 +179,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         ready = self.core.server_ready() if not request.service else self.core.model_ready(request.service)
         return S(status=S.SERVING if ready else S.NOT_SERVING)
 
-    async def Watch(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "Health.Watch")
+    Watch = _unsupported("Health.Watch")
 
 
 class _Collect:
     """Stands in for the server so the generated registration function hands over its method
-    handlers, which are then registered with ModelInfer's replaced."""
+    handlers, which are then registered with the two infer RPCs' replaced."""
 
     def __init__(self) -> None:
         self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
@@ -227,7 +200,9 @@ def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server)
     collect = _Collect()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, collect)
     ((service, handlers),) = collect.handlers.items()
-    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)  # raw bytes both ways
+    # Raw bytes both ways: InferCodec reads and writes the messages itself.
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
 

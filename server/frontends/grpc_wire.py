@@ -1,26 +1,25 @@
-"""ModelInfer at the protobuf wire level: the unary call's bytes in and out, without a message.
+"""ModelInfer at the protobuf wire level: the private fast path of ``grpc_convert.InferCodec``.
 
 A client sends the same request over and over with only the tensor bytes (and often the id)
 changed: tritonclient and perf_analyzer serialize the same model name, tensors, shapes,
-requested outputs and parameters in the same order every time. Turning those bytes into a
-protobuf message and the message into the core's request cost more CPU than all of the core's
-work for a small model (each field read makes a Python object from upb's arena). So each
-model's recent request layouts are remembered as *templates*: the header bytes, where the id
-sits, and where each input's raw bytes start. A request whose bytes fit a template is decoded
-with a few byte comparisons, and its input arrays view the request's own bytes.
+requested outputs and parameters in the same order every time. Parsing those bytes into a
+protobuf message and the message into the core's request costs more CPU than the core's work
+for a small model (each field read makes a Python object from upb's arena). So each model's
+recent request layouts are remembered as *templates*: the header bytes, where the id sits, and
+where each input's raw bytes start. A request whose bytes fit a template is decoded with a few
+byte comparisons, and its input arrays view the request's own bytes.
 
-Anything that does not fit, or the first request of a layout, goes through the message path
-(``grpc_convert.request_from_pb``), which owns every check and error message; a template is
-only learnt from a request that path accepted, so both paths give the same result.
+A template is only learnt from a request that the message path (``grpc_convert``) accepted, and
+a request fits one only if every byte outside the id and the tensor data is the same, so both
+paths give the same result and every check and error message stays in one place.
 
-Responses are written directly too: a header (model, version, output names, datatypes,
-shapes) is encoded once per output layout, then each response is that header, its id and the
-raw output bytes: byte for byte what the message would serialize to.
+Responses are written directly: a header (model, version, output names, datatypes, shapes) is
+encoded once per output layout, then each response is that header, its id and the raw output
+bytes: byte for byte what the message would serialize to.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,16 +27,16 @@ from types import MappingProxyType
 import numpy as np
 
 from ...protocol import codec
-from ...protocol.errors import InvalidArgument
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.types import InferRequest, InferResponse
-from .grpc_convert import PbParameters, parameters_to_pb, request_from_pb
+from .grpc_params import parameters_to_pb
 
 # Field tags (field number << 3 | wire type 2, length-delimited) of ModelInferRequest/Response.
 _MODEL_NAME = 0x0A
 _ID = 0x1A
 _RAW_INPUT = 0x3A
 _RAW_OUTPUT = 0x32
+_STREAM_RESPONSE = 0x12  # ModelStreamInferResponse.infer_response
 TEMPLATES_PER_MODEL = 4  # a few layouts per model (e.g. two batch sizes) without thrashing
 MAX_MODELS = 256  # both caches are cleared when they reach this many keys: bounded memory
 MAX_HEADER_BYTES = 4096  # bigger headers (tensors sent in `contents`) are not worth keeping
@@ -100,19 +99,8 @@ class InferWire:
         self._templates: dict[bytes, list[_Template]] = {}
         self._headers: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
 
-    def decode(self, data: bytes, remaining_s: float | None = None) -> InferRequest:
-        request = self._from_template(data, remaining_s)
-        if request is not None:
-            return request
-        try:
-            msg = pb.ModelInferRequest.FromString(data)
-        except Exception as e:  # upb raises DecodeError; any failure is the client's bytes
-            raise InvalidArgument(f"ModelInfer: the request is not a valid ModelInferRequest message ({e})") from None
-        request = request_from_pb(msg, remaining_s)
-        self._learn(data, msg)
-        return request
-
-    def _from_template(self, data: bytes, remaining_s: float | None) -> InferRequest | None:
+    def fit(self, data: bytes, remaining_s: float | None) -> InferRequest | None:
+        """The request, if ``data`` fits a learnt layout; None sends it down the message path."""
         if len(data) < 2 or data[0] != _MODEL_NAME or data[1] >= 0x80:
             return None
         candidates = self._templates.get(data[: 2 + data[1]])
@@ -150,20 +138,15 @@ class InferWire:
                 return InferRequest(t.model, inputs, t.version, rid, outputs, t.parameters, deadline)  # type: ignore[arg-type]
         return None
 
-    def _learn(self, data: bytes, msg: pb.ModelInferRequest) -> None:
-        """Remember this request's layout if it has one worth a template: numeric inputs all in
-        raw_input_contents, after every other field, and the id (if any) right after the model
-        name and version."""
-        if not msg.raw_input_contents:
-            return  # (request_from_pb has checked the rest: one raw entry per input, no duplicates)
+    def learn(self, data: bytes, request: InferRequest) -> None:
+        """Remember the layout of ``data``, which the message path accepted as ``request``, if
+        it has one worth a template: numeric inputs all in raw_input_contents, after every
+        other field, and the id (if any) right after the model name and version."""
         specs = []
-        for t in msg.inputs:
-            dt = codec.BY_NAME.get(t.datatype)
-            shape = tuple(t.shape)
-            if dt is None or not dt.itemsize or (shape and min(shape) < 0):
-                return
-            count = math.prod(shape)
-            specs.append((t.name, dt.wire, count, count * dt.itemsize, shape))
+        for name, array in request.inputs.items():  # in the message's input order
+            if not array.dtype.itemsize or array.dtype.hasobject:
+                return  # BYTES
+            specs.append((name, array.dtype, array.size, array.nbytes, array.shape))
         try:
             layout = self._scan(data)
         except IndexError:
@@ -178,17 +161,17 @@ class InferWire:
             if size != nbytes:
                 return
             inputs.append(_Input(name, dtype, count, nbytes, shape, mark))
-        outputs = tuple(o.name for o in msg.outputs) if len(msg.outputs) else None
+        outputs = tuple(request.outputs) if request.outputs is not None else None
         # Shared by every request read with this template: a read-only plain dict, cheaper to
         # look up than the message's map.
-        params = MappingProxyType(dict(PbParameters(msg.parameters))) if len(msg.parameters) else {}
+        params = MappingProxyType(dict(request.parameters)) if request.parameters else {}
         template = _Template(
             data[:pre_end],
             id_end > pre_end,
             data[id_end:raw_start],
             tuple(inputs),
-            msg.model_name,
-            msg.model_version,
+            request.model_name,
+            request.model_version,
             outputs,
             params,
         )
@@ -240,7 +223,9 @@ class InferWire:
             pre_end = id_end = raw_start
         return pre_end, id_end, raw_start, marks
 
-    def encode(self, response: InferResponse) -> bytes:
+    def encode(self, response: InferResponse, stream: bool = False) -> bytes:
+        """The serialized ModelInferResponse; with ``stream``, the ModelStreamInferResponse that
+        carries it."""
         outputs = response.outputs
         key = (response.model_name, response.model_version, *[(n, a.dtype, a.shape) for n, a in outputs.items()])
         header = self._headers.get(key)
@@ -261,6 +246,8 @@ class InferWire:
             data = codec.to_raw(array)
             parts.append(bytes((_RAW_OUTPUT,)) + _encode_varint(len(data)))
             parts.append(data)
+        if stream:
+            parts.insert(0, bytes((_STREAM_RESPONSE,)) + _encode_varint(sum(map(len, parts))))
         return b"".join(parts)
 
     @staticmethod

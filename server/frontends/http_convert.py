@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ...protocol import codec
-from ...protocol.errors import InvalidArgument, Unimplemented
+from ...protocol.errors import InvalidArgument
 from ...protocol.types import InferRequest, InferResponse, Scalar
+from . import tensor_parameters
 
 # Deep enough for any tensor rank numpy supports inside {"inputs": [{"data": ...}]}, shallow
 # enough that no parser recursion can be driven by a request.
@@ -153,8 +154,7 @@ def _inputs(model: str, value: Any, binary: memoryview) -> dict[str, np.ndarray]
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
-        if "shared_memory_region" in params:
-            raise Unimplemented(f"{what}: shared memory is not supported by inferd")
+        tensor_parameters.check_input(params, what)
         size = params.get("binary_data_size")
         if size is None:
             if "data" not in t:
@@ -286,10 +286,7 @@ def _requested_outputs(model: str, value: Any, fmt: OutputFormat) -> list[str] |
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
-        if "shared_memory_region" in params:
-            raise Unimplemented(f"{what}: shared memory is not supported by inferd")
-        if params.get("classification"):
-            raise Unimplemented(f"{what}: the classification extension is not supported by inferd")
+        tensor_parameters.check_output(params, what)
         flag = params.get("binary_data")
         if flag is not None:
             if not isinstance(flag, bool):

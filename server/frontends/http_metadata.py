@@ -66,6 +66,7 @@ def _model_stats(s: ModelStats) -> dict[str, Any]:
             for size, b in sorted(s.batch_stats.items())
         ],
         "memory_usage": [],
+        "response_stats": {},
     }
 
 

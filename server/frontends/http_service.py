@@ -182,12 +182,10 @@ class HttpApi:
         params = (await self._optional_json(request)).get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument("'parameters' must be a JSON object")
-        if any(k.startswith("file:") for k in params):
-            raise Unimplemented("loading model files sent over the API ('file:' parameters) is not supported")
         config = params.get("config")
         if config is not None and not isinstance(config, str):
             config = json.dumps(config)  # accept the config as an object as well as a JSON string
-        await self.core.load_model(model, config)
+        await self.core.load_model(model, config, [k for k in params if k.startswith("file:")])
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:

@@ -1,0 +1,55 @@
+"""gRPC ``map<string, InferParameter>`` fields <-> the core's scalar parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ...protocol.types import Scalar
+
+_UNSET = object()
+
+
+class PbParameters(Mapping[str, Scalar]):
+    """A parameter map read from the message when asked for: the core looks at one or two keys,
+    and converting the whole map up front would cost more than that."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self._map = params
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self._map:
+            return default
+        p = self._map[key]
+        which = p.WhichOneof("parameter_choice")
+        return default if which is None else getattr(p, which)
+
+    def __getitem__(self, key: str) -> Scalar:
+        value = self.get(key, _UNSET)
+        if value is _UNSET:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, p in self._map.items() if p.WhichOneof("parameter_choice") is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        return len(self._map) > 0  # a parameter with no value set is as good as absent, and rare
+
+
+def parameters_to_pb(values: Mapping[str, Scalar], target: Any) -> None:
+    for key, v in values.items():
+        p = target[key]
+        if isinstance(v, bool):
+            p.bool_param = v
+        elif isinstance(v, int):
+            p.int64_param = v
+        elif isinstance(v, float):
+            p.double_param = v
+        else:
+            p.string_param = str(v)
