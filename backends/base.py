@@ -12,10 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from ..protocol.caller import ThreadCaller
 from ..protocol.pb import model_config_pb2 as mc
 
 
@@ -38,8 +39,8 @@ class LoadContext:
     version_dir: Path
     model_path: Path  # version_dir / model file (may be a folder, e.g. SavedModel)
     instance: Instance
-    # The server core, for backends that call other models in-process (Python models).
-    core: Any = None
+    # How this model calls other models in-process (Python models' BLS); None outside a server.
+    caller: ThreadCaller | None = None
     parameters: dict[str, str] = field(default_factory=dict)
 
 

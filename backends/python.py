@@ -108,7 +108,7 @@ class PythonBackend(Backend):
         if config.model_transaction_policy.decoupled:
             raise ModelLoadError(f"{self.label}: decoupled Python models are not supported by inferd yet")
         self.path = context.model_path
-        self.core = context.core
+        self.caller = context.caller
         self.module_name = _module_name(context.model_name, context.version, context.instance.index)
         module = _import(self.path, self.module_name)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,7 +117,7 @@ class PythonBackend(Backend):
             self.is_async = inspect.iscoroutinefunction(self.model.execute)
             initialize = getattr(self.model, "initialize", None)
             if initialize is not None:
-                api._bind_core(self.core)
+                api._bind_caller(self.caller)
                 # Triton's arguments: every value is a string, the config is JSON.
                 initialize(
                     {
@@ -148,7 +148,7 @@ class PythonBackend(Backend):
     def execute_requests(
         self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str]
     ) -> list[dict[str, np.ndarray] | Exception]:
-        api._bind_core(self.core)
+        api._bind_caller(self.caller)
         incoming = [api.InferenceRequest._incoming(r, outputs) for r in requests]
         try:
             responses = self.model.execute(incoming)

@@ -25,6 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from ..protocol import codec
+from ..protocol.caller import ThreadCaller
 from ..protocol.errors import Code, InferdError, InvalidArgument
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import InferRequest, InferResponse
@@ -242,28 +243,26 @@ class InferenceRequest:
     def exec(self, decoupled: bool = False) -> Any:
         """Run the request on another model and wait: an :class:`InferenceResponse` (with
         ``error()`` set if it failed), or an iterator of them when ``decoupled``."""
-        core = _current_core()
+        caller = _current_caller()
         try:
             if decoupled:
-                future = asyncio.run_coroutine_threadsafe(_collect(core, self._to_core()), core.loop)
-                return iter([_response(r) for r in future.result()])
-            return _response(core.infer_blocking(self._to_core()))
+                return iter([_response(r) for r in caller.submit_stream(self._to_core()).result()])
+            return _response(caller.infer(self._to_core()))
         except InferdError as e:
             failed = InferenceResponse(error=_from_inferd_error(e))
             return iter([failed]) if decoupled else failed
 
     def async_exec(self, decoupled: bool = False) -> Awaitable[Any]:
         """``exec`` for ``async def execute``: ``await`` it, or gather several."""
-        core = _current_core()
+        caller = _current_caller()
 
         async def run() -> Any:
             try:
                 request = self._to_core()
                 if decoupled:
-                    future = asyncio.run_coroutine_threadsafe(_collect(core, request), core.loop)
-                    return iter([_response(r) for r in await asyncio.wrap_future(future)])
-                future = asyncio.run_coroutine_threadsafe(core.infer(request), core.loop)
-                return _response(await asyncio.wrap_future(future))
+                    responses = await asyncio.wrap_future(caller.submit_stream(request))
+                    return iter([_response(r) for r in responses])
+                return _response(await asyncio.wrap_future(caller.submit(request)))
             except InferdError as e:
                 failed = InferenceResponse(error=_from_inferd_error(e))
                 return iter([failed]) if decoupled else failed
@@ -275,28 +274,24 @@ def _response(r: InferResponse) -> InferenceResponse:
     return InferenceResponse([Tensor(n, a) for n, a in r.outputs.items()], parameters=dict(r.parameters))
 
 
-async def _collect(core: Any, request: InferRequest) -> list[InferResponse]:
-    return [r async for r in core.infer_stream(request)]
-
-
-# The server core for BLS calls: set on the threads that run a model, with a process-wide
+# How BLS calls reach other models: bound on the threads that run a model, with a process-wide
 # fallback for threads a model starts itself.
 _local = threading.local()
-_fallback_core: Any = None
+_fallback_caller: ThreadCaller | None = None
 
 
-def _bind_core(core: Any) -> None:
-    global _fallback_core
-    _local.core = core
-    if core is not None:
-        _fallback_core = core
+def _bind_caller(caller: ThreadCaller | None) -> None:
+    global _fallback_caller
+    _local.caller = caller
+    if caller is not None:
+        _fallback_caller = caller
 
 
-def _current_core() -> Any:
-    core = getattr(_local, "core", None) or _fallback_core
-    if core is None or getattr(core, "loop", None) is None:
+def _current_caller() -> ThreadCaller:
+    caller: ThreadCaller | None = getattr(_local, "caller", None) or _fallback_caller
+    if caller is None:
         raise TritonError("calling another model needs a running inferd server", TritonError.UNAVAILABLE)
-    return core
+    return caller
 
 
 # --- helpers with Triton's names ------------------------------------------------------------

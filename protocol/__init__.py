@@ -1,4 +1,5 @@
 """The protocol layer every other part of inferd builds on: the generated gRPC/protobuf stubs
-(``pb``), the one datatype codec (``codec``), the error hierarchy (``errors``) and the core's
-request and response types (``types``). It imports nothing of the server, the backends or the
-clients (an import-linter contract in pyproject.toml checks it)."""
+(``pb``), the one datatype codec (``codec``), the error hierarchy (``errors``), the core's
+request and response types (``types``) and the interface through which models call other
+models (``caller``). It imports nothing of the server, the backends or the clients (an
+import-linter contract in pyproject.toml checks it)."""

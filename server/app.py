@@ -1,4 +1,5 @@
-"""The owner of a running server: builds the core, loads models, starts and stops front ends.
+"""The owner of a running server: builds the manager and the core over it, loads models through
+the manager, starts and stops front ends (which see only the core).
 
 Shutdown order: refuse new inference, stop accepting connections while in-flight RPCs finish
 (within ``exit_timeout_secs``), then unload models.
@@ -56,7 +57,6 @@ class InferdServer:
 
     async def start(self, wait_for_models: bool = True) -> None:
         s = self.settings
-        self.core.loop = asyncio.get_running_loop()
         for root in self.repository.roots:
             if not root.is_dir():
                 raise FileNotFoundError(f"model repository {root} is not a folder")
@@ -83,7 +83,7 @@ class InferdServer:
             await self.stop()  # e.g. a port in use: release the front ends already started
             raise
         names = await self._startup_models()
-        self.core.required_models = set(names)
+        self.manager.require(names)
         loads = asyncio.gather(*(self._load_quietly(n) for n in names))
         if self.watcher is not None:
             self.watcher.start()  # changes made while the start-up loads run are picked up too
@@ -123,13 +123,15 @@ class InferdServer:
         if s.load_models:
             log.warning("--load-model is ignored in model control mode '%s'", s.model_control_mode)
         if s.model_control_mode == "poll":
-            self.watcher = RepositoryWatcher(self.repository, self.core.load, self.core.unload, s.repository_poll_secs)
+            self.watcher = RepositoryWatcher(
+                self.repository, self.manager.load, self.manager.unload, s.repository_poll_secs
+            )
             return await self.watcher.prime()  # the baseline the watcher compares against
         return self.repository.model_names()
 
     async def _load_quietly(self, name: str) -> None:
         try:
-            await self.core.load(name)
+            await self.manager.load(name)
         except Exception as e:  # recorded as the model's reason; the server stays up
             log.debug("model %s failed: %s", name, e)
 
@@ -141,7 +143,7 @@ class InferdServer:
             apply_io_policy(policy)
 
     async def stop(self) -> None:
-        self.core.shutting_down = True
+        self.manager.begin_shutdown()
         for task in (self._io_policy_task, self._start_report):
             if task is not None:
                 task.cancel()

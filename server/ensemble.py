@@ -1,9 +1,10 @@
 """Ensembles (``platform: "ensemble"``): a DAG of composing models run in-process.
 
-Each step is an ordinary request to its composing model through the core, so it goes through
-that model's own scheduler (dynamic batching applies across ensemble and direct traffic), and
-tensors pass between steps as the same numpy arrays, never serialised. A step starts as soon
-as all of its inputs exist, so independent branches run concurrently.
+Each step is an ordinary request to its composing model through the ``ModelCaller`` injected
+at load (the request path the front ends use), so it goes through that model's own scheduler
+(dynamic batching applies across ensemble and direct traffic), and tensors pass between steps
+as the same numpy arrays, never serialised. A step starts as soon as all of its inputs exist,
+so independent branches run concurrently.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ..protocol.caller import ModelCaller
 from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import InferRequest
+from ..protocol.types import InferRequest, InferResponse
 from .config import Signature, TensorSpec
 from .scheduling.base import Scheduler
 from .scheduling.work import Work
@@ -150,18 +151,18 @@ def _dims_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 
 class EnsembleScheduler(Scheduler):
-    """Runs one ensemble request as a DAG of composing-model requests through the core."""
+    """Runs one ensemble request as a DAG of composing-model requests."""
 
-    def __init__(self, plan: EnsemblePlan, core: Any, stats: ModelStats, label: str) -> None:
+    def __init__(self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str) -> None:
         super().__init__([], stats, label)
         self.plan = plan
-        self.core = core
+        self.caller = caller
 
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
         started = time.monotonic_ns()
         tensors: dict[str, np.ndarray] = dict(work.inputs)
         waiting = list(self.plan.steps)
-        running: dict[asyncio.Task[Any], Step] = {}
+        running: dict[asyncio.Future[InferResponse], Step] = {}
         params = {"priority": work.priority} if work.priority else {}
         try:
             while waiting or running:
@@ -177,7 +178,7 @@ class EnsembleScheduler(Scheduler):
                         parameters=dict(params),
                         deadline_ns=work.deadline_ns,
                     )
-                    running[asyncio.ensure_future(self.core.infer(request))] = step
+                    running[asyncio.ensure_future(self.caller.infer(request))] = step
                 if not running:
                     raise ModelLoadError(f"{self.label}: steps {[s.label for s in waiting]} can never run")
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import registry
 from ..backends.base import Backend, Instance, LoadContext
+from ..protocol.caller import ThreadCaller
 from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
 from . import config as cfg
 from .ensemble import EnsemblePlan, plan_ensemble
+from .model_spec import InstanceGroup, ModelSpec, model_spec
 from .repository import Repository
 from .scheduling.worker import InstanceWorker
 
@@ -41,6 +43,11 @@ class ModelPlan:
     # digest did not change since it was loaded is not reloaded.
     fingerprints: dict[int, str] = field(default_factory=dict)
     ensemble: EnsemblePlan | None = None  # the checked DAG of an ensemble
+    # The typed view of the completed config that schedulers and instance building read.
+    spec: ModelSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = model_spec(self.config)
 
 
 def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = None) -> ModelPlan:
@@ -131,10 +138,10 @@ def _factory(plan: ModelPlan, ctx: LoadContext) -> Callable[[], Backend]:
     return lambda: backend(ctx)
 
 
-def instances(config: mc.ModelConfig) -> list[Instance]:
+def instances(groups: Sequence[InstanceGroup]) -> list[Instance]:
     out: list[Instance] = []
-    for group in config.instance_group:
-        gpu = group.kind == mc.ModelInstanceGroup.KIND_GPU
+    for group in groups:
+        gpu = group.kind == "GPU"
         devices = list(group.gpus) or [0] if gpu else [0]
         for device in devices:
             for _ in range(group.count):
@@ -147,7 +154,7 @@ def describe_instances(plan: ModelPlan) -> str:
     if plan.ensemble is not None:
         steps = len(plan.ensemble.steps)
         return f"{steps} step{'s' if steps != 1 else ''}"
-    kinds = Counter("CPU" if i.kind == "CPU" else f"GPU {i.device_id}" for i in instances(plan.config))
+    kinds = Counter("CPU" if i.kind == "CPU" else f"GPU {i.device_id}" for i in instances(plan.spec.instance_group))
     total = sum(kinds.values())
     where = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {k}" for k, n in kinds.items())
     return f"{total} instance{'s' if total != 1 else ''} ({where})"
@@ -156,8 +163,9 @@ def describe_instances(plan: ModelPlan) -> str:
 INLINE_CHOICES = ("auto", "true", "false")
 
 
-def inline_execution(plan: ModelPlan, placed: list[Instance], params: dict[str, str]) -> bool:
-    """Whether the instance may run short executions on the event loop (see InstanceWorker).
+def inline_execution(plan: ModelPlan, placed: list[Instance], params: Mapping[str, str]) -> bool:
+    """Whether the instance may run short executions on the event loop: the part of the
+    decision made once at load; the worker's ExecutionPlacement makes the rest per execution.
 
     Parameter ``inline_execution``: "auto" (default) lets backends that declare themselves
     pure computation do it; "true" also lets a Python model that never calls other models;
@@ -175,27 +183,31 @@ def inline_execution(plan: ModelPlan, placed: list[Instance], params: dict[str, 
     return choice == "true" or plan.backend.inline_safe
 
 
-def load_workers(repo: Repository, plan: ModelPlan, version: int, core: object, nice: int = 0) -> list[InstanceWorker]:
+def load_workers(
+    repo: Repository, plan: ModelPlan, version: int, caller: ThreadCaller | None, nice: int = 0
+) -> list[InstanceWorker]:
     """Create every instance of one version, each backend on its instance's thread; on failure,
     unload what was created. ``nice`` lowers the threads of dynamically batched models only: it
     lets the loop admit requests (and so fill batches) before compute runs, and without a
-    batcher to fill it only slows the hand-off (add_sub at 16 clients: ~2,160 -> ~1,780/s)."""
+    batcher to fill it only slows the hand-off. ``caller`` is how the instances call other
+    models (Python models' BLS)."""
     assert plan.backend is not None
     version_dir = plan.model_dir / str(version)
     filename = plan.config.default_model_filename or plan.backend.default_filename
     model_path = repo.model_file(version_dir, filename)
-    params = {k: v.string_value for k, v in plan.config.parameters.items()}
+    spec = plan.spec
+    params = dict(spec.parameters)
     workers: list[InstanceWorker] = []
-    placed = instances(plan.config)
+    placed = instances(spec.instance_group)
     inline = inline_execution(plan, placed, params)
-    nice = nice if plan.config.HasField("dynamic_batching") else 0
+    nice = nice if spec.dynamic_batching is not None else 0
+    batching = spec.max_batch_size > 0
     try:
         for inst in placed:
             ctx = LoadContext(
-                plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, core, params
+                plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, caller, params
             )
             name = f"{plan.name}.v{version}.{inst.name}"
-            batching = plan.config.max_batch_size > 0
             workers.append(InstanceWorker.build(_factory(plan, ctx), name, batching, inline, nice))
     except BaseException as e:
         for w in workers:

@@ -1,4 +1,5 @@
-"""Model lifecycle: which versions are loaded, their states and reasons, and swapping them.
+"""Model lifecycle and the request path: which versions are loaded, their states and reasons,
+swapping them, and running a request on the version it names.
 
 A load plans the model (config, auto-complete, version policy) and fingerprints every selected
 version (completed config + files). Versions whose fingerprint is unchanged keep serving
@@ -7,6 +8,12 @@ step with no ``await`` in between (so atomic for requests on the event loop), tr
 them and versions that left the policy stop taking requests; replaced versions are drained and
 unloaded in the background. If any version fails while the model is serving, nothing moves:
 the serving versions stay as they were and the index shows why.
+
+An ensemble loads the composing models that are not ready first, and one that failed for want
+of a composing model is loaded again once that model is ready, so fixing a step heals its
+ensembles (as Triton reloads dependents). The manager is also the ``ModelCaller`` that
+ensembles and Python models get at load to call other models, so their calls take the same
+path as the front ends' requests.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..backends.registry import platform_of
+from ..protocol.caller import ThreadCaller
 from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import ModelIndexEntry
+from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
 from .ensemble import EnsembleScheduler, check_types
 from .loader import ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
@@ -69,13 +77,39 @@ class ModelManager:
         self.instance_nice = instance_nice
         self.models: dict[str, ModelRecord] = {}
         self.observers = observers if observers is not None else []
-        self.core: object = None  # set by the core; handed to backends that call other models
-        # Composing model -> ensembles whose load failed for want of it; the core retries them
-        # once it is ready (as Triton reloads dependents), so fixing a step heals its ensembles.
-        self.waiting: dict[str, set[str]] = {}
+        # Composing model -> ensembles whose load failed for want of it, loaded again once it is ready.
+        self._waiting: dict[str, set[str]] = {}
+        # Models strict readiness waits for: those requested at start-up and every model that
+        # has been READY since, until it is unloaded. A new model that never loaded does not
+        # take the whole server out of rotation; a serving model that breaks does.
+        self._required: set[str] = set()
         self._loads: set[asyncio.Task[None]] = set()
+        self._reloads: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._shutting_down = False
+
+    # --- the request path -----------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """The unary path: exactly one response (refused for decoupled models)."""
+        model = self._model_for(request)
+        if model.decoupled:
+            raise InvalidArgument(
+                f"{model.label} is decoupled (0..N responses); use the streaming API (ModelStreamInfer)"
+            )
+        outputs = await model.infer(request)
+        return InferResponse(model.name, str(model.version), outputs, request.id)
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Responses for one request as a stream: one item for ordinary models, 0..N for
+        decoupled ones. Unary front ends read exactly one item."""
+        model = self._model_for(request)
+        outputs = await model.infer(request)
+        yield InferResponse(model.name, str(model.version), outputs, request.id)
+
+    def _model_for(self, request: InferRequest) -> ModelVersion:
+        if self._shutting_down:
+            raise Unavailable("server is shutting down")
+        return self.get(request.model_name, request.model_version)
 
     # --- lookup -------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
@@ -109,6 +143,14 @@ class ModelManager:
         except InferdError:
             return False
         return self.missing_dependency(model) is None
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def required_ready(self) -> bool:
+        """Whether every model strict readiness waits for is ready."""
+        return all(self.is_ready(name) for name in self._required)
 
     def missing_dependency(self, model: ModelVersion) -> str | None:
         """Why an ensemble cannot serve (a composing model is not ready), or None."""
@@ -161,21 +203,42 @@ class ModelManager:
         return [s.model for _, s in sorted(record.versions.items()) if s.model is not None]
 
     # --- lifecycle ----------------------------------------------------------------------
+    def require(self, names: Iterable[str]) -> None:
+        """Make strict readiness wait for ``names`` (the models requested at start-up)."""
+        self._required.update(names)
+
     async def load(self, name: str, override: mc.ModelConfig | None = None) -> None:
         """Load (or reload) every version the policy selects; raises ModelLoadError on failure.
 
         On failure the versions that were serving keep serving. The load itself is shielded:
         a caller that goes away (a cancelled RPC) does not abandon half-loaded instances."""
         check_model_name(name)
-        if self._closing:
+        if self._shutting_down:
             raise Unavailable("server is shutting down")
         if name not in self.models:
             self.repository.model_dirs(name)  # unknown names leave no record behind
-        task = asyncio.get_running_loop().create_task(self._load(name, override))
+        task = asyncio.get_running_loop().create_task(self._load_and_follow_up(name, override))
         self._loads.add(task)
         task.add_done_callback(_settled)
         task.add_done_callback(self._loads.discard)
         await asyncio.shield(task)
+
+    async def _load_and_follow_up(self, name: str, override: mc.ModelConfig | None) -> None:
+        try:
+            await self._load(name, override)
+        finally:
+            if self.is_ready(name):
+                self._required.add(name)
+                self._reload_waiting(name)
+
+    def _reload_waiting(self, name: str) -> None:
+        """Load again, in the background, the ensembles that failed because ``name`` was not ready."""
+        for ensemble in sorted(self._waiting.pop(name, set())):
+            log.info("model '%s' is ready: loading ensemble '%s' again", name, ensemble)
+            task = asyncio.get_running_loop().create_task(self.load(ensemble))
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            task.add_done_callback(_log_failure)
 
     async def _load(self, name: str, override: mc.ModelConfig | None) -> None:
         record = self.models.setdefault(name, ModelRecord(name))
@@ -278,8 +341,10 @@ class ModelManager:
             return await self._load_ensemble(plan, version)
         assert plan.backend is not None
         loop = asyncio.get_running_loop()
+        # Python models call other models from their instance threads, through this loop.
+        caller = ThreadCaller(self, loop)
         workers = await loop.run_in_executor(
-            None, load_workers, self.repository, plan, version, self.core, self.instance_nice
+            None, load_workers, self.repository, plan, version, caller, self.instance_nice
         )
         label = f"model '{plan.name}' version {version}"
         try:
@@ -293,7 +358,7 @@ class ModelManager:
             await loop.run_in_executor(None, _close, workers)
             raise
         stats = ModelStats(plan.name, str(version), self.observers)
-        scheduler = make_scheduler(plan.config, workers, stats, label)
+        scheduler = make_scheduler(plan.spec, workers, stats, label)
         platform = plan.config.platform or platform_of(plan.backend_name)
         return ModelVersion(plan.name, version, plan.config, plan.signature, platform, scheduler, stats)
 
@@ -311,9 +376,9 @@ class ModelManager:
                 if self.is_ready(dep):
                     continue
                 try:
-                    await self.core.load(dep)  # type: ignore[attr-defined]
+                    await self.load(dep)
                 except InferdError as e:
-                    self.waiting.setdefault(dep, set()).add(plan.name)
+                    self._waiting.setdefault(dep, set()).add(plan.name)
                     raise ModelLoadError(f"{label}: composing model '{dep}' is not ready: {e.message}") from None
         finally:
             _ENSEMBLE_CHAIN.reset(token)
@@ -326,15 +391,31 @@ class ModelManager:
 
         check_types(plan.config, plan.ensemble, plan.signature, signature_of, label)
         stats = ModelStats(plan.name, str(version), self.observers)
-        scheduler = EnsembleScheduler(plan.ensemble, self.core, stats, label)
+        scheduler = EnsembleScheduler(plan.ensemble, self, stats, label)
         deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
         return ModelVersion(plan.name, version, plan.config, plan.signature, "ensemble", scheduler, stats, deps)
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Stop routing to every version of ``name`` and wait (up to the drain timeout) until
         their requests finished and their memory is released. Unloading a model that is not
-        loaded succeeds, as in Triton."""
+        loaded succeeds, as in Triton. With ``unload_dependents``, the loaded ensembles that use
+        the model are unloaded too, as Triton's parameter of that name does."""
         check_model_name(name)
+        dependents = self.dependents(name) if unload_dependents else []
+        await self._unload(name)
+        for ensemble in dependents:
+            await self._unload(ensemble)
+
+    async def _unload(self, name: str) -> None:
+        for ensembles in self._waiting.values():
+            ensembles.discard(name)  # unloaded on purpose: not to be loaded again
+        self._required.discard(name)
+        try:
+            await self._unload_versions(name)
+        finally:  # a load that finished while this one waited for the model may have re-added it
+            self._required.discard(name)
+
+    async def _unload_versions(self, name: str) -> None:
         record = self.models.get(name)
         if record is None:
             self.repository.model_dirs(name)  # NotFound for names the repository does not have
@@ -381,9 +462,13 @@ class ModelManager:
         task.add_done_callback(self._drains.discard)
         return task
 
+    def begin_shutdown(self) -> None:
+        """Refuse new requests and loads from now on; ``close`` then unloads everything."""
+        self._shutting_down = True
+
     async def close(self) -> None:
         """Finish loads in progress, then unload everything and wait for the drains."""
-        self._closing = True
+        self._shutting_down = True
         if self._loads:
             await asyncio.gather(*list(self._loads), return_exceptions=True)
         for name in list(self.models):
@@ -435,3 +520,8 @@ def _settled(task: asyncio.Task[None]) -> None:
     """Retrieve the outcome so a load whose caller went away logs no 'never retrieved'."""
     if not task.cancelled():
         task.exception()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.warning("background load failed: %s", e)

@@ -59,8 +59,7 @@ class ModelVersion:
             if request.parameters:
                 work.priority = self._priority(request.parameters)
                 self._apply_timeout(work, request.parameters)
-            result = self.scheduler.run_now(work)
-            return result if result is not None else await self.scheduler.submit(work)
+            return await self.scheduler.submit(work)
         except InferdError as e:
             self.stats.record_failure(time.monotonic_ns() - start, _reason(e))
             raise

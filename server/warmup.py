@@ -122,7 +122,8 @@ async def run_samples(workers: Sequence[InstanceWorker], samples: Sequence[Sampl
             for _ in range(s.count):
                 work = Work(s.inputs, s.outputs, s.batch_size, time.monotonic_ns(), None)
                 try:
-                    results, _ = await worker.run([work])
+                    done = worker.run([work])
+                    results, _ = done if isinstance(done, tuple) else await done
                 except InferdError as e:
                     raise ModelLoadError(f"{label}: warmup sample '{s.name}' failed: {e.message}") from None
                 if isinstance(results[0], InferdError):

@@ -13,6 +13,7 @@ import pytest
 from inferd.backends.base import Backend, LoadContext
 from inferd.protocol.errors import Internal, Unavailable
 from inferd.protocol.pb import model_config_pb2 as mc
+from inferd.server.model_spec import dynamic_batching
 from inferd.server.scheduling.batcher import DynamicBatcher
 from inferd.server.scheduling.open_batch import OPEN_BATCH_MIN_NICE
 from inferd.server.scheduling.work import Work
@@ -55,7 +56,7 @@ def batcher(
         else:
             setattr(config, key, value)
     workers = [InstanceWorker(backend, f"w{i}", batching=True, nice_steps=nice_steps) for i in range(instances)]
-    return DynamicBatcher(workers, ModelStats("m", "1"), "model 'm' version 1", max_batch, config)
+    return DynamicBatcher(workers, ModelStats("m", "1"), "model 'm' version 1", max_batch, dynamic_batching(config))
 
 
 def work(value: float, rows: int = 1, width: int = 1, priority: int = 0) -> Work:
@@ -258,7 +259,7 @@ async def test_preserve_ordering_across_instances() -> None:
     slow, fast = GatedDouble(), GatedDouble()
     config = mc.ModelDynamicBatching(preserve_ordering=True)
     workers = [InstanceWorker(slow, "slow", True), InstanceWorker(fast, "fast", True)]
-    b = DynamicBatcher(workers, ModelStats("m", "1"), "m", 1, config)
+    b = DynamicBatcher(workers, ModelStats("m", "1"), "m", 1, dynamic_batching(config))
     slow.gate.clear()
     done: list[int] = []
 

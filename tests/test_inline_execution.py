@@ -8,15 +8,19 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from inferd.backends.base import Backend
+from inferd.backends.base import Backend, Instance
+from inferd.protocol.caller import ThreadCaller
 from inferd.protocol.errors import InvalidArgument
 from inferd.protocol.types import InferRequest
+from inferd.server.loader import inline_execution
 from inferd.server.scheduling.direct import DirectScheduler
+from inferd.server.scheduling.placement import INLINE_MAX_BYTES
 from inferd.server.scheduling.work import Work
-from inferd.server.scheduling.worker import INLINE_MAX_BYTES, InstanceWorker
+from inferd.server.scheduling.worker import InstanceWorker
 from inferd.server.stats import ModelStats
 
 from .conftest import RunningServer
@@ -200,9 +204,10 @@ def test_python_models_run_inline_only_when_asked_and_never_wait_on_themselves(t
         assert all(o == (x + 1).tolist() for o in outcomes if not isinstance(o, str))
         # The same guard, called directly from the loop thread:
         request = InferRequest("py_thread", {"INPUT0": x})
+        caller = ThreadCaller(running.server.manager, running.loop)  # what Python models get at load
 
         async def call_from_the_loop() -> None:
-            core.infer_blocking(request, timeout=5)
+            caller.infer(request, timeout=5)
 
         with pytest.raises(InvalidArgument, match="runs on the event loop"):
             running.call(call_from_the_loop())
@@ -211,3 +216,34 @@ def test_python_models_run_inline_only_when_asked_and_never_wait_on_themselves(t
         assert client.is_server_live()
     finally:
         running.stop()
+
+
+async def test_the_one_entry_point_places_executions_as_the_loader_allowed() -> None:
+    """``InstanceWorker.run`` is how every scheduler executes; it runs on the loop (returning the
+    outcome) only where loader.inline_execution allowed it, once measured, for small inputs, and
+    on the thread (returning a future) everywhere else."""
+    cpu = [Instance("i_0", "CPU", 0, 0)]
+    cases = [  # (inline_safe, instances, parameter, allowed by the loader)
+        (True, cpu, "auto", True),
+        (False, cpu, "auto", False),
+        (False, cpu, "true", True),
+        (True, cpu, "false", False),
+        (True, cpu * 2, "auto", False),
+        (True, [Instance("i_0", "GPU", 0, 0)], "auto", False),
+    ]
+    for safe, placed, choice, allowed in cases:
+        backend = type("Backend", (Recorder,), {"inline_safe": safe})()
+        plan = SimpleNamespace(name="m", backend=type(backend))
+        inline = inline_execution(plan, placed, {"inline_execution": choice})  # type: ignore[arg-type]
+        assert inline == allowed
+        worker = InstanceWorker(backend, "inst0", False, inline)
+        where = []
+        for values in (1, 1, 1, INLINE_MAX_BYTES // 4 + 1):
+            ran = worker.run([work(values)])
+            where.append("loop" if isinstance(ran, tuple) else "thread")
+            results, _ = ran if isinstance(ran, tuple) else await ran
+            assert results[0]["Y"].shape == (1, values)  # type: ignore[index]
+        # The first two are measured on the thread; large inputs never leave it.
+        expected = ["thread", "thread", "loop", "thread"] if allowed else ["thread"] * 4
+        assert where == expected, (safe, len(placed), choice)
+        worker.executor.shutdown()

@@ -1,11 +1,12 @@
 """Scheduling, independent of backends and protocols: a scheduler per model version, chosen
-from its config when it loads."""
+from its typed config when it loads. Schedulers take work through ``Scheduler.submit`` and run
+it through ``InstanceWorker.run``, whose placement decides between the loop and the thread."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...protocol.pb import model_config_pb2 as mc
+from ..model_spec import ModelSpec
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DirectScheduler
@@ -15,11 +16,9 @@ from .worker import InstanceWorker
 __all__ = ["InstanceWorker", "Scheduler", "Work", "make_scheduler"]
 
 
-def make_scheduler(
-    config: mc.ModelConfig, workers: Sequence[InstanceWorker], stats: ModelStats, label: str
-) -> Scheduler:
-    if config.HasField("dynamic_batching"):
+def make_scheduler(spec: ModelSpec, workers: Sequence[InstanceWorker], stats: ModelStats, label: str) -> Scheduler:
+    if spec.dynamic_batching is not None:
         from .batcher import DynamicBatcher
 
-        return DynamicBatcher(workers, stats, label, config.max_batch_size, config.dynamic_batching)
+        return DynamicBatcher(workers, stats, label, spec.max_batch_size, spec.dynamic_batching)
     return DirectScheduler(workers, stats, label)

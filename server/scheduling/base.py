@@ -28,12 +28,8 @@ class Scheduler(ABC):
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
         """Queue ``work`` and return its outputs once executed."""
 
-    def run_now(self, work: Work) -> dict[str, np.ndarray] | None:
-        """The fast path: ``work``'s outputs when it can run to the end right away on the
-        event loop, else None (then ``submit`` it). None by default."""
-        return None
-
     async def submit(self, work: Work) -> dict[str, np.ndarray]:
+        """Run ``work`` and return its outputs: the one way into a scheduler."""
         if self._closed:
             raise Unavailable(f"{self.label} is unloading and takes no new requests")
         self._inflight += 1

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ...protocol.errors import InferdError, InvalidArgument, Unavailable
-from ...protocol.pb import model_config_pb2 as mc
+from ..model_spec import DynamicBatching, QueuePolicy
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DEFAULT_MAX_QUEUE
@@ -44,10 +44,10 @@ _yield_cpu = getattr(os, "sched_yield", lambda: None)  # returns at once when no
 
 
 class _Level:
-    def __init__(self, policy: mc.ModelQueuePolicy) -> None:
+    def __init__(self, policy: QueuePolicy) -> None:
         self.max_size = policy.max_queue_size or DEFAULT_MAX_QUEUE
         self.timeout_ns = policy.default_timeout_microseconds * 1000
-        self.delay_on_timeout = policy.timeout_action == mc.ModelQueuePolicy.DELAY
+        self.delay_on_timeout = policy.timeout_action == "DELAY"
         self.allow_override = policy.allow_timeout_override
         self.ready: deque[Work] = deque()
         self.delayed: deque[Work] = deque()
@@ -63,7 +63,7 @@ class DynamicBatcher(Scheduler):
         stats: ModelStats,
         label: str,
         max_batch_size: int,
-        config: mc.ModelDynamicBatching,
+        config: DynamicBatching,
     ) -> None:
         super().__init__(workers, stats, label)
         self.max_batch_size = max_batch_size
@@ -74,8 +74,7 @@ class DynamicBatcher(Scheduler):
         self.default_level = config.default_priority_level or n_levels
         self.levels: dict[int, _Level] = {}
         for level in range(1, n_levels + 1):
-            policy = config.priority_queue_policy.get(level, config.default_queue_policy)
-            self.levels[level] = _Level(policy)
+            self.levels[level] = _Level(config.queue_policy(level))
         self._order = [self.levels[i] for i in sorted(self.levels)]
         self._queued = 0
         self._open: list[OpenBatch] = []  # handed to instances, not yet started; newest last
@@ -199,7 +198,7 @@ class DynamicBatcher(Scheduler):
                 # I/O and new requests) until the delay ends instead. Yield the CPU as well:
                 # grpc's I/O threads, which bring the requests this delay waits for, run under
                 # SCHED_BATCH and would not get a shared CPU from a spinning loop until the delay
-                # ended (2 clients x 8 rows on one CPU: ~3,950 -> ~4,700 infer/s).
+                # ended (perf/README.md has the figures).
                 _yield_cpu()
                 await asyncio.sleep(0)
                 continue
@@ -231,7 +230,8 @@ class DynamicBatcher(Scheduler):
             prev, done = self._last_done, loop.create_future()
             self._last_done = done
             try:
-                results, times = await worker.run(batch)
+                ran = worker.run(batch)
+                results, times = ran if isinstance(ran, tuple) else await ran
             except InferdError as e:
                 outcome: BaseException | None = e
             except asyncio.CancelledError:

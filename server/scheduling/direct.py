@@ -1,5 +1,8 @@
 """The scheduler for models without dynamic batching: each request runs alone on the next free
-instance, in arrival order. The wait for an instance is bounded by ``max_queue_size``."""
+instance, in arrival order. The wait for an instance is bounded by ``max_queue_size``.
+
+A request that finds an instance free which runs it on the event loop (placement.py) finishes
+inside ``submit`` without suspending: no queue, no merge, no thread hop."""
 
 from __future__ import annotations
 
@@ -34,22 +37,6 @@ class DirectScheduler(Scheduler):
         self._waiters: deque[asyncio.Future[InstanceWorker]] = deque()
         self.max_queue_size = max_queue_size
 
-    def run_now(self, work: Work) -> dict[str, np.ndarray] | None:
-        # A free instance that runs this request on the event loop finishes it before anything
-        # else runs (no await), so it needs no queue and no in-flight count.
-        if not self._idle or self._closed:
-            return None
-        worker = self._idle[-1]
-        if not worker.runs_inline((work,)):
-            return None
-        started = time.monotonic_ns()
-        if work.deadline_ns is not None and started >= work.deadline_ns:
-            raise work.expired_error(self.label, "before execution")
-        result, times = worker.execute_one_inline(work)
-        self.stats.record_execution(times)
-        self.record_success(work, times, started)
-        return result
-
     async def _acquire(self) -> InstanceWorker:
         if len(self._waiters) >= self.max_queue_size:
             raise Unavailable(f"{self.label}: exceeds maximum queue size ({self.max_queue_size} waiting)")
@@ -78,17 +65,18 @@ class DirectScheduler(Scheduler):
         if work.deadline_ns is not None and started >= work.deadline_ns:
             self._release(worker)
             raise work.expired_error(self.label, "before execution")
-        items = [work]
-        if worker.runs_inline(items):
-            try:
-                results, times = worker.execute(items, inline=True)
-            finally:
-                self._release(worker)
+        try:
+            done = worker.run((work,))
+        except BaseException:
+            self._release(worker)
+            raise
+        if isinstance(done, tuple):  # ran on the loop: nothing else ran meanwhile
+            self._release(worker)
+            results, times = done
         else:
-            fut = asyncio.get_running_loop().run_in_executor(worker.executor, worker.execute, items)
             # The worker is free only when its thread is: a cancelled caller does not free it early.
-            fut.add_done_callback(lambda _: self._release(worker))
-            results, times = await asyncio.shield(fut)
+            done.add_done_callback(lambda _: self._release(worker))
+            results, times = await asyncio.shield(done)
         self.stats.record_execution(times)
         result = results[0]
         if isinstance(result, InferdError):

@@ -3,16 +3,13 @@
 The batcher forms a batch the moment an instance is free, but the instance's thread may not
 get a CPU at once: it runs below the event loop's priority (thread_priority.py), so on a shared
 CPU it starts only once the loop has admitted what was waiting. Requests admitted meanwhile
-would otherwise wait a whole execution for the next batch: on one CPU, 16 batch-1 clients of a
-dense model settled into pairs of executions of 14-15 and 1-2 rows, the small one costing nearly
-as much as the large. A request that joins the open batch runs sooner than it would have, so
-no request waits longer than Triton's rules allow.
+would otherwise wait a whole execution for the next batch, which then runs nearly empty at
+nearly the cost of a full one. A request that joins the open batch runs sooner than it would
+have, so no request waits longer than Triton's rules allow.
 
-Only where the thread runs at least OPEN_BATCH_MIN_NICE steps below the loop. Measured with
-16 batch-1 clients on one CPU (perf_analyzer, dense model): open batches at nice 10 and 19 gave
-2,446 and ~2,850/s against 2,263 and ~2,550/s without; at nice 0 and 5 they gave 1,286 and
-1,748/s against 1,666 and 2,229/s, the batches settling at 2-3 rows: a thread that gets the CPU
-soon closes its batch early, and the requests that miss it start the next small one.
+Only where the thread runs at least OPEN_BATCH_MIN_NICE steps below the loop: a thread that
+gets the CPU soon closes its batch early, the requests that miss it start the next small one,
+and open batches then cost throughput instead of adding it (perf/README.md, "open batches").
 
 The event loop joins and withdraws requests; the instance thread closes the batch as its
 execution starts. A lock makes the two exclusive; each holds it for a few list operations.

@@ -1,9 +1,10 @@
-"""One worker per model instance: merges a batch, runs the backend off the event loop, splits.
+"""One worker per model instance: runs a batch where its placement decides, merges, splits.
 
 Each worker owns a single-thread executor so that an instance never runs two executions at
 once while different instances (and different models) run in parallel; frameworks release the
 GIL inside their kernels, so the threads really overlap. The thread runs below the event loop's
 priority (thread_priority.py) and builds its backend itself, so framework threads inherit that.
+Short executions of an instance allowed to may run on the event loop instead (placement.py).
 """
 
 from __future__ import annotations
@@ -21,39 +22,16 @@ from ...backends.base import Backend
 from ...protocol.errors import InferdError, Internal
 from ..stats import ExecutionTimes
 from .open_batch import OpenBatch
+from .placement import ExecutionPlacement
 from .thread_priority import lower_thread_priority, thread_nice
 from .work import Work
 
 # One request's outcome: its outputs, or the error that failed it alone.
 Result: TypeAlias = dict[str, np.ndarray] | InferdError
-# The hop to an instance thread and back costs ~50 µs of CPU and more of wall time (two thread
-# wake-ups and the GIL changing hands), more than a small model's whole execution. So an
-# instance allowed to (see loader.inline_execution) runs executions on the event loop while they
-# are this short and their inputs this small.
-#
-# How short is measured twice, because each way misleads alone: on the thread, as the thread's
-# CPU time (its wall time includes waiting for the GIL, which the loop holds while busy, so a
-# 5 µs model can look like 200 µs); on the loop, as wall time (a backend whose calling thread
-# waits, for an intra-op pool or anything else, shows it there). Once the loop's average is over
-# the limit the instance stays on its thread; that average fades by a tenth with every threaded
-# execution, so one unlucky inline sample is retried after a few, and a model that really is too
-# slow on the loop runs there about once in twenty executions. Wall time on the loop also counts
-# the times the kernel switched the loop thread out (under load on a shared CPU, several times a
-# second), so a loop sample moves the average at most to twice itself: one preempted execution
-# no longer sends the instance to its thread, a model that really slowed down gets there within
-# a few executions.
-INLINE_MAX_NS = 100_000
-INLINE_MAX_BYTES = 64 * 1024
-_EWMA = 0.2
-_FADE = 0.9
-
-
-def _average(old: float | None, new: int, clip: bool = False) -> float:
-    if old is None:
-        return float(new)
-    if clip and new > 2 * old:
-        new = int(2 * old)
-    return old + _EWMA * (new - old)
+# An execution's outcome: one result per request that ran, in order, and its times.
+Executed: TypeAlias = tuple[list[Result], ExecutionTimes]
+# What a scheduler hands a worker: requests, or a batch still open to more (open_batch.py).
+Batch: TypeAlias = Sequence[Work] | OpenBatch
 
 
 def instance_executor(name: str, nice: int = 0) -> ThreadPoolExecutor:
@@ -75,10 +53,8 @@ class InstanceWorker:
         self.name = name
         self.batching = batching
         self.executor = executor or instance_executor(name)
-        self.inline = inline  # decided by the loader from the backend and the config
+        self.placement = ExecutionPlacement(inline)
         self.nice_steps = nice_steps  # how far the thread runs below the loop's priority
-        self.thread_cpu_ns: float | None = None  # moving average on the thread; None = unmeasured
-        self.inline_wall_ns: float | None = None  # moving average on the loop
         self.executions = 0
 
     @classmethod
@@ -95,56 +71,35 @@ class InstanceWorker:
             raise
         return cls(backend, name, batching, inline, executor, steps)
 
-    def runs_inline(self, items: Sequence[Work]) -> bool:
-        if not self.inline or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
-            return False
-        if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
-            return False
-        return sum(w.nbytes() for w in items) <= INLINE_MAX_BYTES
+    @property
+    def inline(self) -> bool:
+        """Whether the loader allowed executions on the event loop at all."""
+        return self.placement.inline_allowed
 
-    def execute_one_inline(self, work: Work) -> tuple[dict[str, np.ndarray], ExecutionTimes]:
-        """One request on the event loop, the direct scheduler's fast path (``runs_inline`` said
-        yes): the same execution as ``execute`` without a batch to merge or split. Raises
-        InferdError when it fails."""
-        if self.backend.takes_request_list:
-            results, times = self.execute([work], inline=True)
-            if isinstance(results[0], InferdError):
-                raise results[0]
-            return results[0], times
-        t0 = time.monotonic_ns()
-        produced = self._backend_execute(work.inputs, work.outputs)
-        t1 = time.monotonic_ns()
-        result = self._checked(produced, work.outputs, work.batch_size)
-        t2 = time.monotonic_ns()
-        self.executions += 1
-        self.inline_wall_ns = _average(self.inline_wall_ns, t2 - t0, clip=True)
-        return result, ExecutionTimes(work.batch_size, 0, t1 - t0, t2 - t1)
+    def run(self, batch: Batch) -> Executed | asyncio.Future[Executed]:
+        """Execute ``batch``, the one way every scheduler runs work. Where it runs is the
+        placement's decision: on the event loop, returning the outcome before anything else
+        runs, or on the instance thread, returning a future of it. Raises (or the future does)
+        InferdError when the whole batch failed; a request-list backend may also fail single
+        requests (an InferdError in its slot). An open batch is closed as its execution starts;
+        the results then follow its final ``items`` (none when every member had expired)."""
+        if self.placement.on_loop(batch.items if isinstance(batch, OpenBatch) else batch):
+            return self._execute(batch, on_loop=True)
+        return asyncio.get_running_loop().run_in_executor(self.executor, self._execute, batch)
 
-    async def run(self, items: Sequence[Work] | OpenBatch) -> tuple[list[Result], ExecutionTimes]:
-        if self.runs_inline(items.items if isinstance(items, OpenBatch) else items):
-            return self.execute(items, inline=True)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.execute, items)
-
-    def execute(self, items: Sequence[Work] | OpenBatch, inline: bool = False) -> tuple[list[Result], ExecutionTimes]:
-        """Runs on the instance thread, or on the event loop when ``inline``. Raises InferdError
-        when the whole batch failed; a request-list backend may also fail single requests (an
-        InferdError in its slot). An open batch is closed here, as its execution starts; the
-        results then follow its final ``items`` (none when every member had expired)."""
-        if isinstance(items, OpenBatch):
-            items = items.close()
-            if not items:
+    def _execute(self, batch: Batch, on_loop: bool = False) -> Executed:
+        if isinstance(batch, OpenBatch):
+            batch = batch.close()
+            if not batch:
                 return [], ExecutionTimes(0, 0, 0, 0)
         t0 = time.monotonic_ns()
-        c0 = 0 if inline else time.thread_time_ns()
-        done = self._execute_list(items) if self.backend.takes_request_list else self._execute_merged(items)
+        c0 = 0 if on_loop else time.thread_time_ns()
+        done = self._execute_list(batch) if self.backend.takes_request_list else self._execute_merged(batch)
         self.executions += 1
-        if inline:
-            self.inline_wall_ns = _average(self.inline_wall_ns, time.monotonic_ns() - t0, clip=True)
-        elif self.executions > 1:  # the first is cold (lazy initialisation, a new thread): no measure
-            self.thread_cpu_ns = _average(self.thread_cpu_ns, time.thread_time_ns() - c0)
-            if self.inline_wall_ns is not None:
-                self.inline_wall_ns *= _FADE
+        if on_loop:
+            self.placement.ran_on_loop(time.monotonic_ns() - t0)
+        else:
+            self.placement.ran_on_thread(time.thread_time_ns() - c0)
         return done
 
     def _execute_merged(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:

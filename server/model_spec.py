@@ -1,0 +1,105 @@
+"""The typed view of a completed ``config.pbtxt`` that scheduling and instance building read.
+
+``config.pbtxt`` is parsed into the protobuf ``ModelConfig``, which stays the source of truth
+at the edges (parsing, auto-complete, the ModelConfig RPC). At load it is mapped once, by
+:func:`model_spec`, into these frozen dataclasses, so schedulers never walk protobuf messages
+(whose field access is slow and whose defaults hide in the message type). Field names are the
+config's own, so a reader can go from one to the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from ..protocol.pb import model_config_pb2 as mc
+
+TimeoutAction = Literal["REJECT", "DELAY"]
+InstanceKind = Literal["AUTO", "CPU", "GPU", "MODEL"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """``ModelQueuePolicy``: the bounds of one priority level's queue."""
+
+    timeout_action: TimeoutAction = "REJECT"
+    default_timeout_microseconds: int = 0  # 0: no timeout
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0  # 0: no limit set in the config
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicBatching:
+    """``ModelDynamicBatching``; priority levels are numbered from 1 (the highest), as in Triton."""
+
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = 0
+    preserve_ordering: bool = False
+    priority_levels: int = 0  # 0: one level
+    default_priority_level: int = 0  # 0: the lowest level
+    default_queue_policy: QueuePolicy = QueuePolicy()
+    # Levels whose policy differs from the default; read-only.
+    priority_queue_policy: Mapping[int, QueuePolicy] = field(default_factory=lambda: MappingProxyType({}))
+
+    def queue_policy(self, level: int) -> QueuePolicy:
+        return self.priority_queue_policy.get(level, self.default_queue_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    """``ModelInstanceGroup``, as completed by the loader (named, count >= 1, kind resolved)."""
+
+    name: str
+    kind: InstanceKind
+    count: int
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    max_batch_size: int  # 0: the model has no batch dimension
+    dynamic_batching: DynamicBatching | None  # None: no dynamic batcher (requests run alone)
+    instance_group: tuple[InstanceGroup, ...]
+    parameters: Mapping[str, str]  # the config's ``parameters``, by their string values; read-only
+
+
+def model_spec(config: mc.ModelConfig) -> ModelSpec:
+    """Map a completed, checked config (loader.plan_model) to its typed view."""
+    return ModelSpec(
+        name=config.name,
+        max_batch_size=config.max_batch_size,
+        dynamic_batching=dynamic_batching(config.dynamic_batching) if config.HasField("dynamic_batching") else None,
+        instance_group=tuple(instance_group(g) for g in config.instance_group),
+        parameters=MappingProxyType({k: v.string_value for k, v in config.parameters.items()}),
+    )
+
+
+def dynamic_batching(section: mc.ModelDynamicBatching) -> DynamicBatching:
+    return DynamicBatching(
+        preferred_batch_size=tuple(section.preferred_batch_size),
+        max_queue_delay_microseconds=section.max_queue_delay_microseconds,
+        preserve_ordering=section.preserve_ordering,
+        priority_levels=section.priority_levels,
+        default_priority_level=section.default_priority_level,
+        default_queue_policy=queue_policy(section.default_queue_policy),
+        priority_queue_policy=MappingProxyType(
+            {level: queue_policy(p) for level, p in section.priority_queue_policy.items()}
+        ),
+    )
+
+
+def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
+    return QueuePolicy(
+        timeout_action="DELAY" if policy.timeout_action == mc.ModelQueuePolicy.DELAY else "REJECT",
+        default_timeout_microseconds=policy.default_timeout_microseconds,
+        allow_timeout_override=policy.allow_timeout_override,
+        max_queue_size=policy.max_queue_size,
+    )
+
+
+def instance_group(group: mc.ModelInstanceGroup) -> InstanceGroup:
+    kind: InstanceKind = mc.ModelInstanceGroup.Kind.Name(group.kind).removeprefix("KIND_")  # type: ignore[assignment]
+    return InstanceGroup(group.name, kind, group.count, tuple(group.gpus))

@@ -1,0 +1,66 @@
+"""Where an instance's executions run: on the event loop or on the instance's thread.
+
+The hop to an instance thread and back costs more CPU than a small model's whole execution (two
+thread wake-ups and the GIL changing hands; perf/README.md has the figures). So an instance that
+the loader allows to (loader.inline_execution: one CPU instance of a backend that is pure
+computation) runs an execution on the event loop while executions are this short and its inputs
+this small. Everything else runs on the thread.
+
+How short is measured twice, because each way misleads alone: on the thread, as the thread's
+CPU time (its wall time includes waiting for the GIL, which the loop holds while busy, so a tiny
+model can look slow); on the loop, as wall time (a backend whose calling thread waits, for an
+intra-op pool or anything else, shows it there). Once the loop's average is over the limit the
+instance stays on its thread; that average fades by a tenth with every threaded execution, so
+one unlucky inline sample is retried after a few, and a model that really is too slow on the
+loop runs there about once in twenty executions. Wall time on the loop also counts the times
+the kernel switched the loop thread out, so a loop sample moves the average at most to twice
+itself: one preempted execution does not send the instance to its thread, a model that really
+slowed down gets there within a few executions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .work import Work
+
+INLINE_MAX_NS = 100_000
+INLINE_MAX_BYTES = 64 * 1024
+_EWMA = 0.2
+_FADE = 0.9
+
+
+def _average(old: float | None, new: int, clip: bool = False) -> float:
+    if old is None:
+        return float(new)
+    if clip and new > 2 * old:
+        new = int(2 * old)
+    return old + _EWMA * (new - old)
+
+
+class ExecutionPlacement:
+    """Decides, per execution, whether it runs on the loop; learns from what executions cost."""
+
+    def __init__(self, inline_allowed: bool) -> None:
+        self.inline_allowed = inline_allowed  # decided once at load (loader.inline_execution)
+        self.thread_cpu_ns: float | None = None  # moving average on the thread; None = unmeasured
+        self.inline_wall_ns: float | None = None  # moving average on the loop
+        self._thread_runs = 0
+
+    def on_loop(self, batch: Sequence[Work]) -> bool:
+        if not self.inline_allowed or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
+            return False
+        if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
+            return False
+        return sum(w.nbytes() for w in batch) <= INLINE_MAX_BYTES
+
+    def ran_on_loop(self, wall_ns: int) -> None:
+        self.inline_wall_ns = _average(self.inline_wall_ns, wall_ns, clip=True)
+
+    def ran_on_thread(self, cpu_ns: int) -> None:
+        self._thread_runs += 1
+        if self._thread_runs == 1:  # the first is cold (lazy initialisation, a new thread): no measure
+            return
+        self.thread_cpu_ns = _average(self.thread_cpu_ns, cpu_ns)
+        if self.inline_wall_ns is not None:
+            self.inline_wall_ns *= _FADE
