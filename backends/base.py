@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..protocol.caller import ThreadCaller
+from ..protocol.model_spec import ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
 
 
@@ -32,8 +33,12 @@ class Instance:
 
 @dataclass
 class LoadContext:
+    """What one instance loads from. Backends read the typed ``spec`` when they load and execute."""
+
     model_name: str
     version: int
+    # The protobuf config, for the edges only: the Python backend hands it to a model's
+    # ``initialize`` as Triton's JSON. Nothing reads it to load or execute.
     config: mc.ModelConfig
     model_dir: Path  # the model's folder (holds config.pbtxt)
     version_dir: Path
@@ -42,6 +47,13 @@ class LoadContext:
     # How this model calls other models in-process (Python models' BLS); None outside a server.
     caller: ThreadCaller | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    # The loader passes its plan's spec (mapped once per model); a context built by hand (tests,
+    # tools) gets one mapped from ``config``.
+    spec: ModelSpec = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = model_spec(self.config)
 
 
 class Backend(ABC):

@@ -1,5 +1,8 @@
 """Helpers the framework backends share: config parameters, datatypes through the one codec,
-config auto-completion from a model's own tensor metadata, and output checks."""
+config auto-completion from a model's own tensor metadata, and output checks.
+
+Auto-completion works on the protobuf config (it runs before the typed spec exists); everything
+a backend does when it loads and executes reads the spec."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from ..protocol import codec
 from ..protocol.errors import Internal, ModelLoadError
+from ..protocol.model_spec import Input, ModelSpec, Output
 from ..protocol.pb import model_config_pb2 as mc
 
 # Triton's default when auto-completing a batchable model.
@@ -48,9 +52,9 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(config: mc.ModelConfig) -> int:
+def default_threads(spec: ModelSpec) -> int:
     """Intra-op threads per instance so that a model's instances together fill the cores once."""
-    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    instances = sum(max(g.count, 1) for g in spec.instance_group) or 1
     return max(1, usable_cpus() // instances)
 
 
@@ -91,39 +95,38 @@ def complete_config(
                 t.dims.extend(info.shape[skip:])
 
 
-def check_tensors(
-    source: str, config: mc.ModelConfig, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]
-) -> None:
+def check_tensors(source: str, spec: ModelSpec, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> None:
     """Refuse a config whose tensor names, datatypes or batching disagree with the model file."""
-    for kind, items, found in (("input", config.input, inputs), ("output", config.output, outputs)):
+    items: tuple[Input | Output, ...]
+    for kind, items, found in (("input", spec.input, inputs), ("output", spec.output, outputs)):
         by_name = {t.name: t for t in found}
         for t in items:
             info = by_name.get(t.name)
             if info is None:
                 raise ModelLoadError(f"{source}: {kind} '{t.name}' is not in the model ({sorted(by_name)})")
-            declared = mc.DataType.Name(t.data_type)
+            declared = t.data_type.config_name
             if info.datatype is not None and declared != info.datatype.config_name:
                 raise ModelLoadError(
                     f"{source}: {kind} '{t.name}' is declared {declared} but the model has {info.datatype.config_name}"
                 )
             if info.shape is None:
                 continue
-            if config.max_batch_size > 0 and (not info.shape or info.shape[0] > 0):
+            if spec.max_batch_size > 0 and (not info.shape or info.shape[0] > 0):
                 raise ModelLoadError(
-                    f"{source}: max_batch_size is {config.max_batch_size} but the model's {kind} "
+                    f"{source}: max_batch_size is {spec.max_batch_size} but the model's {kind} "
                     f"'{t.name}' has shape {list(info.shape)} without a variable batch dimension"
                 )
-            model_dims = info.shape[1:] if config.max_batch_size > 0 else info.shape
+            model_dims = info.shape[1:] if spec.max_batch_size > 0 else info.shape
             dims = list(t.dims)
             if len(dims) != len(model_dims) or any(d > 0 and m > 0 and d != m for d, m in zip(dims, model_dims)):
                 raise ModelLoadError(
                     f"{source}: {kind} '{t.name}' has dims {dims} but the model's shape is {list(info.shape)}"
-                    + (" (the first dimension is the batch)" if config.max_batch_size > 0 else "")
+                    + (" (the first dimension is the batch)" if spec.max_batch_size > 0 else "")
                 )
 
 
-def output_types(config: mc.ModelConfig) -> dict[str, codec.DataType]:
-    return {t.name: codec.from_config_type(mc.DataType.Name(t.data_type)) for t in config.output}
+def output_types(spec: ModelSpec) -> dict[str, codec.DataType]:
+    return {t.name: t.data_type for t in spec.output}
 
 
 def check_output(label: str, name: str, array: np.ndarray, expected: codec.DataType | None) -> np.ndarray:

@@ -74,16 +74,16 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, context: LoadContext) -> None:
         ort = _ort()
-        config = context.config
+        spec = context.spec
         params = context.parameters
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", default_threads(config))
+        options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", default_threads(spec))
         options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 1)
         # onnxruntime's pool threads otherwise spin after every run, taking a core from the event
         # loop and the other models; a model with cores to itself can turn it back on.
         spinning = "1" if params.get("allow_spinning", "").lower() in ("1", "true", "yes") else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        level = config.optimization.graph.level if config.HasField("optimization") else 0
+        level = spec.optimization.graph.level
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level >= 0 else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
@@ -110,12 +110,12 @@ class OnnxRuntimeBackend(Backend):
         graph_inputs = {i.name for i in self.session.get_inputs()}
         graph_outputs = {o.name for o in self.session.get_outputs()}
         source = f"{context.model_dir / 'config.pbtxt'}"
-        for t in config.input:
+        for t in spec.input:
             if t.name not in graph_inputs:
                 raise ModelLoadError(
                     f"{source}: input '{t.name}' is not an input of the ONNX graph ({sorted(graph_inputs)})"
                 )
-        for t in config.output:
+        for t in spec.output:
             if t.name not in graph_outputs:
                 raise ModelLoadError(
                     f"{source}: output '{t.name}' is not an output of the ONNX graph ({sorted(graph_outputs)})"

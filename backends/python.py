@@ -103,9 +103,8 @@ class PythonBackend(Backend):
             sys.modules.pop(module.__name__, None)
 
     def __init__(self, context: LoadContext) -> None:
-        config = context.config
         self.label = f"model '{context.model_name}' version {context.version}"
-        if config.model_transaction_policy.decoupled:
+        if context.spec.model_transaction_policy.decoupled:
             raise ModelLoadError(f"{self.label}: decoupled Python models are not supported by inferd yet")
         self.path = context.model_path
         self.caller = context.caller
@@ -118,10 +117,11 @@ class PythonBackend(Backend):
             initialize = getattr(self.model, "initialize", None)
             if initialize is not None:
                 api._bind_caller(self.caller)
-                # Triton's arguments: every value is a string, the config is JSON.
+                # Triton's arguments: every value is a string, the config is JSON (of the
+                # protobuf, so a model sees every field of it, as in Triton).
                 initialize(
                     {
-                        "model_config": json.dumps(message_to_dict(config)),
+                        "model_config": json.dumps(message_to_dict(context.config)),
                         "model_instance_kind": context.instance.kind,
                         "model_instance_name": context.instance.name,
                         "model_instance_device_id": str(context.instance.device_id),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..protocol.errors import Internal, ModelLoadError
+from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
 from . import framework_logs
 from .base import Backend, LoadContext
@@ -53,13 +54,9 @@ def _tf() -> Any:
         return require("tensorflow", "tensorflow", "tensorflow")
 
 
-def _signature_key(config: mc.ModelConfig) -> str:
-    param = config.parameters.get(SIGNATURE_PARAM)
-    return param.string_value if param is not None and param.string_value else DEFAULT_SIGNATURE
-
-
-def read_signature(config: mc.ModelConfig, model_path: Path) -> tuple[str, list[TensorInfo], list[TensorInfo]]:
-    """The chosen signature's tensors, read from ``saved_model.pb`` without loading weights."""
+def read_signature(key: str, model_path: Path) -> tuple[str, list[TensorInfo], list[TensorInfo]]:
+    """The tensors of signature ``key`` (the config parameter's value; empty for the default),
+    read from ``saved_model.pb`` without loading weights."""
     tf = _tf()
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -74,7 +71,7 @@ def read_signature(config: mc.ModelConfig, model_path: Path) -> tuple[str, list[
     metas = [m for m in saved.meta_graphs if SERVE_TAG in m.meta_info_def.tags] or list(saved.meta_graphs)
     if not metas:
         raise ModelLoadError(f"{pb_file}: the SavedModel has no meta graph")
-    key = _signature_key(config)
+    key = key or DEFAULT_SIGNATURE
     signatures = metas[0].signature_def
     if key not in signatures:
         names = sorted(k for k in signatures if not k.startswith("__"))
@@ -106,7 +103,8 @@ class SavedModelBackend(Backend):
 
     @classmethod
     def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:
-        _, inputs, outputs = read_signature(config, model_path)
+        param = config.parameters.get(SIGNATURE_PARAM)
+        _, inputs, outputs = read_signature(param.string_value if param is not None else "", model_path)
         if not config.platform and not config.backend:
             config.platform = "tensorflow_savedmodel"
         complete_config(config, inputs, outputs)
@@ -114,12 +112,12 @@ class SavedModelBackend(Backend):
     def __init__(self, context: LoadContext) -> None:
         tf = _tf()
         self.tf = tf
-        config = context.config
+        spec = context.spec
         self.label = f"model '{context.model_name}' version {context.version}"
         source = str(context.model_dir / "config.pbtxt")
-        key, inputs, outputs = read_signature(config, context.model_path)
-        check_tensors(source, config, inputs, outputs)
-        _configure_runtime(tf, config, context.parameters)
+        key, inputs, outputs = read_signature(spec.parameters.get(SIGNATURE_PARAM, ""), context.model_path)
+        check_tensors(source, spec, inputs, outputs)
+        _configure_runtime(tf, spec, context.parameters)
         self.device = _device(tf, context)
         try:
             with tf.device(self.device):
@@ -127,7 +125,7 @@ class SavedModelBackend(Backend):
                 self.fn = self.model.signatures[key]
         except Exception as e:  # TensorFlow raises many error types, all with a reason
             raise ModelLoadError(f"{context.model_path}: TensorFlow failed to load the SavedModel: {e}") from None
-        self.output_types = output_types(config)
+        self.output_types = output_types(spec)
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         tf = self.tf
@@ -159,16 +157,16 @@ def _device(tf: Any, context: LoadContext) -> str:
     return f"/GPU:{context.instance.device_id}"
 
 
-def _configure_runtime(tf: Any, config: mc.ModelConfig, params: Mapping[str, str]) -> None:
+def _configure_runtime(tf: Any, spec: ModelSpec, params: Mapping[str, str]) -> None:
     """Thread pools and GPU memory growth can only be set before TensorFlow's runtime starts."""
     global _runtime_configured
     with _runtime_lock:
         if _runtime_configured:
             if "intra_op_thread_count" in params or "inter_op_thread_count" in params:
-                log.warning("%s: TensorFlow thread counts are already fixed for this process", config.name)
+                log.warning("%s: TensorFlow thread counts are already fixed for this process", spec.name)
             return
         _runtime_configured = True
-        intra = int_param(params, ("intra_op_thread_count",), default_threads(config))
+        intra = int_param(params, ("intra_op_thread_count",), default_threads(spec))
         inter = int_param(params, ("inter_op_thread_count",), 1)
         try:
             tf.config.threading.set_intra_op_parallelism_threads(intra)

@@ -124,7 +124,7 @@ class TensorRTBackend(Backend):
         source = str(context.model_dir / "config.pbtxt")
         check_tensors(
             source,
-            context.config,
+            context.spec,
             [self.engine.info(n) for n in self.engine.inputs],
             [self.engine.info(n) for n in self.engine.outputs],
         )

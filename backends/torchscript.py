@@ -30,6 +30,7 @@ import numpy as np
 
 from ..protocol import codec
 from ..protocol.errors import Internal, ModelLoadError
+from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
 from . import framework_logs
 from .base import Backend, LoadContext
@@ -68,26 +69,26 @@ class TorchScriptBackend(Backend):
     def __init__(self, context: LoadContext) -> None:
         torch = _torch()
         self.torch = torch
-        config = context.config
+        spec = context.spec
         self.label = f"model '{context.model_name}' version {context.version}"
         source = str(context.model_dir / "config.pbtxt")
-        _set_threads(torch, config, context.parameters)
+        _set_threads(torch, spec, context.parameters)
         self.device = _device(torch, context)
         try:
             self.module = torch.jit.load(str(context.model_path), map_location=self.device)
         except Exception as e:  # torch raises RuntimeError and friends with the reason
             raise ModelLoadError(f"{context.model_path}: torch.jit.load failed: {e}") from None
         self.module.eval()
-        self.output_types = output_types(config)
-        self._bind_inputs(config, source)
-        self._bind_outputs(config, source)
+        self.output_types = output_types(spec)
+        self._bind_inputs(spec, source)
+        self._bind_outputs(spec, source)
 
-    def _bind_inputs(self, config: mc.ModelConfig, source: str) -> None:
+    def _bind_inputs(self, spec: ModelSpec, source: str) -> None:
         try:
             args = list(self.module.forward.schema.arguments)[1:]  # drop self
         except (AttributeError, RuntimeError):
             raise ModelLoadError(f"{source}: the TorchScript file has no scripted forward method") from None
-        names = [t.name for t in config.input]
+        names = [t.name for t in spec.input]
         self.dict_input = len(args) == 1 and str(args[0].type).startswith("Dict[str")
         if self.dict_input:
             self.arg_order: list[str] = []
@@ -114,8 +115,8 @@ class TorchScriptBackend(Backend):
             )
         self.arg_order = order
 
-    def _bind_outputs(self, config: mc.ModelConfig, source: str) -> None:
-        names = [t.name for t in config.output]
+    def _bind_outputs(self, spec: ModelSpec, source: str) -> None:
+        names = [t.name for t in spec.output]
         indexed = [_INDEXED.match(n) for n in names]
         if all(indexed):
             self.output_index = {n: int(m.group(1)) for n, m in zip(names, indexed) if m}
@@ -123,7 +124,7 @@ class TorchScriptBackend(Backend):
             self.output_index = {n: i for i, n in enumerate(names)}
         if len(set(self.output_index.values())) != len(names):
             raise ModelLoadError(f"{source}: output names {names} map to the same result position twice")
-        self.output_shape = {t.name: ([-1] if config.max_batch_size > 0 else []) + list(t.dims) for t in config.output}
+        self.output_shape = {t.name: ([-1] if spec.max_batch_size > 0 else []) + list(t.dims) for t in spec.output}
 
     def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         torch = self.torch
@@ -198,8 +199,8 @@ def _device(torch: Any, context: LoadContext) -> Any:
     return torch.device("cuda", device_id)
 
 
-def _set_threads(torch: Any, config: mc.ModelConfig, params: Mapping[str, str]) -> None:
-    intra = int_param(params, ("INTRA_OP_THREAD_COUNT", "intra_op_thread_count"), default_threads(config))
+def _set_threads(torch: Any, spec: ModelSpec, params: Mapping[str, str]) -> None:
+    intra = int_param(params, ("INTRA_OP_THREAD_COUNT", "intra_op_thread_count"), default_threads(spec))
     if intra > 0:
         torch.set_num_threads(intra)
     inter = int_param(params, ("INTER_OP_THREAD_COUNT", "inter_op_thread_count"), 0)
@@ -207,4 +208,4 @@ def _set_threads(torch: Any, config: mc.ModelConfig, params: Mapping[str, str]) 
         try:
             torch.set_num_interop_threads(inter)
         except RuntimeError as e:  # only allowed once, before torch's first parallel work
-            log.warning("%s: INTER_OP_THREAD_COUNT not applied: %s", config.name, e)
+            log.warning("%s: INTER_OP_THREAD_COUNT not applied: %s", spec.name, e)

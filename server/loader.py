@@ -17,10 +17,10 @@ from ..backends import registry
 from ..backends.base import Backend, Instance, LoadContext
 from ..protocol.caller import ThreadCaller
 from ..protocol.errors import InferdError, ModelLoadError
+from ..protocol.model_spec import InstanceGroup, ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
 from . import config as cfg
 from .ensemble import EnsemblePlan, plan_ensemble
-from .model_spec import InstanceGroup, ModelSpec, model_spec
 from .repository import Repository
 from .scheduling.worker import InstanceWorker
 
@@ -43,7 +43,7 @@ class ModelPlan:
     # digest did not change since it was loaded is not reloaded.
     fingerprints: dict[int, str] = field(default_factory=dict)
     ensemble: EnsemblePlan | None = None  # the checked DAG of an ensemble
-    # The typed view of the completed config that schedulers and instance building read.
+    # The typed view of the completed config that schedulers, backends and versions read.
     spec: ModelSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,7 +205,16 @@ def load_workers(
     try:
         for inst in placed:
             ctx = LoadContext(
-                plan.name, version, plan.config, plan.model_dir, version_dir, model_path, inst, caller, params
+                plan.name,
+                version,
+                plan.config,
+                plan.model_dir,
+                version_dir,
+                model_path,
+                inst,
+                caller,
+                params,
+                spec=spec,
             )
             name = f"{plan.name}.v{version}.{inst.name}"
             workers.append(InstanceWorker.build(_factory(plan, ctx), name, batching, inline, nice))

@@ -359,8 +359,8 @@ class ModelManager:
             raise
         stats = ModelStats(plan.name, str(version), self.observers)
         scheduler = make_scheduler(plan.spec, workers, stats, label)
-        platform = plan.config.platform or platform_of(plan.backend_name)
-        return ModelVersion(plan.name, version, plan.config, plan.signature, platform, scheduler, stats)
+        platform = plan.spec.platform or platform_of(plan.backend_name)
+        return ModelVersion(plan.name, version, plan.config, plan.spec, plan.signature, platform, scheduler, stats)
 
     async def _load_ensemble(self, plan: ModelPlan, version: int) -> ModelVersion:
         """Load the composing models that are not ready (in every control mode: an ensemble
@@ -393,7 +393,9 @@ class ModelManager:
         stats = ModelStats(plan.name, str(version), self.observers)
         scheduler = EnsembleScheduler(plan.ensemble, self, stats, label)
         deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
-        return ModelVersion(plan.name, version, plan.config, plan.signature, "ensemble", scheduler, stats, deps)
+        return ModelVersion(
+            plan.name, version, plan.config, plan.spec, plan.signature, "ensemble", scheduler, stats, deps
+        )
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
         """Stop routing to every version of ``name`` and wait (up to the drain timeout) until

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..protocol.errors import Code, InferdError, InvalidArgument
+from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import InferRequest, Scalar
 from .config import Signature
@@ -22,7 +23,8 @@ from .validation import validate
 class ModelVersion:
     name: str
     version: int
-    config: mc.ModelConfig
+    config: mc.ModelConfig  # for the ModelConfig RPC; serving reads ``spec``
+    spec: ModelSpec
     signature: Signature
     platform: str
     scheduler: Scheduler
@@ -30,14 +32,14 @@ class ModelVersion:
     # (model, version) pairs this one calls, for an ensemble; it is ready only while they are.
     dependencies: list[tuple[str, str]] = field(default_factory=list)
     label: str = field(init=False)
-    decoupled: bool = field(init=False)  # 0..N responses per request (read once: upb access is slow)
+    decoupled: bool = field(init=False)  # 0..N responses per request
 
     def __post_init__(self) -> None:
         self.label = f"model '{self.name}' version {self.version}"
-        self.decoupled = self.config.model_transaction_policy.decoupled
-        policy = self.config.dynamic_batching
-        self._allow_timeout_override = policy.default_queue_policy.allow_timeout_override
-        self._priority_levels = policy.priority_levels
+        self.decoupled = self.spec.model_transaction_policy.decoupled
+        batching = self.spec.dynamic_batching
+        self._allow_timeout_override = batching is not None and batching.default_queue_policy.allow_timeout_override
+        self._priority_levels = batching.priority_levels if batching is not None else 0
 
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         """Validate, schedule and wait; failures are counted in the statistics."""

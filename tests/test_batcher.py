@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from inferd.backends.base import Backend, LoadContext
 from inferd.protocol.errors import Internal, Unavailable
+from inferd.protocol.model_spec import dynamic_batching
 from inferd.protocol.pb import model_config_pb2 as mc
-from inferd.server.model_spec import dynamic_batching
 from inferd.server.scheduling.batcher import DynamicBatcher
 from inferd.server.scheduling.open_batch import OPEN_BATCH_MIN_NICE
 from inferd.server.scheduling.work import Work

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..model_spec import ModelSpec
+from ...protocol.model_spec import ModelSpec
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DirectScheduler

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ...protocol.errors import InferdError, InvalidArgument, Unavailable
-from ..model_spec import DynamicBatching, QueuePolicy
+from ...protocol.model_spec import DynamicBatching, QueuePolicy
 from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DEFAULT_MAX_QUEUE

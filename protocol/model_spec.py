@@ -1,10 +1,11 @@
-"""The typed view of a completed ``config.pbtxt`` that scheduling and instance building read.
+"""The typed view of a completed ``config.pbtxt`` that schedulers, backends and model versions read.
 
 ``config.pbtxt`` is parsed into the protobuf ``ModelConfig``, which stays the source of truth
-at the edges (parsing, auto-complete, the ModelConfig RPC). At load it is mapped once, by
-:func:`model_spec`, into these frozen dataclasses, so schedulers never walk protobuf messages
-(whose field access is slow and whose defaults hide in the message type). Field names are the
-config's own, so a reader can go from one to the other.
+at the edges (parsing, auto-complete, the ModelConfig RPC, the JSON a Python model's
+``initialize`` receives). At load it is mapped once, by :func:`model_spec`, into these frozen
+dataclasses, so neither schedulers nor backends walk protobuf messages (whose field access is
+slow and whose defaults hide in the message type). Field names are the config's own, so a
+reader can go from one to the other; a test checks them against the messages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from ..protocol.pb import model_config_pb2 as mc
+from . import codec
+from .errors import ModelLoadError
+from .pb import model_config_pb2 as mc
 
 TimeoutAction = Literal["REJECT", "DELAY"]
 InstanceKind = Literal["AUTO", "CPU", "GPU", "MODEL"]
@@ -58,12 +61,58 @@ class InstanceGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class Input:
+    """``ModelInput``; ``dims`` exclude the batch dimension when ``max_batch_size`` > 0."""
+
+    name: str
+    data_type: codec.DataType
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """``ModelOutput``; ``dims`` exclude the batch dimension when ``max_batch_size`` > 0."""
+
+    name: str
+    data_type: codec.DataType
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """``ModelOptimizationPolicy.Graph``: the framework's graph optimization level."""
+
+    level: int = 0  # 0: the framework's default; < 0: optimizations off
+
+
+@dataclass(frozen=True, slots=True)
+class Optimization:
+    """``ModelOptimizationPolicy``: the part of it backends read."""
+
+    graph: Graph = Graph()
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionPolicy:
+    """``ModelTransactionPolicy``."""
+
+    decoupled: bool = False  # 0..N responses per request
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     max_batch_size: int  # 0: the model has no batch dimension
     dynamic_batching: DynamicBatching | None  # None: no dynamic batcher (requests run alone)
     instance_group: tuple[InstanceGroup, ...]
     parameters: Mapping[str, str]  # the config's ``parameters``, by their string values; read-only
+    platform: str = ""
+    backend: str = ""
+    input: tuple[Input, ...] = ()
+    output: tuple[Output, ...] = ()
+    optimization: Optimization = Optimization()
+    model_transaction_policy: TransactionPolicy = TransactionPolicy()
 
 
 def model_spec(config: mc.ModelConfig) -> ModelSpec:
@@ -74,6 +123,12 @@ def model_spec(config: mc.ModelConfig) -> ModelSpec:
         dynamic_batching=dynamic_batching(config.dynamic_batching) if config.HasField("dynamic_batching") else None,
         instance_group=tuple(instance_group(g) for g in config.instance_group),
         parameters=MappingProxyType({k: v.string_value for k, v in config.parameters.items()}),
+        platform=config.platform,
+        backend=config.backend,
+        input=tuple(Input(t.name, data_type(config, "input", t), tuple(t.dims), t.optional) for t in config.input),
+        output=tuple(Output(t.name, data_type(config, "output", t), tuple(t.dims)) for t in config.output),
+        optimization=Optimization(Graph(config.optimization.graph.level)),
+        model_transaction_policy=TransactionPolicy(config.model_transaction_policy.decoupled),
     )
 
 
@@ -103,3 +158,12 @@ def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
 def instance_group(group: mc.ModelInstanceGroup) -> InstanceGroup:
     kind: InstanceKind = mc.ModelInstanceGroup.Kind.Name(group.kind).removeprefix("KIND_")  # type: ignore[assignment]
     return InstanceGroup(group.name, kind, group.count, tuple(group.gpus))
+
+
+def data_type(config: mc.ModelConfig, kind: str, tensor: mc.ModelInput | mc.ModelOutput) -> codec.DataType:
+    # A checked config has a known type on every tensor (config.signature refuses the rest).
+    config_name = mc.DataType.Name(tensor.data_type)
+    found = codec.BY_CONFIG_NAME.get(config_name)
+    if found is None:
+        raise ModelLoadError(f"model '{config.name}': {kind} '{tensor.name}' has data_type {config_name}")
+    return found
