@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from ..protocol import codec
+from ..protocol.fields import CONTENTS_FIELD, set_parameter
 from ..protocol.pb import grpc_service_pb2 as pb
 from ..protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from ..protocol.pb import model_config_pb2 as mc
@@ -41,17 +42,6 @@ class InferenceError(Exception):
 
 
 # --- tensors ------------------------------------------------------------------------------
-def _set_parameter(target: Any, value: bool | int | float | str) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int):
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    else:
-        target.string_param = str(value)
-
-
 def build_infer_request(
     model: str,
     inputs: Mapping[str, np.ndarray],
@@ -74,7 +64,7 @@ def build_infer_request(
     for name in outputs or ():
         msg.outputs.add().name = name
     for key, v in (parameters or {}).items():
-        _set_parameter(msg.parameters[key], v)
+        set_parameter(msg.parameters[key], v)
     return msg
 
 
@@ -91,20 +81,7 @@ def parse_infer_response(response: pb.ModelInferResponse) -> dict[str, np.ndarra
 
 
 def _from_contents(t: Any) -> np.ndarray:
-    field = {
-        "BOOL": "bool_contents",
-        "INT8": "int_contents",
-        "INT16": "int_contents",
-        "INT32": "int_contents",
-        "INT64": "int64_contents",
-        "UINT8": "uint_contents",
-        "UINT16": "uint_contents",
-        "UINT32": "uint_contents",
-        "UINT64": "uint64_contents",
-        "FP32": "fp32_contents",
-        "FP64": "fp64_contents",
-        "BYTES": "bytes_contents",
-    }.get(t.datatype)
+    field = CONTENTS_FIELD.get(t.datatype)
     if field is None:
         raise TypeError(f"output '{t.name}': {t.datatype} without raw_output_contents")
     values = list(getattr(t.contents, field))

@@ -35,24 +35,23 @@ def supported_range() -> tuple[str, str]:
 
 
 def install(spec: str, folder: Path) -> Path:
-    """``pip install --target folder spec`` once; returns the folder."""
-    if not (folder / "google" / "protobuf").is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--upgrade",
-                "--target",
-                str(folder),
-                spec,
-            ],
-            check=True,
-        )
+    """``pip install --target folder spec``; returns the folder."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--upgrade",
+            "--target",
+            str(folder),
+            spec,
+        ],
+        check=True,
+    )
     return folder
 
 
@@ -60,26 +59,12 @@ def runtime_path(which: str) -> tuple[Path, str]:
     """The folder holding the oldest or newest supported protobuf, and its version."""
     oldest, bound = supported_range()
     if which == "oldest":
-        folder = install(f"protobuf=={oldest}", RUNTIMES / oldest)
+        folder = RUNTIMES / oldest
+        if not (folder / "google" / "protobuf").is_dir():  # a pinned release: installed once
+            install(f"protobuf=={oldest}", folder)
     else:
         # The newest release is looked up each time (a folder named "newest" would go stale).
-        folder = RUNTIMES / "newest"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--upgrade",
-                "--target",
-                str(folder),
-                f"protobuf<{bound}",
-            ],
-            check=True,
-        )
+        folder = install(f"protobuf<{bound}", RUNTIMES / "newest")
     (dist,) = folder.glob("protobuf-*.dist-info")
     return folder, dist.name.removeprefix("protobuf-").removesuffix(".dist-info")
 

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from .models import bundled, write
+from .serving import serve_argv
 
 SLOW_ADD_SUB = bundled.ADD_SUB_CONFIG.replace(
     "instance_group", "dynamic_batching { max_queue_delay_microseconds: 700000 }\ninstance_group"
@@ -22,23 +22,7 @@ SLOW_ADD_SUB = bundled.ADD_SUB_CONFIG.replace(
 
 
 def start(repo: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "inferd.server.cli",
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--model-control-mode",
-        "none",
-        *extra,
-    ]
+    cmd = serve_argv("--model-repository", str(repo), "--model-control-mode", "none", *extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -90,20 +74,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(repo: Path) -> None:
 
 def test_bad_repository_path_exits_with_message(tmp_path: Path) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inferd.server.cli",
-            "serve",
-            "--model-repository",
-            str(tmp_path / "nope"),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
+        serve_argv("--model-repository", str(tmp_path / "nope")),
         capture_output=True,
         text=True,
         timeout=60,

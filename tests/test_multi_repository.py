@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from onnx import TensorProto
 from .conftest import RunningServer, start_server, test_settings
 from .lifecycle_support import index, wait_for
 from .models import binary_model, bundled, write
+from .serving import serve_argv
 from .test_e2e_serve import start
 
 INT_CONFIG = """name: "{name}"
@@ -150,22 +150,7 @@ def test_a_path_of_one_repository_must_stay_in_it(repos: tuple[Path, Path]) -> N
 def test_every_repository_must_be_a_folder(repos: tuple[Path, Path]) -> None:
     not_a_folder = repos[1] / "add_int" / "config.pbtxt"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inferd.server.cli",
-            "serve",
-            "--model-repository",
-            str(repos[0]),
-            "--model-store",
-            str(not_a_folder),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
+        serve_argv("--model-repository", str(repos[0]), "--model-store", str(not_a_folder)),
         capture_output=True,
         text=True,
         timeout=60,

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from inferd.clients import InferenceClient
 
+from .serving import serve_argv
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -162,22 +164,7 @@ def wait_until_ready(url: str, names: set[str], log: Path, timeout: float = 10) 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("readme") / "inferd.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "inferd.server.cli",
-        "serve",
-        "--model-repository",
-        str(ROOT / "model_repository"),
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--model-control-mode",
-        "none",
-    ]
+    cmd = serve_argv("--model-repository", str(ROOT / "model_repository"), "--model-control-mode", "none")
     # A file, not a pipe: nobody drains the server's output while the blocks run.
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)

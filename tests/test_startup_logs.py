@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from inferd.backends import framework_logs
 
 from .framework_models import HAVE_TF, put, tf_module
 from .models import _config, bundled, write
+from .serving import serve_argv
 
 TWO_INSTANCES = bundled.ADD_SUB_CONFIG.replace("count: 1", "count: 2")
 BANNERS = [
@@ -50,21 +50,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve_until_started(repo: Path, log: Path, *extra: str) -> str:
     """Start `inferd serve`, wait for its addresses line, stop it; returns everything it printed."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "inferd.server.cli",
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "0",
-        "--metrics-port",
-        "0",
-        *extra,
-    ]
+    cmd = serve_argv("--model-repository", str(repo), *extra)
     with log.open("wb") as out:  # a file: nobody has to drain a pipe while the models load
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:

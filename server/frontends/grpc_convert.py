@@ -17,27 +17,12 @@ import numpy as np
 
 from ...protocol import codec
 from ...protocol.errors import InvalidArgument
+from ...protocol.fields import CONTENTS_FIELD
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.types import InferRequest, InferResponse, Scalar
 from . import tensor_parameters
 from .grpc_params import PbParameters
 from .grpc_wire import InferWire
-
-# Which InferTensorContents field holds each datatype (FP16/BF16 have none: raw only).
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 class InferCodec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ...protocol.fields import set_parameter
 from ...protocol.types import Scalar
 
 _UNSET = object()
@@ -44,12 +45,4 @@ class PbParameters(Mapping[str, Scalar]):
 
 def parameters_to_pb(values: Mapping[str, Scalar], target: Any) -> None:
     for key, v in values.items():
-        p = target[key]
-        if isinstance(v, bool):
-            p.bool_param = v
-        elif isinstance(v, int):
-            p.int64_param = v
-        elif isinstance(v, float):
-            p.double_param = v
-        else:
-            p.string_param = str(v)
+        set_parameter(target[key], v)
