@@ -2,7 +2,7 @@
 
 Everything inferd does per request happens on this loop (grpc.aio's callbacks, the HTTP server,
 the core and inline executions), so the loop's own overhead is part of every request's cost;
-uvloop's is lower (+8-14% infer/s for add_sub at 16 clients on one CPU, perf/README.md).
+uvloop's is lower (+8-14% infer/s for add_sub at 16 clients on one CPU, perf/reports/2026-12-04-batching-and-protocol.md).
 """
 
 from __future__ import annotations

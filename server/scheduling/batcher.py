@@ -198,7 +198,7 @@ class DynamicBatcher(Scheduler):
                 # I/O and new requests) until the delay ends instead. Yield the CPU as well:
                 # grpc's I/O threads, which bring the requests this delay waits for, run under
                 # SCHED_BATCH and would not get a shared CPU from a spinning loop until the delay
-                # ended (perf/README.md has the figures).
+                # ended (perf/reports/2026-12-04-batching-and-protocol.md has the figures).
                 _yield_cpu()
                 await asyncio.sleep(0)
                 continue

@@ -9,7 +9,7 @@ have, so no request waits longer than Triton's rules allow.
 
 Only where the thread runs at least OPEN_BATCH_MIN_NICE steps below the loop: a thread that
 gets the CPU soon closes its batch early, the requests that miss it start the next small one,
-and open batches then cost throughput instead of adding it (perf/README.md, "open batches").
+and open batches then cost throughput instead of adding it (perf/reports/2026-12-04-batching-and-protocol.md, "open batches").
 
 The event loop joins and withdraws requests; the instance thread closes the batch as its
 execution starts. A lock makes the two exclusive; each holds it for a few list operations.

@@ -1,7 +1,7 @@
 """Where an instance's executions run: on the event loop or on the instance's thread.
 
 The hop to an instance thread and back costs more CPU than a small model's whole execution (two
-thread wake-ups and the GIL changing hands; perf/README.md has the figures). So an instance that
+thread wake-ups and the GIL changing hands; perf/reports/2026-12-04-batching-and-protocol.md has the figures). So an instance that
 the loader allows to (loader.inline_execution: one CPU instance of a backend that is pure
 computation) runs an execution on the event loop while executions are this short and its inputs
 this small. Everything else runs on the thread.

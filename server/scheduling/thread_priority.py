@@ -7,7 +7,7 @@ arrived during the previous execution, and small batches cost more compute per r
 threads' nice value lets the loop take waiting requests first; a thread with a CPU to itself
 runs just as fast at any nice value. The default is the lowest priority, +19, which together
 with batches that stay open until their thread starts (open_batch.py) forms the largest batches
-(perf/README.md has the figures). The cost is on a host where other processes compete for the
+(perf/reports/2026-12-04-batching-and-protocol.md has the figures). The cost is on a host where other processes compete for the
 server's CPUs: there a thread at +19 gets a small share of a contended CPU
 (``--instance-nice`` lowers the offset). Threads a framework starts from an instance thread
 (intra-op pools) inherit its value, which is why backends are built there.
