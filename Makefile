@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` and `make test`. Each sets up .venv on first use
 # and says what it is doing; later runs skip what is already installed.
-#   make serve                    the bundled ONNX and Python models (about 250 MB installed)
+#   make serve                    the bundled ONNX and Python models (a 252 MB venv)
 #   make serve FRAMEWORKS=all     also the torch and TensorFlow examples (about 2 GB more)
 #   make serve ARGS="--grpc-port 9001 --log-level DEBUG"    flags for `inferd serve`
 #   make test  ARGS="-k grpc"     flags for pytest
