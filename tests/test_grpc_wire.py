@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from inferd.protocol import codec
 from inferd.protocol.errors import InvalidArgument
+from inferd.protocol.fields import set_parameter
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.types import InferRequest, InferResponse
 from inferd.server.frontends import grpc_wire
@@ -35,12 +36,7 @@ def message(
     for o in outputs:
         msg.outputs.add(name=o)
     for k, v in (params or {}).items():
-        if isinstance(v, bool):
-            msg.parameters[k].bool_param = v
-        elif isinstance(v, int):
-            msg.parameters[k].int64_param = v
-        else:
-            msg.parameters[k].string_param = v
+        set_parameter(msg.parameters[k], v)
     return msg
 
 
@@ -168,14 +164,7 @@ def response_to_pb(response: InferResponse) -> pb.ModelInferResponse:
         msg.outputs.add(name=name, datatype=codec.of_array(array).name, shape=array.shape)
         msg.raw_output_contents.append(codec.to_raw(array))
     for key, v in response.parameters.items():
-        if isinstance(v, bool):
-            msg.parameters[key].bool_param = v
-        elif isinstance(v, int):
-            msg.parameters[key].int64_param = v
-        elif isinstance(v, float):
-            msg.parameters[key].double_param = v
-        else:
-            msg.parameters[key].string_param = v
+        set_parameter(msg.parameters[key], v)
     return msg
 
 
