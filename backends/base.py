@@ -70,8 +70,9 @@ class Backend(ABC):
     takes_request_list: ClassVar[bool] = False
     #: True when ``execute`` is pure computation that never waits on the server (no calls to
     #: other models, no locks held by other threads): short executions of such a backend may
-    #: run on the event loop instead of paying the hop to the instance thread.
-    inline_safe: ClassVar[bool] = False
+    #: run on the event loop instead of paying the hop to the instance thread. A backend whose
+    #: models differ sets it True on the class and narrows it on the instance once loaded.
+    inline_safe: bool = False
 
     @classmethod
     def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:

@@ -10,6 +10,7 @@ the requests' numpy arrays as they are (no copies); see :mod:`inferd.backends.py
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import inspect
@@ -67,6 +68,21 @@ def _model_class(module: ModuleType, path: Path) -> type:
     return cls
 
 
+def calls_other_models(path: Path) -> bool:
+    """Whether model.py builds InferenceRequests, the only way a Python model calls another
+    model (BLS): such a model waits on the server while it runs, so never on the event loop."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            if name == "InferenceRequest":
+                return True
+    return False
+
+
 def _module_name(model: str, version: int | str, instance: int | str) -> str:
     safe = re.sub(r"\W", "_", model)
     return f"inferd_model_{safe}_v{version}_{instance}_{next(_serial)}"
@@ -77,6 +93,7 @@ class PythonBackend(Backend):
     platforms = ()
     default_filename = "model.py"
     takes_request_list = True
+    inline_safe = True  # narrowed per model once loaded: see __init__
 
     @classmethod
     def auto_complete_config(cls, config: mc.ModelConfig, model_path: Path) -> None:
@@ -114,6 +131,10 @@ class PythonBackend(Backend):
         try:
             self.model = _model_class(module, self.path)()
             self.is_async = inspect.iscoroutinefunction(self.model.execute)
+            # A quick model runs on the loop like any pure computation, unless it may wait on
+            # the server: its async execute has a loop of its own, and calls to other models
+            # are answered by the loop.
+            self.inline_safe = not self.is_async and not calls_other_models(self.path)
             initialize = getattr(self.model, "initialize", None)
             if initialize is not None:
                 api._bind_caller(self.caller)

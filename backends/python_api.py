@@ -139,7 +139,7 @@ class InferenceResponse:
     ) -> None:
         self._tensors = list(output_tensors)
         self._error = TritonError(error) if isinstance(error, str) else error
-        self._parameters = parameters if isinstance(parameters, str) else json.dumps(dict(parameters or {}))
+        self._parameters = parameters  # JSON-encoded only when asked for: most never are
 
     def output_tensors(self) -> list[Tensor]:
         return self._tensors
@@ -154,7 +154,8 @@ class InferenceResponse:
         return self._error
 
     def parameters(self) -> str:
-        return self._parameters
+        p = self._parameters
+        return p if isinstance(p, str) else json.dumps(dict(p or {}))
 
 
 class InferenceRequest:

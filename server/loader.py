@@ -163,15 +163,17 @@ def describe_instances(plan: ModelPlan) -> str:
 INLINE_CHOICES = ("auto", "true", "false")
 
 
-def inline_execution(plan: ModelPlan, placed: list[Instance], params: Mapping[str, str]) -> bool:
+def inline_execution(plan: ModelPlan, placed: list[Instance], params: Mapping[str, str]) -> bool | None:
     """Whether the instance may run short executions on the event loop: the part of the
     decision made once at load; the worker's ExecutionPlacement makes the rest per execution.
+    True: allowed; False: never; None: as the loaded backend says (its ``inline_safe``).
 
     Parameter ``inline_execution``: "auto" (default) lets backends that declare themselves
-    pure computation do it; "true" also lets a Python model that never calls other models;
-    "false" turns it off. Only ever for a single CPU instance: more instances were asked for to
-    run side by side, which only their threads can do, and GPU instances keep their thread's
-    device context."""
+    pure computation do it (a Python model is, unless its execute is async or it builds
+    InferenceRequests to call other models); "true" also lets a Python model that calls other
+    models (its calls then fail while it runs on the loop); "false" turns it off. Only ever for
+    a single CPU instance: more instances were asked for to run side by side, which only their
+    threads can do, and GPU instances keep their thread's device context."""
     assert plan.backend is not None
     choice = params.get("inline_execution", "auto").strip().lower()
     if choice not in INLINE_CHOICES:
@@ -180,7 +182,9 @@ def inline_execution(plan: ModelPlan, placed: list[Instance], params: Mapping[st
         )
     if len(placed) != 1 or placed[0].kind != "CPU" or choice == "false":
         return False
-    return choice == "true" or plan.backend.inline_safe
+    if choice == "true":
+        return True
+    return None if plan.backend.inline_safe else False
 
 
 def load_workers(

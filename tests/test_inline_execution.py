@@ -166,13 +166,15 @@ def py_model(repo: Path, name: str, source: str, inline: str | None) -> None:
     )
 
 
-def test_python_models_run_inline_only_when_asked_and_never_wait_on_themselves(tmp_path: Path) -> None:
+def test_python_models_run_inline_unless_they_may_wait_on_the_server(tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     from .conftest import start_server, test_settings
 
-    py_model(tmp_path, "py_thread", PY_ADD, None)
+    py_model(tmp_path, "py_thread", PY_ADD, "false")
+    py_model(tmp_path, "py_auto", PY_ADD, None)
+    py_model(tmp_path, "py_async", PY_ADD.replace("    def execute", "    async def execute"), None)
     py_model(tmp_path, "py_inline", PY_ADD, "true")
     py_model(tmp_path, "py_bls_inline", PY_BLS, "true")
     py_model(tmp_path, "py_bls", PY_BLS, None)
@@ -180,14 +182,20 @@ def test_python_models_run_inline_only_when_asked_and_never_wait_on_themselves(t
     running = start_server(test_settings(tmp_path))
     try:
         core = running.server.core
-        assert not core.model("py_thread").scheduler.workers[0].inline  # auto: Python models may call others
+        assert not core.model("py_thread").scheduler.workers[0].inline
+        # auto: a quick model may run on the loop, unless it may wait on the server there.
+        assert core.model("py_auto").scheduler.workers[0].inline
+        assert not core.model("py_async").scheduler.workers[0].inline
+        assert not core.model("py_bls").scheduler.workers[0].inline
         assert core.model("py_inline").scheduler.workers[0].inline
         client = grpcclient.InferenceServerClient(running.grpc_url)
         x = np.ones((1, 2), np.float32)
         i = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
         i.set_data_from_numpy(x)
         for _ in range(12):  # past the first, measured execution: later ones run on the loop
-            np.testing.assert_array_equal(client.infer("py_inline", [i]).as_numpy("OUTPUT0"), x + 1)
+            for name in ("py_inline", "py_auto", "py_async"):
+                np.testing.assert_array_equal(client.infer(name, [i]).as_numpy("OUTPUT0"), x + 1)
+        assert core.model("py_auto").scheduler.workers[0].placement.inline_wall_ns is not None  # it ran there
         np.testing.assert_array_equal(client.infer("py_bls", [i]).as_numpy("OUTPUT0"), x + 1)
         # A model that calls other models but was told to run inline: whether it goes inline
         # depends on how much CPU its calls take on its thread (near the limit); once it does,
@@ -235,8 +243,9 @@ async def test_the_one_entry_point_places_executions_as_the_loader_allowed() -> 
         backend = type("Backend", (Recorder,), {"inline_safe": safe})()
         plan = SimpleNamespace(name="m", backend=type(backend))
         inline = inline_execution(plan, placed, {"inline_execution": choice})  # type: ignore[arg-type]
-        assert inline == allowed
-        worker = InstanceWorker(backend, "inst0", False, inline)
+        # "auto" leaves the last word to the loaded backend (a Python model narrows it).
+        assert inline == (None if allowed and choice == "auto" else allowed)
+        worker = InstanceWorker.build(lambda b=backend: b, "inst0", False, inline)
         where = []
         for values in (1, 1, 1, INLINE_MAX_BYTES // 4 + 1):
             ran = worker.run([work(values)])

@@ -2,7 +2,8 @@
 
 * Each instance has a task that forms a batch whenever it is free, so batches grow naturally
   while instances are busy; ``max_queue_delay_microseconds`` (measured from the oldest queued
-  request) lets a free instance wait for more.
+  request) lets a free instance wait for more, on a timer precise to tens of microseconds that
+  costs no CPU while it runs (precise_timer.py).
 * A batch is sent at once when it reaches ``max_batch_size`` or a ``preferred_batch_size``;
   otherwise when the oldest request has waited the maximum delay.
 * Only requests with the same non-batch shapes, dtypes, inputs and outputs merge.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -32,15 +32,11 @@ from ..stats import ModelStats
 from .base import Scheduler
 from .direct import DEFAULT_MAX_QUEUE
 from .open_batch import OPEN_BATCH_MIN_NICE, OpenBatch
+from .precise_timer import PreciseTimer
 from .work import Work
 from .worker import InstanceWorker
 
 log = logging.getLogger(__name__)
-
-
-# The last part of a queue delay that is waited by yielding rather than by a timer.
-SPIN_NS = 1_500_000
-_yield_cpu = getattr(os, "sched_yield", lambda: None)  # returns at once when no other thread waits
 
 
 class _Level:
@@ -80,6 +76,7 @@ class DynamicBatcher(Scheduler):
         self._open: list[OpenBatch] = []  # handed to instances, not yet started; newest last
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
+        self._timer = PreciseTimer(self._loop, self._wakeup.set)
         self._last_done: asyncio.Future[None] | None = None
         self._tasks = [self._loop.create_task(self._serve(w)) for w in self.workers]
 
@@ -192,21 +189,9 @@ class DynamicBatcher(Scheduler):
                     (level.delayed if w.delayed else level.ready).remove(w)
                     self._dequeued(w)
                 return batch
-            if wait_ns <= SPIN_NS:
-                # asyncio's selector sleeps in whole milliseconds (epoll rounds up), which would
-                # turn a 200 µs delay into more than 1 ms: yield to the loop (which still serves
-                # I/O and new requests) until the delay ends instead. Yield the CPU as well:
-                # grpc's I/O threads, which bring the requests this delay waits for, run under
-                # SCHED_BATCH and would not get a shared CPU from a spinning loop until the delay
-                # ended (perf/reports/2026-12-04-batching-and-protocol.md has the figures).
-                _yield_cpu()
-                await asyncio.sleep(0)
-                continue
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), (wait_ns - SPIN_NS) / 1e9)
-            except asyncio.TimeoutError:
-                pass
+            self._timer.arm(oldest + self.max_delay_ns)
+            await self._wakeup.wait()
 
     def _reject_expired(self, expired: list[Work]) -> None:
         for w in expired:
@@ -273,6 +258,7 @@ class DynamicBatcher(Scheduler):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._timer.close()
         queued = list(itertools.chain.from_iterable(lv.ready + lv.delayed for lv in self._order))
         for w in queued:
             self._remove(w)

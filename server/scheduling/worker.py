@@ -59,9 +59,10 @@ class InstanceWorker:
 
     @classmethod
     def build(
-        cls, factory: Callable[[], Backend], name: str, batching: bool, inline: bool = False, nice: int = 0
+        cls, factory: Callable[[], Backend], name: str, batching: bool, inline: bool | None = False, nice: int = 0
     ) -> InstanceWorker:
-        """Start the instance's thread and build its backend on it (blocks until built)."""
+        """Start the instance's thread and build its backend on it (blocks until built).
+        ``inline`` None leaves running on the loop to the built backend's ``inline_safe``."""
         executor = instance_executor(name, nice)
         try:
             backend = executor.submit(factory).result()
@@ -69,7 +70,8 @@ class InstanceWorker:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(backend, name, batching, inline, executor, steps)
+        allowed = backend.inline_safe if inline is None else inline
+        return cls(backend, name, batching, allowed, executor, steps)
 
     @property
     def inline(self) -> bool:
