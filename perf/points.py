@@ -31,6 +31,8 @@ class Served:
     p99_us: float = 0.0
     queue_us: float = 0.0  # server-side, per request
     compute_us: float = 0.0  # server-side compute input + infer + output, per request
+    server_cpu_ms: float = 0.0  # the server process tree's CPU time per completed request (0 unmeasured)
+    requests_per_execution: float = 0.0  # requests per model execution (0 without statistics)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,20 @@ class Load:
         return "inferd's Python load generator" + (f" x {self.processes} processes" if self.processes > 1 else "")
 
 
-def served(rows_per_s: float, errors: int, p50_us: float, p99_us: float, d: ServerCounters | None) -> Served:
-    """A point's client figures joined with the server's statistics over it (``d``)."""
+# Samples the server's CPU seconds so far (``ServerProcess.cpu_s``), read around a measurement.
+CpuClock = Callable[[], float]
+
+
+def served(
+    rows_per_s: float,
+    errors: int,
+    p50_us: float,
+    p99_us: float,
+    d: ServerCounters | None,
+    cpu_s: float | None = None,
+) -> Served:
+    """A point's client figures joined with the server's statistics over it (``d``) and the
+    server's CPU seconds over the same span (``cpu_s``; per request needs the statistics)."""
     if d is None:
         return Served(rows_per_s, 0.0, errors, p50_us, p99_us)
     executions, requests = d.execution_count, max(d.success_count, 1)
@@ -62,6 +76,8 @@ def served(rows_per_s: float, errors: int, p50_us: float, p99_us: float, d: Serv
         p99_us,
         d.queue_ns / requests / 1000,
         (d.compute_input_ns + d.compute_infer_ns + d.compute_output_ns) / requests / 1000,
+        cpu_s * 1000 / requests if cpu_s is not None and d.success_count else 0.0,
+        d.success_count / executions if executions else 0.0,
     )
 
 
@@ -74,8 +90,10 @@ async def python_point(
     duration: float,
     processes: int = 1,
     server_stats: bool = True,
+    cpu: CpuClock | None = None,
 ) -> Served:
-    """``concurrency`` requests in flight from inferd's generator; one window after a warm-up."""
+    """``concurrency`` requests in flight from inferd's generator; one window after a warm-up.
+    With ``cpu`` (and the statistics), the server's CPU time per request over the window."""
     transport = make_transport("grpc", url)
     procs: ProcessLoad | None = None
     try:
@@ -89,11 +107,13 @@ async def python_point(
         await gen.start_concurrency(concurrency)
         await asyncio.sleep(warmup)
         before = await transport.statistics(model, "") if server_stats else None
+        cpu_before = cpu() if cpu is not None else 0.0
         start = time.monotonic_ns()
         await gen.collect(start)
         await asyncio.sleep(duration)
         end = time.monotonic_ns()
         records, _ = await gen.collect(end)
+        cpu_after = cpu() if cpu is not None else 0.0
         after = await transport.statistics(model, "") if server_stats else None
         await gen.stop()
     finally:
@@ -107,29 +127,51 @@ async def python_point(
         percentile(lat, 50) / 1000 if lat else 0.0,
         percentile(lat, 99) / 1000 if lat else 0.0,
         after - before if after is not None and before is not None else None,
+        cpu_after - cpu_before if cpu is not None else None,
     )
 
 
 async def pa_point(
-    binary: str, url: str, model: str, batch: int, concurrency: int, duration: float, server_stats: bool = True
+    binary: str,
+    url: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    duration: float,
+    server_stats: bool = True,
+    cpu: CpuClock | None = None,
 ) -> Served:
-    """perf_analyzer holds the load; the server's statistics over its whole run (warm-up included)."""
+    """perf_analyzer holds the load; the server's statistics over its whole run (warm-up included)
+    and, with ``cpu``, its CPU time sampled right before and after perf_analyzer runs."""
     transport = make_transport("grpc", url)
     try:
         before = await transport.statistics(model, "") if server_stats else None
+        cpu_before = cpu() if cpu is not None else 0.0
         pt = await asyncio.to_thread(perf_analyzer.measure, binary, url, model, batch, concurrency, duration)
+        cpu_after = cpu() if cpu is not None else 0.0
         after = await transport.statistics(model, "") if server_stats else None
     finally:
         await transport.close()
     delta = after - before if after is not None and before is not None else None
-    return served(pt.rows_per_s, 0, pt.p50_us, pt.p99_us, delta)
+    return served(pt.rows_per_s, 0, pt.p50_us, pt.p99_us, delta, cpu_after - cpu_before if cpu is not None else None)
 
 
-def measure(load: Load, url: str, model: str, batch: int, concurrency: int, server_stats: bool = True) -> Served:
+def measure(
+    load: Load,
+    url: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    server_stats: bool = True,
+    cpu: CpuClock | None = None,
+) -> Served:
+    """One point under ``load``; ``cpu`` samples the server's CPU seconds (Served.server_cpu_ms)."""
     if load.perf_analyzer is not None:
-        return asyncio.run(pa_point(load.perf_analyzer, url, model, batch, concurrency, load.duration, server_stats))
+        return asyncio.run(
+            pa_point(load.perf_analyzer, url, model, batch, concurrency, load.duration, server_stats, cpu)
+        )
     return asyncio.run(
-        python_point(url, model, batch, concurrency, load.warmup, load.duration, load.processes, server_stats)
+        python_point(url, model, batch, concurrency, load.warmup, load.duration, load.processes, server_stats, cpu)
     )
 
 

@@ -37,6 +37,43 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the server and its live child processes."""
+        return process_tree_cpu_s(self.proc.pid)
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 onwards), or None when
+    the process is gone. The name is in parentheses and may itself hold spaces or parentheses."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its live descendants, from /proc (Linux):
+    a server's work may run in child processes (Triton's Python backend stubs, say). A child's
+    time reaches its parent's counters only once it is reaped, so children that exited since
+    are not counted; 0.0 where /proc is missing."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0.0
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and (f := _stat_fields(entry.name)) is not None:
+            children.setdefault(int(f[1]), []).append(int(entry.name))  # field 4: ppid
+    ticks, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        f = _stat_fields(p)
+        if f is None:
+            continue
+        ticks += int(f[11]) + int(f[12])  # fields 14 and 15: utime and stime, in clock ticks
+        todo += children.get(p, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
 
 def pin_prefix(cpus: Sequence[int] | None) -> list[str]:
     """``taskset -c ...`` when pinning is asked for and possible, else nothing."""

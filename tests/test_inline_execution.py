@@ -18,7 +18,7 @@ from inferd.protocol.errors import InvalidArgument
 from inferd.protocol.types import InferRequest
 from inferd.server.loader import inline_execution
 from inferd.server.scheduling.direct import DirectScheduler
-from inferd.server.scheduling.placement import INLINE_MAX_BYTES
+from inferd.server.scheduling.placement import INLINE_MAX_BYTES, INLINE_NEVER_NS
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import InstanceWorker
 from inferd.server.stats import ModelStats
@@ -72,9 +72,25 @@ async def test_slow_executions_go_back_to_the_thread() -> None:
     backend = Recorder()
     scheduler = direct(backend)
     await run(scheduler, 2)
-    backend.sleep_s = 0.02  # far over the inline limit: the moving average crosses it at once
+    backend.sleep_s = 0.002  # far over the inline limit: the moving average crosses it at once
     await run(scheduler, 3)
     assert backend.threads[-1].startswith("inst0")
+    assert scheduler.workers[0].inline  # it may come back once fast again
+
+
+async def test_an_execution_that_stalls_the_loop_keeps_its_instance_off_it_for_good() -> None:
+    """A model that sleeps shows no CPU time on its thread; once it holds the loop for longer
+    than INLINE_NEVER_NS, it never runs there again."""
+    backend = Recorder()
+    scheduler = direct(backend)
+    await run(scheduler, 3)
+    assert backend.threads[-1] == threading.current_thread().name
+    backend.sleep_s = INLINE_NEVER_NS * 1.5 / 1e9
+    await run(scheduler, 1)  # on the loop: the stall, once
+    backend.sleep_s = 0
+    await run(scheduler, 40)
+    assert not scheduler.workers[0].inline
+    assert all(t.startswith("inst0") for t in backend.threads[-40:])
 
 
 async def test_large_inputs_and_workers_not_allowed_inline_use_threads() -> None:

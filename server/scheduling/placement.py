@@ -15,7 +15,9 @@ one unlucky inline sample is retried after a few, and a model that really is too
 loop runs there about once in twenty executions. Wall time on the loop also counts the times
 the kernel switched the loop thread out, so a loop sample moves the average at most to twice
 itself: one preempted execution does not send the instance to its thread, a model that really
-slowed down gets there within a few executions.
+slowed down gets there within a few executions. An execution that held the loop for more than
+INLINE_NEVER_NS (a model that sleeps or waits on I/O, which its thread's CPU time cannot show)
+keeps the instance on its thread for good: such a stall must happen at most once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .work import Work
 
 INLINE_MAX_NS = 100_000
 INLINE_MAX_BYTES = 64 * 1024
+INLINE_NEVER_NS = 20_000_000
 _EWMA = 0.2
 _FADE = 0.9
 
@@ -55,6 +58,8 @@ class ExecutionPlacement:
         return sum(w.nbytes() for w in batch) <= INLINE_MAX_BYTES
 
     def ran_on_loop(self, wall_ns: int) -> None:
+        if wall_ns > INLINE_NEVER_NS:
+            self.inline_allowed = False
         self.inline_wall_ns = _average(self.inline_wall_ns, wall_ns, clip=True)
 
     def ran_on_thread(self, cpu_ns: int) -> None:
