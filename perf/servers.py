@@ -1,5 +1,6 @@
 """Start servers as subprocesses for benchmarks: on port 0, reading the bound port back from
-their log (never the bind-close-rebind "free port" trick), optionally pinned to CPUs."""
+their log (never the bind-close-rebind "free port" trick), optionally pinned to CPUs; and read
+a server's CPU time, child processes included, from /proc."""
 
 from __future__ import annotations
 
