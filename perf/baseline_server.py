@@ -3,8 +3,10 @@ KServe v2 ModelInfer for the bundled element-wise ``add_sub`` model.
 
 A bare ``grpc.aio`` servicer on inferd's generated stubs: it decodes the two raw FP32 inputs
 with numpy, adds and subtracts, and answers with raw outputs - no validation, no scheduling,
-no executor hop, no statistics. What inferd achieves relative to this is the cost of its own
-layers; what this achieves is the ceiling of the Python protocol layer on this machine.
+no executor hop, no timing statistics (ModelStatistics answers request and row counts only, so
+that a benchmark can divide the server's CPU time by the requests it served). What inferd
+achieves relative to this is the cost of its own layers; what this achieves is the ceiling of
+the Python protocol layer on this machine.
 
 Because it is a baseline, the model is hard-coded: ModelMetadata and ModelConfig describe
 add_sub (FP32 [-1, 16] inputs INPUT0/INPUT1, outputs OUTPUT0/OUTPUT1, max_batch_size 8) whatever
@@ -93,6 +95,8 @@ class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[T(name=n, datatype="FP32", shape=[-1, SIZE]) for n in ("OUTPUT0", "OUTPUT1")],
         )
         self._config = pb.ModelConfigResponse(config=add_sub_config())
+        self._requests = 0
+        self._rows = 0
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -112,9 +116,18 @@ class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         return self._config
 
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        stats = pb.ModelStatistics(
+            name=MODEL, version="1", inference_count=self._rows, execution_count=self._requests
+        )
+        stats.inference_stats.success.count = self._requests
+        return pb.ModelStatisticsResponse(model_stats=[stats])
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         raw = request.raw_input_contents
         shape = list(request.inputs[0].shape)
+        self._requests += 1
+        self._rows += shape[0]
         a = np.frombuffer(raw[0], dtype="<f4")
         b = np.frombuffer(raw[1], dtype="<f4")
         out0, out1 = self._compute(a, b, shape)

@@ -7,7 +7,11 @@ models, written on the fly by ``triton_models.py``:
 * ``mlp``: a Python model running an MLP 512 -> 1024 -> 1024 -> 1000 with onnxruntime (one
   thread), batching every request of an ``execute`` call, with dynamic batching;
 * for inferd also ``inferd-onnx``: the same computations on inferd's onnxruntime backend (one
-  intra-op thread; this Triton build has no ONNX backend).
+  intra-op thread; this Triton build has no ONNX backend);
+* on the add_sub points also ``grpc-floor``: the bare grpc.aio servicer (``baseline_server.py``,
+  with inferd's event loop and I/O thread policy) answering add_sub with numpy and nothing else:
+  the least CPU a Python grpc.aio server spends per request here, the floor under inferd's own
+  layers.
 
 Points (``--points``): add_sub 1x1 and 16x1, mlp 1x1, 16x1 and 16x8 (clients x batch). Every
 round measures every point on every server back to back (perf_analyzer, gRPC, ``--async``); the
@@ -42,12 +46,14 @@ from .harness import (
     ratio,
 )
 from .points import Load, Served, measure
-from .servers import ServerProcess, split_cpus, start_inferd
+from .servers import ServerProcess, baseline_argv, split_cpus, start, start_inferd
 from .transport import RequestFailed
 
 TRITON = "triton"
 INFERD = "inferd"
 INFERD_ONNX = "inferd-onnx"
+FLOOR = "grpc-floor"
+FLOOR_MODELS = ("add_sub",)  # the bare servicer answers add_sub only
 PYTHON_MODELS = ("add_sub", "mlp")
 ONNX_MODELS = tuple(f"{m}_onnx" for m in PYTHON_MODELS)
 
@@ -112,10 +118,16 @@ def _vs_triton(runs: list[Served], triton: list[Served]) -> str:
     return f"{tp:.2f}x, p99 {p99:.2f}x"
 
 
+def serves(server: str, point: str) -> bool:
+    return server != FLOOR or POINTS[point].model in FLOOR_MODELS
+
+
 def table(raw: dict[tuple[str, str], list[Served]], points: list[str], servers: list[str]) -> str:
     rows = []
     for name in points:
         for server in servers:
+            if not serves(server, name):
+                continue
             runs = raw[(name, server)]
             errors = sum(s.errors for s in runs)
             label = server + (f" ({errors} errors)" if errors else "")
@@ -164,6 +176,8 @@ def _warm_up(binary: str, servers: dict[str, ServerProcess], points: list[str], 
             heaviest[pt.model] = pt
     for server, proc in servers.items():
         for pt in heaviest.values():
+            if server == FLOOR and pt.model not in FLOOR_MODELS:
+                continue
             try:
                 perf_analyzer.measure(binary, proc.url, model_for(server, pt), pt.batch, pt.concurrency, seconds)
             except RuntimeError as e:
@@ -199,12 +213,17 @@ def run(a: argparse.Namespace) -> int:
         triton_repo = triton_models.build(Path(tmp) / TRITON, "triton")
         inferd_repo = triton_models.build(Path(tmp) / INFERD, "inferd")
         names = [TRITON, INFERD, INFERD_ONNX, *(b.name for b in builds[1:])]
+        if any(POINTS[n].model in FLOOR_MODELS for n in points):
+            names.append(FLOOR)
         try:
             servers[TRITON] = triton_server.start(install, triton_repo, PYTHON_MODELS, server_cpus)
             servers[INFERD] = start_inferd(INFERD, builds[0].env, server_cpus, inferd_repo, PYTHON_MODELS)
             servers[INFERD_ONNX] = start_inferd(INFERD_ONNX, builds[0].env, server_cpus, inferd_repo, ONNX_MODELS)
             for build in builds[1:]:
                 servers[build.name] = start_inferd(build.name, build.env, server_cpus, inferd_repo, PYTHON_MODELS)
+            if FLOOR in names:
+                tuned = ["--io-sched", "batch", "--event-loop", "uvloop"]
+                servers[FLOOR] = start(FLOOR, [*baseline_argv(), *tuned], server_cpus)
             _warm_up(binary, servers, points, a.warmup)
 
             def one(key: tuple[str, str]) -> Served:
@@ -217,7 +236,8 @@ def run(a: argparse.Namespace) -> int:
                     print(f"# {name} {server}: {e}", file=sys.stderr)
                     return Served(0.0, errors=1)
 
-            raw = interleaved(a.rounds, [(n, s) for n in points for s in names], one, lambda k: f"{k[0]} {k[1]}")
+            keys = [(n, s) for n in points for s in names if serves(s, n)]
+            raw = interleaved(a.rounds, keys, one, lambda k: f"{k[0]} {k[1]}")
         finally:
             for s in servers.values():
                 s.stop()

@@ -15,9 +15,10 @@ one unlucky inline sample is retried after a few, and a model that really is too
 loop runs there about once in twenty executions. Wall time on the loop also counts the times
 the kernel switched the loop thread out, so a loop sample moves the average at most to twice
 itself: one preempted execution does not send the instance to its thread, a model that really
-slowed down gets there within a few executions. An execution that held the loop for more than
-INLINE_NEVER_NS (a model that sleeps or waits on I/O, which its thread's CPU time cannot show)
-keeps the instance on its thread for good: such a stall must happen at most once.
+slowed down gets there within a few executions. Two executions within STALL_WINDOW inline ones
+that each held the loop for more than INLINE_NEVER_NS (a model that sleeps or waits on I/O,
+which its thread's CPU time cannot show) keep the instance on its thread for good; one alone
+may be a full garbage collection or the kernel switching the loop out, which any code meets.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .work import Work
 INLINE_MAX_NS = 100_000
 INLINE_MAX_BYTES = 64 * 1024
 INLINE_NEVER_NS = 20_000_000
+STALL_WINDOW = 50
 _EWMA = 0.2
 _FADE = 0.9
 
@@ -49,6 +51,8 @@ class ExecutionPlacement:
         self.thread_cpu_ns: float | None = None  # moving average on the thread; None = unmeasured
         self.inline_wall_ns: float | None = None  # moving average on the loop
         self._thread_runs = 0
+        self._loop_runs = 0
+        self._stalled_at: int | None = None  # the inline run that last held the loop too long
 
     def on_loop(self, batch: Sequence[Work]) -> bool:
         if not self.inline_allowed or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
@@ -58,8 +62,11 @@ class ExecutionPlacement:
         return sum(w.nbytes() for w in batch) <= INLINE_MAX_BYTES
 
     def ran_on_loop(self, wall_ns: int) -> None:
+        self._loop_runs += 1
         if wall_ns > INLINE_NEVER_NS:
-            self.inline_allowed = False
+            if self._stalled_at is not None and self._loop_runs - self._stalled_at <= STALL_WINDOW:
+                self.inline_allowed = False
+            self._stalled_at = self._loop_runs
         self.inline_wall_ns = _average(self.inline_wall_ns, wall_ns, clip=True)
 
     def ran_on_thread(self, cpu_ns: int) -> None:
