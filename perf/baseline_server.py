@@ -117,9 +117,7 @@ class BaselineServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._config
 
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
-        stats = pb.ModelStatistics(
-            name=MODEL, version="1", inference_count=self._rows, execution_count=self._requests
-        )
+        stats = pb.ModelStatistics(name=MODEL, version="1", inference_count=self._rows, execution_count=self._requests)
         stats.inference_stats.success.count = self._requests
         return pb.ModelStatisticsResponse(model_stats=[stats])
 
