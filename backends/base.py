@@ -89,7 +89,8 @@ class Backend(ABC):
     def execute_requests(
         self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str]
     ) -> list[dict[str, np.ndarray] | Exception]:
-        """For ``takes_request_list`` backends: one result or error per request, in order."""
+        """For ``takes_request_list`` backends: one result (numpy arrays by output name) or
+        error per request, in order."""
         raise NotImplementedError
 
     def unload(self) -> None:

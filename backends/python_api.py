@@ -105,6 +105,14 @@ class Tensor:
         self._name = name
         self._array = array
 
+    @classmethod
+    def _of(cls, name: str, array: np.ndarray) -> Tensor:
+        """A request's decoded input, already an array of its wire dtype: nothing to convert."""
+        tensor = cls.__new__(cls)
+        tensor._name = name
+        tensor._array = array
+        return tensor
+
     def name(self) -> str:
         return self._name
 
@@ -164,6 +172,16 @@ class InferenceRequest:
     ``preferred_memory`` and ``trace`` are accepted for source compatibility and ignored.
     """
 
+    # What an incoming request leaves at the defaults (never mutated: _incoming sets only the
+    # inputs and outputs, which every execution call builds for each of its requests).
+    _model_name = ""
+    _model_version = -1
+    _flags = 0
+    _correlation_id: int | str = 0
+    _request_id = ""
+    _timeout_us = 0
+    _parameters: dict[str, Any] = {}  # noqa: RUF012 (read only)
+
     def __init__(
         self,
         model_name: str = "",
@@ -190,8 +208,9 @@ class InferenceRequest:
 
     @classmethod
     def _incoming(cls, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> InferenceRequest:
-        request = cls(requested_output_names=outputs)
-        request._inputs = {n: Tensor(n, a) for n, a in inputs.items()}
+        request = cls.__new__(cls)
+        request._inputs = {n: Tensor._of(n, a) for n, a in inputs.items()}
+        request._outputs = list(outputs)  # the model may change its copy
         return request
 
     def inputs(self) -> list[Tensor]:
