@@ -3,6 +3,8 @@
 ``model.py`` defines ``class TritonPythonModel`` with ``initialize(args)`` (optional),
 ``execute(requests) -> responses`` (one per request, in order; plain or ``async def``),
 ``finalize()`` (optional) and an optional ``@staticmethod auto_complete_config(config)``.
+The API is importable under Triton's name (``import triton_python_backend_utils as pb_utils``)
+as well as inferd's, so a Triton model.py needs no change.
 Each instance imports its own copy of ``model.py`` by file path under a unique module name,
 so instances and versions share no module state. Execution runs on the instance's thread with
 the requests' numpy arrays as they are (no copies); see :mod:`inferd.backends.python_api`.
@@ -36,6 +38,7 @@ from .base import Backend, LoadContext
 log = logging.getLogger(__name__)
 
 MODEL_CLASS = "TritonPythonModel"
+TRITON_MODULE = "triton_python_backend_utils"
 _serial = itertools.count()
 
 
@@ -45,7 +48,19 @@ def _where(e: BaseException, path: Path) -> str:
     return f" (model.py line {frames[-1].lineno})" if frames else ""
 
 
+def provide_triton_module() -> bool:
+    """Make ``import triton_python_backend_utils`` (how Triton's model.py files import the API)
+    give inferd's :mod:`python_api`, unless this environment has a module of that name of its
+    own, which is then left alone. Returns whether the name now means inferd's API."""
+    if TRITON_MODULE not in sys.modules:
+        if importlib.util.find_spec(TRITON_MODULE) is not None:
+            return False
+        sys.modules[TRITON_MODULE] = api
+    return sys.modules[TRITON_MODULE] is api
+
+
 def _import(path: Path, module_name: str) -> ModuleType:
+    provide_triton_module()
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"{path}: cannot be imported as a Python module")

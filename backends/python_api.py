@@ -1,8 +1,9 @@
 """The API a Python model (``model.py``) uses, with the names of Triton's
-``triton_python_backend_utils``, so that porting a Triton model is a one-line change::
+``triton_python_backend_utils``; inside inferd it is importable by that name too (see
+:func:`inferd.backends.python.provide_triton_module`), so a Triton model.py runs unchanged::
 
-    import triton_python_backend_utils as pb_utils   # Triton
-    import inferd.backends.python_api as pb_utils    # inferd
+    import triton_python_backend_utils as pb_utils   # as on Triton
+    import inferd.backends.python_api as pb_utils    # the same module, by inferd's name
 
 Tensors are numpy arrays, passed without copies in both directions (BYTES tensors are object
 arrays of ``bytes``). ``InferenceRequest(model_name=..., ...).exec()`` calls another model

@@ -8,7 +8,9 @@ with and without dynamic batching, and 2 clients sending batches of 8, each with
 server's queue and compute per request, the average executed batch and the ratio to
 min(compute ceiling at the batch the clients can form, protocol ceiling at that concurrency).
 Goals: with batching at 16-32 clients >= 3x the no-batching throughput and >= 80% of that
-min-ceiling; batch-8 clients >= 60% of the in-process batch-8 ceiling.
+min-ceiling; batch-8 clients >= 60% of the in-process batch-8 ceiling. Last, how late the
+batcher's queue-delay timer ends a wait of --max-queue-delay-us on an idle loop, beside the
+loop's own call_at (timer_precision.py; goal: within 100 µs).
 
 The server and the in-process ceilings run alone on CPU 0 with one framework thread, the load
 generator on CPU 1. The load is perf_analyzer when installed: a Python client's own cost per
@@ -25,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import baseline_ref, ceilings
+from . import baseline_ref, ceilings, timer_precision
 from .harness import (
     Bench,
     add_baseline_argument,
@@ -177,6 +179,7 @@ def run(a: argparse.Namespace) -> int:
                 s.stop()
     print(f"load: {load.label}\n")
     print(render(ceiling, {p: raw[(p, "inferd")] for p in PLAN}))
+    print("\n" + timer_precision.render(timer_precision.measure(a.max_queue_delay_us), a.max_queue_delay_us))
     if len(names) > 1:
         print(f"\ninferd against {names[1]}:\n")
         by_name = {(p.name, n): v for (p, n), v in raw.items()}
