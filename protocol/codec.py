@@ -93,11 +93,26 @@ def of_array(array: np.ndarray) -> DataType:
     return found
 
 
+# numpy's own limits, checked here so that a client's shape never reaches numpy's exceptions:
+# at most 32 dimensions before numpy 2 and 64 since, and no array whose dims (zeros aside, as
+# numpy counts them) times the widest item could exceed the address space.
+MAX_DIMS = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
+_MAX_SPAN = (2**63 - 1) // 16
+
+
 def element_count(shape: Sequence[int], what: str) -> int:
-    """Number of elements, refusing negative dims. Python ints cannot overflow."""
+    """Number of elements of a client's shape, refusing what numpy could not hold: negative
+    dimensions, more than MAX_DIMS of them, sizes beyond any array."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"{what}: the shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    span = 1
     for d in shape:
         if d < 0:
             raise InvalidArgument(f"{what}: shape {list(shape)} has a negative dimension")
+        if d:
+            span *= d
+    if span > _MAX_SPAN:
+        raise InvalidArgument(f"{what}: shape {list(shape)} is larger than any tensor can be")
     return math.prod(shape)
 
 
@@ -117,6 +132,10 @@ def from_raw(raw: bytes | memoryview, dt: DataType, shape: Sequence[int], what: 
 def _decode_bytes(raw: bytes | memoryview, count: int, shape: Sequence[int], what: str) -> np.ndarray:
     view = memoryview(raw)
     size = len(view)
+    if count > size // 4:  # each element has a 4-byte length: check before allocating for them
+        raise InvalidArgument(
+            f"{what}: {size} bytes of data cannot hold the {count} BYTES elements of shape {list(shape)}"
+        )
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):

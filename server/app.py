@@ -71,7 +71,7 @@ class InferdServer:
             log.info("gRPC (KServe v2) listening on %s:%d", s.host, self.grpc_port)
         try:
             if s.allow_http:
-                app = build_app(self.core, s.http_max_body_bytes)
+                app = build_app(self.core, s.http_max_body_bytes, s.http_allow_origins)
                 self.http_server = AsgiServer(app, s.host, s.http_port, s.exit_timeout_secs)
                 self.http_port = await self.http_server.start()
                 log.info("HTTP (KServe v2) listening on %s:%d", s.host, self.http_port)

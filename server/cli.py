@@ -83,6 +83,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=d.http_max_body_bytes,
         help="largest HTTP request body (default %(default)s = 64 MiB)",
     )
+    p.add_argument(
+        "--http-allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (e.g. https://tools.example.com) whose pages may call the HTTP API, with CORS "
+        "(repeatable); requests carrying any other Origin header are refused, as are POST bodies that "
+        "are neither JSON nor binary tensors",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)
     p.add_argument(
@@ -123,6 +132,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         instance_nice=a.instance_nice,
         event_loop=a.event_loop,
         http_max_body_bytes=a.http_max_body_bytes,
+        http_allow_origins=tuple(a.http_allow_origin),
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,
         load_models=a.load_model,

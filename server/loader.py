@@ -111,7 +111,7 @@ def version_fingerprint(repo: Repository, plan: ModelPlan, version: int) -> str:
     config.pbtxt do not reload), the version folder's files, and the model folder's other
     files (``warmup/``, label files) except config.pbtxt and the version folders."""
     digest = hashlib.sha256(plan.config.SerializeToString(deterministic=True))
-    version_names = frozenset(e.name for e in plan.model_dir.iterdir() if e.name.isdigit())
+    version_names = frozenset(e.name for e in plan.model_dir.iterdir() if e.name.isascii() and e.name.isdigit())
     shared = repo.fingerprint(plan.model_dir, skip=version_names | {cfg.CONFIG_FILE})
     own = repo.fingerprint(plan.model_dir / str(version))
     digest.update(repr((shared, own)).encode())

@@ -117,7 +117,7 @@ class ModelManager:
         if record is None:
             raise NotFound(f"unknown model '{name}'")
         if version:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()):
                 raise InvalidArgument(f"model '{name}': version '{version}' is not a number")
             slot = record.versions.get(int(version))
             if slot is None:
@@ -350,7 +350,14 @@ class ModelManager:
         try:
             if plan.config.model_warmup:
                 samples = await loop.run_in_executor(
-                    None, build_samples, self.repository, plan.model_dir, plan.config, plan.signature, label
+                    None,
+                    build_samples,
+                    self.repository,
+                    plan.model_dir,
+                    plan.config,
+                    plan.signature,
+                    label,
+                    len(workers),
                 )
                 seconds = await run_samples(workers, samples, label)
                 log.debug("%s: warmup (%d sample(s)) took %.3fs", label, len(samples), seconds)

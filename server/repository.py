@@ -126,7 +126,7 @@ class Repository:
     def available_versions(self, model_dir: Path) -> list[int]:
         versions = []
         for entry in model_dir.iterdir():
-            if entry.name.isdigit() and self.inside(entry) and entry.is_dir():
+            if entry.name.isascii() and entry.name.isdigit() and self.inside(entry) and entry.is_dir():
                 versions.append(int(entry.name))
         return sorted(versions)
 

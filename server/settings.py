@@ -33,6 +33,8 @@ class Settings:
     instance_nice: int = 19
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     http_max_body_bytes: int = 64 * 1024 * 1024
+    # Web origins whose pages may call the HTTP API (frontends/http_origin.py); none by default.
+    http_allow_origins: tuple[str, ...] = ()
     model_control_mode: str = "poll"  # none | poll | explicit
     repository_poll_secs: float = 2.0
     load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all

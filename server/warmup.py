@@ -6,7 +6,10 @@ batch dimension), ``count`` executions (0 means once), and per input ``zero_data
 their 4-byte length prefix) read from the model's ``warmup/`` folder.
 
 Samples run on every instance's worker directly: the version is not routed yet, so the public
-name lookup would not find it, and warmup executions stay out of the statistics.
+name lookup would not find it, and warmup executions stay out of the statistics. They run on the
+instance threads, never on the event loop, so a long warmup does not stall other traffic; a
+config asking for more than MAX_WARMUP_EXECUTIONS executions in all is refused, and a warmup
+still running after MAX_WARMUP_SECONDS fails the load.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from .validation import validate
 WARMUP_FOLDER = "warmup"
 # A typo in dims must not allocate the machine away: warmup tensors are small by nature.
 MAX_WARMUP_BYTES = 256 * 1024 * 1024
+MAX_WARMUP_EXECUTIONS = 10_000  # over every sample's count and every instance
+MAX_WARMUP_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class Sample:
 
 
 def build_samples(
-    repo: Repository, model_dir: Path, config: mc.ModelConfig, sig: Signature, label: str
+    repo: Repository, model_dir: Path, config: mc.ModelConfig, sig: Signature, label: str, instances: int = 1
 ) -> list[Sample]:
     """Turn ``model_warmup`` into ready arrays; blocking (reads files), run it off the loop."""
     samples = []
@@ -66,6 +71,12 @@ def build_samples(
         except InferdError as e:
             raise ModelLoadError(e.message) from None
         samples.append(Sample(w.name, checked.inputs, checked.outputs, batch, max(w.count, 1)))
+    executions = sum(s.count for s in samples) * instances
+    if executions > MAX_WARMUP_EXECUTIONS:
+        raise ModelLoadError(
+            f"{label}: model_warmup asks for {executions} executions over {instances} instance(s); "
+            f"at most {MAX_WARMUP_EXECUTIONS} are allowed"
+        )
     return samples
 
 
@@ -114,16 +125,20 @@ def _from_file(
         raise ModelLoadError(e.message) from None
 
 
-async def run_samples(workers: Sequence[InstanceWorker], samples: Sequence[Sample], label: str) -> float:
-    """Run every sample ``count`` times on every instance; returns the seconds it took."""
+async def run_samples(
+    workers: Sequence[InstanceWorker], samples: Sequence[Sample], label: str, limit_s: float = MAX_WARMUP_SECONDS
+) -> float:
+    """Run every sample ``count`` times on every instance, on its thread; returns the seconds
+    it took. Fails once ``limit_s`` has passed."""
     started = time.monotonic()
     for worker in workers:
         for s in samples:
             for _ in range(s.count):
+                if time.monotonic() - started > limit_s:
+                    raise ModelLoadError(f"{label}: warmup did not finish within {limit_s:g} s")
                 work = Work(s.inputs, s.outputs, s.batch_size, time.monotonic_ns(), None)
                 try:
-                    done = worker.run([work])
-                    results, _ = done if isinstance(done, tuple) else await done
+                    results, _ = await worker.run_on_thread([work])
                 except InferdError as e:
                     raise ModelLoadError(f"{label}: warmup sample '{s.name}' failed: {e.message}") from None
                 if isinstance(results[0], InferdError):

@@ -58,10 +58,11 @@ def test_bytes_accepts_str_and_numpy_strings() -> None:
 @pytest.mark.parametrize(
     "raw,count,words",
     [
-        (b"\x01\x00\x00", 1, "ends after 0"),
+        (b"\x01\x00\x00", 1, "3 bytes of data cannot hold the 1 BYTES elements"),  # before allocating
+        (b"\x00\x00\x00\x00", 2, "cannot hold the 2 BYTES elements"),
         (b"\xff\xff\xff\xff", 1, "beyond the data"),
         (b"\x00\x00\x00\x00\x00", 1, "left over"),
-        (b"\x00\x00\x00\x00", 2, "ends after 1"),
+        (b"\x04\x00\x00\x00abcd", 2, "ends after 1"),
     ],
 )
 def test_bad_bytes_framing(raw: bytes, count: int, words: str) -> None:
@@ -70,8 +71,12 @@ def test_bad_bytes_framing(raw: bytes, count: int, words: str) -> None:
 
 
 def test_size_checked_without_overflow() -> None:
-    with pytest.raises(InvalidArgument, match="needs 170141183460469231731687303715884105728 bytes"):
+    with pytest.raises(InvalidArgument, match="larger than any tensor"):
         codec.from_raw(b"\x00" * 8, codec.BY_NAME["FP32"], (2**62, 2**62, 2), "t")
+    with pytest.raises(InvalidArgument, match="needs 4000000000000 bytes"):
+        codec.from_raw(b"\x00" * 8, codec.BY_NAME["FP32"], (10**6, 10**6), "t")
+    with pytest.raises(InvalidArgument, match="65 dimensions"):
+        codec.from_raw(b"\x00" * 4, codec.BY_NAME["FP32"], (1,) * 65, "t")
     with pytest.raises(InvalidArgument, match="negative"):
         codec.from_raw(b"", codec.BY_NAME["FP32"], (-1,), "t")
 

@@ -17,6 +17,7 @@ import tritonclient.grpc as grpcclient
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.repository import Repository
+from inferd.server.warmup import MAX_WARMUP_EXECUTIONS
 from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, start_server, test_settings
@@ -326,6 +327,35 @@ def test_warmup_with_onnxruntime(serve, tmp_path: Path) -> None:  # type: ignore
     c = serve(model_control_mode="none").client
     assert infer_const(c, "m", rows=8) == ("1", 1.0)
     assert inference_count(c, "m") == 8
+
+
+def test_warmup_is_bounded_and_never_holds_the_loop(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A quick model that may run on the event loop warms up on its thread, so a long warmup
+    leaves the server answering; a warmup over the execution cap is refused at load."""
+    warm = (
+        'model_warmup [ { name: "z" batch_size: 1 count: %d inputs { key: "INPUT0" '
+        "value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n"
+    )
+    repo = tmp_path / "repo"
+    write_const(repo, "m", 1, 1.0, const_config("m", warm % 3000))
+    write_const(repo, "huge", 1, 1.0, const_config("huge", warm % (MAX_WARMUP_EXECUTIONS + 1)))
+    running = serve(model_control_mode="explicit", load_models=["huge"])
+    c = running.client
+    state, reason = index(c)[("huge", "1")]
+    assert state == "UNAVAILABLE" and f"at most {MAX_WARMUP_EXECUTIONS}" in reason and "model_warmup" in reason
+    loader = threading.Thread(target=lambda: c.load_model("m"))
+    loader.start()
+    slowest = 0.0
+    while loader.is_alive():  # the loop keeps answering while 3,000 warmup executions run
+        t0 = time.monotonic()
+        assert c.is_server_live()
+        slowest = max(slowest, time.monotonic() - t0)
+    loader.join()
+    worker = running.running.server.core.model("m").scheduler.workers[0]
+    assert worker.inline and worker.placement.inline_wall_ns is None  # not one warmup run on the loop
+    assert worker.executions == 3000
+    assert slowest < 1.0
+    assert infer_const(c, "m") == ("1", 1.0)
 
 
 # --- readiness ------------------------------------------------------------------------------

@@ -187,11 +187,7 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _from_binary(raw: memoryview, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
-    if dt.itemsize == 0:
-        count = codec.element_count(shape, what)
-        if count * 4 > len(raw):  # every element has a 4-byte length: check before allocating
-            raise InvalidArgument(f"{what}: {len(raw)} bytes cannot hold {count} BYTES elements")
-    array = codec.from_raw(raw, dt, shape, what)
+    array = codec.from_raw(raw, dt, shape, what)  # sizes checked against the bytes before allocating
     # Zero-copy when the data is aligned (the usual case, see http_body); backends may assume it.
     return array if array.flags.aligned else array.copy()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.applications import Starlette
@@ -24,6 +24,7 @@ from ..core import InferenceCore
 from . import http_convert as conv
 from . import http_metadata as meta
 from .http_body import read_body
+from .http_origin import OriginGuard
 
 STATUS = {
     Code.INVALID_ARGUMENT: 400,
@@ -236,9 +237,10 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
     return routes
 
 
-def build_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
-    """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``."""
-    return Starlette(
+def build_app(core: InferenceCore, max_body_bytes: int, allowed_origins: Iterable[str] = ()) -> OriginGuard:
+    """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``;
+    only ``allowed_origins`` may call it from web pages (http_origin.py)."""
+    app = Starlette(
         routes=_routes(HttpApi(core, max_body_bytes)),
         exception_handlers={
             InferdError: _inferd_error,
@@ -247,3 +249,4 @@ def build_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
             Exception: _internal_error,
         },
     )
+    return OriginGuard(app, allowed_origins)

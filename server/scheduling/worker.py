@@ -89,6 +89,11 @@ class InstanceWorker:
             return self._execute(batch, on_loop=True)
         return asyncio.get_running_loop().run_in_executor(self.executor, self._execute, batch)
 
+    def run_on_thread(self, batch: Sequence[Work]) -> asyncio.Future[Executed]:
+        """Execute ``batch`` on the instance thread whatever the placement says: for work that
+        must never hold the event loop however quick each execution is (warmup runs many)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, self._execute, batch)
+
     def _execute(self, batch: Batch, on_loop: bool = False) -> Executed:
         if isinstance(batch, OpenBatch):
             batch = batch.close()
