@@ -9,29 +9,11 @@ import numpy as np
 import pytest
 from inferd.backends import python_api
 from inferd.backends.python import TRITON_MODULE, provide_triton_module
+from inferd.perf import triton_models
 
-TRITON_ADD_SUB = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
-            out0 = pb_utils.Tensor("OUTPUT0", (in0 + in1).astype(np.float32))
-            out1 = pb_utils.Tensor("OUTPUT1", (in0 - in1).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out0, out1]))
-        return responses
-"""
-
-CONFIG = """name: "add_sub"
-backend: "python"
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]
-"""
+# The Triton flavour of the Triton benchmark's add_sub: Triton's python_backend example as is.
+TRITON_ADD_SUB = triton_models.model_py(triton_models.ADD_SUB_PY, "triton")
+CONFIG = triton_models.add_sub_config("add_sub", 'backend: "python"')
 
 
 def test_a_triton_model_py_is_served_unchanged(tmp_path: Path) -> None:
@@ -39,6 +21,7 @@ def test_a_triton_model_py_is_served_unchanged(tmp_path: Path) -> None:
 
     from .conftest import start_server, test_settings
 
+    assert "import triton_python_backend_utils as pb_utils" in TRITON_ADD_SUB
     (tmp_path / "add_sub" / "1").mkdir(parents=True)
     (tmp_path / "add_sub" / "1" / "model.py").write_text(TRITON_ADD_SUB)
     (tmp_path / "add_sub" / "config.pbtxt").write_text(CONFIG)
