@@ -89,8 +89,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ORIGIN",
         help="a web origin (e.g. https://tools.example.com) whose pages may call the HTTP API, with CORS "
-        "(repeatable); requests carrying any other Origin header are refused, as are POST bodies that "
-        "are neither JSON nor binary tensors",
+        "(repeatable); requests carrying any other Origin header are refused with 403, and POST bodies "
+        "typed text/plain or multipart/form-data with 415",
     )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)

@@ -8,9 +8,11 @@ answer, so it could load, unload or run models. Browsers mark every such request
 * a request with an ``Origin`` not in the allow-list (``--http-allow-origin``, empty by default)
   is refused with 403 before any route runs; an allowed origin gets CORS headers, and its
   preflight (OPTIONS) is answered;
-* a POST body must be JSON or the binary tensor extension's: a ``Content-Type`` other than
-  ``application/json`` or ``application/octet-stream`` (a form, plain text) is refused with 415.
-  A request without one is taken as JSON, as tritonclient sends it.
+* a POST body must be JSON or the binary tensor extension's: ``text/plain`` and
+  ``multipart/form-data``, which pages send without asking, are refused with 415. A request
+  without a ``Content-Type`` is taken as JSON, as tritonclient sends it, and so is one typed
+  ``application/x-www-form-urlencoded``, which ``curl -d`` and Python's urllib send for any body
+  (Triton's documentation posts JSON with ``curl -d``); a page's form would carry an Origin.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BODY_TYPES = ("application/json", "application/octet-stream")
+# What command-line tools send by default for any body: read as JSON (see the docstring).
+TOOL_DEFAULT_TYPES = ("application/x-www-form-urlencoded",)
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "Content-Type, Content-Encoding, Accept-Encoding, Inference-Header-Content-Length"
 EXPOSED_HEADERS = "Inference-Header-Content-Length, Content-Encoding"
@@ -85,7 +89,7 @@ class OriginGuard:
         if scope["method"] == "POST":
             content_type = _header(scope, b"content-type")
             media = (content_type or "").split(";", 1)[0].strip().lower()
-            if content_type is not None and media not in BODY_TYPES:
+            if content_type is not None and media not in BODY_TYPES + TOOL_DEFAULT_TYPES:
                 await _answer(
                     send,
                     415,
