@@ -20,6 +20,7 @@ from .frontends.asgi_server import AsgiServer
 from .frontends.grpc_service import build_server
 from .frontends.http_service import build_app
 from .frontends.io_threads import apply_io_policy
+from .loader import LoadLimits
 from .manager import ModelManager
 from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
@@ -39,7 +40,10 @@ class InferdServer:
         self.metrics_registry = CollectorRegistry()
         observer = RequestObserver()
         self.manager = ModelManager(
-            self.repository, [observer] if settings.allow_metrics else None, settings.instance_nice
+            self.repository,
+            [observer] if settings.allow_metrics else None,
+            settings.instance_nice,
+            LoadLimits(settings.max_instances_per_model, settings.max_threads_per_instance),
         )
         if settings.allow_metrics:
             register_metrics(self.metrics_registry, self.manager, observer)

@@ -29,6 +29,13 @@ def _nice(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument(
@@ -84,6 +91,22 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="largest HTTP request body (default %(default)s = 64 MiB)",
     )
     p.add_argument(
+        "--max-instances-per-model",
+        type=_positive,
+        default=d.max_instances_per_model,
+        metavar="N",
+        help="most instances one model version may ask for in instance_group (default %(default)s); more is "
+        "refused at load",
+    )
+    p.add_argument(
+        "--max-threads-per-instance",
+        type=_positive,
+        default=d.max_threads_per_instance,
+        metavar="N",
+        help="most framework threads a model's intra_op/inter_op_thread_count parameters may ask for per "
+        "instance (default %(default)s: 4 per CPU, at least 16); more is refused at load",
+    )
+    p.add_argument(
         "--http-allow-origin",
         action="append",
         default=[],
@@ -133,6 +156,8 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         event_loop=a.event_loop,
         http_max_body_bytes=a.http_max_body_bytes,
         http_allow_origins=tuple(a.http_allow_origin),
+        max_instances_per_model=a.max_instances_per_model,
+        max_threads_per_instance=a.max_threads_per_instance,
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,
         load_models=a.load_model,

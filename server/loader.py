@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -160,6 +161,35 @@ def describe_instances(plan: ModelPlan) -> str:
     return f"{total} instance{'s' if total != 1 else ''} ({where})"
 
 
+THREAD_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count", "INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT")
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """What one model version may ask of the machine: a config (or an override sent with a load
+    request) beyond these is refused at load, naming the flag that sets the limit."""
+
+    max_instances: int = 64  # --max-instances-per-model
+    max_threads_per_instance: int = max(16, 4 * (os.cpu_count() or 1))  # --max-threads-per-instance
+
+
+def check_limits(plan: ModelPlan, limits: LoadLimits) -> None:
+    """Refuse instance counts and framework thread counts over ``limits``."""
+    placed = instances(plan.spec.instance_group)
+    if len(placed) > limits.max_instances:
+        raise ModelLoadError(
+            f"model '{plan.name}': instance_group asks for {len(placed)} instances; at most "
+            f"{limits.max_instances} are allowed (--max-instances-per-model)"
+        )
+    for key in THREAD_PARAMETERS:
+        value = dict(plan.spec.parameters).get(key, "").strip()
+        if value.isascii() and value.isdigit() and int(value) > limits.max_threads_per_instance:
+            raise ModelLoadError(
+                f"model '{plan.name}': parameter '{key}' asks for {value} threads per instance; at most "
+                f"{limits.max_threads_per_instance} are allowed (--max-threads-per-instance)"
+            )
+
+
 INLINE_CHOICES = ("auto", "true", "false")
 
 
@@ -188,13 +218,19 @@ def inline_execution(plan: ModelPlan, placed: list[Instance], params: Mapping[st
 
 
 def load_workers(
-    repo: Repository, plan: ModelPlan, version: int, caller: ThreadCaller | None, nice: int = 0
+    repo: Repository,
+    plan: ModelPlan,
+    version: int,
+    caller: ThreadCaller | None,
+    nice: int = 0,
+    limits: LoadLimits = LoadLimits(),
 ) -> list[InstanceWorker]:
     """Create every instance of one version, each backend on its instance's thread; on failure,
     unload what was created. ``nice`` lowers the threads of dynamically batched models only: it
     lets the loop admit requests (and so fill batches) before compute runs, and without a
     batcher to fill it only slows the hand-off. ``caller`` is how the instances call other
     models (Python models' BLS)."""
+    check_limits(plan, limits)
     assert plan.backend is not None
     version_dir = plan.model_dir / str(version)
     filename = plan.config.default_model_filename or plan.backend.default_filename

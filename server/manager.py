@@ -31,7 +31,7 @@ from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotF
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
 from .ensemble import EnsembleScheduler, check_types
-from .loader import ModelPlan, describe_instances, load_workers, plan_model
+from .loader import LoadLimits, ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
 from .repository import Repository, check_model_name
 from .scheduling import make_scheduler
@@ -72,9 +72,16 @@ class ModelRecord:
 
 
 class ModelManager:
-    def __init__(self, repository: Repository, observers: list[Observer] | None = None, instance_nice: int = 0) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        observers: list[Observer] | None = None,
+        instance_nice: int = 0,
+        limits: LoadLimits = LoadLimits(),
+    ) -> None:
         self.repository = repository
         self.instance_nice = instance_nice
+        self.limits = limits
         self.models: dict[str, ModelRecord] = {}
         self.observers = observers if observers is not None else []
         # Composing model -> ensembles whose load failed for want of it, loaded again once it is ready.
@@ -344,7 +351,7 @@ class ModelManager:
         # Python models call other models from their instance threads, through this loop.
         caller = ThreadCaller(self, loop)
         workers = await loop.run_in_executor(
-            None, load_workers, self.repository, plan, version, caller, self.instance_nice
+            None, load_workers, self.repository, plan, version, caller, self.instance_nice, self.limits
         )
         label = f"model '{plan.name}' version {version}"
         try:

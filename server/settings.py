@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .loader import LoadLimits
+
 # The bundled repository sits beside this package, both in a checkout and in an installed wheel.
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
@@ -33,6 +35,9 @@ class Settings:
     instance_nice: int = 19
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
     http_max_body_bytes: int = 64 * 1024 * 1024
+    # What one model version may ask for (loader.LoadLimits): instances, and threads per instance.
+    max_instances_per_model: int = LoadLimits.max_instances
+    max_threads_per_instance: int = LoadLimits.max_threads_per_instance
     # Web origins whose pages may call the HTTP API (frontends/http_origin.py); none by default.
     http_allow_origins: tuple[str, ...] = ()
     model_control_mode: str = "poll"  # none | poll | explicit

@@ -358,6 +358,30 @@ def test_warmup_is_bounded_and_never_holds_the_loop(serve, tmp_path: Path) -> No
     assert infer_const(c, "m") == ("1", 1.0)
 
 
+def test_overrides_asking_for_too_many_instances_or_threads_are_refused(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_const(tmp_path / "repo", "m", 1, 1.0, const_config("m"))
+    c = serve(
+        model_control_mode="explicit", load_models=["m"], max_instances_per_model=4, max_threads_per_instance=8
+    ).client
+    base = {
+        "name": "m",
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+    }
+    many = dict(base, instance_group=[{"count": 3, "kind": "KIND_CPU"}, {"count": 2, "kind": "KIND_CPU"}])
+    code, message = status_of(lambda: c.load_model("m", config=json.dumps(many)))
+    assert code == "StatusCode.INVALID_ARGUMENT"
+    assert "5 instances" in message and "at most 4" in message and "--max-instances-per-model" in message
+    threads = dict(base, parameters={"intra_op_thread_count": {"string_value": "9"}})
+    code, message = status_of(lambda: c.load_model("m", config=json.dumps(threads)))
+    assert "'intra_op_thread_count' asks for 9" in message and "--max-threads-per-instance" in message
+    assert infer_const(c, "m") == ("1", 1.0)  # the serving version stays
+    c.load_model("m", config=json.dumps(dict(base, instance_group=[{"count": 4, "kind": "KIND_CPU"}])))
+    assert infer_const(c, "m") == ("1", 1.0)  # at the limit: loads
+
+
 # --- readiness ------------------------------------------------------------------------------
 
 
