@@ -19,6 +19,7 @@ import numpy as np
 from ..protocol.caller import ThreadCaller
 from ..protocol.model_spec import ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import RequestInfo
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,14 @@ class Backend(ABC):
         """Run one (possibly batched) execution and return the requested outputs."""
 
     def execute_requests(
-        self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str]
+        self,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        outputs: Sequence[str],
+        infos: Sequence[RequestInfo | None] | None = None,
     ) -> list[dict[str, np.ndarray] | Exception]:
         """For ``takes_request_list`` backends: one result (numpy arrays by output name) or
-        error per request, in order."""
+        error per request, in order. ``infos`` has each request's id and parameters (None for
+        a request that sent neither; None for all when none did)."""
         raise NotImplementedError
 
     def unload(self) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 from ..protocol.errors import InferdError, Internal, ModelLoadError
 from ..protocol.messages import message_to_dict
 from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.types import RequestInfo
 from . import python_api as api
 from .base import Backend, LoadContext
 
@@ -182,10 +183,16 @@ class PythonBackend(Backend):
         return result
 
     def execute_requests(
-        self, requests: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str]
+        self,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        outputs: Sequence[str],
+        infos: Sequence[RequestInfo | None] | None = None,
     ) -> list[dict[str, np.ndarray] | Exception]:
         api._bind_caller(self.caller)
-        incoming = [api.InferenceRequest._incoming(r, outputs) for r in requests]
+        if infos is None:
+            incoming = [api.InferenceRequest._incoming(r, outputs) for r in requests]
+        else:
+            incoming = [api.InferenceRequest._incoming(r, outputs, i) for r, i in zip(requests, infos)]
         try:
             responses = self.model.execute(incoming)
             if self.is_async:

@@ -8,8 +8,10 @@
 Tensors are numpy arrays, passed without copies in both directions (BYTES tensors are object
 arrays of ``bytes``). ``InferenceRequest(model_name=..., ...).exec()`` calls another model
 through its own scheduler (Triton's BLS); ``await request.async_exec()`` does the same from an
-``async def execute``. Not provided: decoupled response senders, GPU tensors, metrics, and
-``request_id``/``parameters`` of incoming requests (always empty).
+``async def execute``. A request handed to ``execute`` carries the client's ``request_id()`` and its request
+``parameters()`` (JSON; those the server acts on, such as ``priority`` and ``timeout``, left
+out). Not provided: decoupled response senders, GPU tensors, metrics, and parameters set on a
+response (not sent to the client yet).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..protocol import codec
 from ..protocol.caller import ThreadCaller
 from ..protocol.errors import Code, InferdError, InvalidArgument
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import InferRequest, InferResponse
+from ..protocol.types import InferRequest, InferResponse, RequestInfo
 
 _log = logging.getLogger("inferd.python_model")
 
@@ -167,6 +169,12 @@ class InferenceResponse:
         return p if isinstance(p, str) else json.dumps(dict(p or {}))
 
 
+# Request parameters the server itself acts on (as Triton does); a model sees the others.
+SERVER_PARAMETERS = frozenset(
+    {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "binary_data_output"}
+)
+
+
 class InferenceRequest:
     """A request handed to ``execute``, or one a model builds to call another model (BLS).
 
@@ -208,10 +216,15 @@ class InferenceRequest:
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
 
     @classmethod
-    def _incoming(cls, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> InferenceRequest:
+    def _incoming(
+        cls, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], info: RequestInfo | None = None
+    ) -> InferenceRequest:
         request = cls.__new__(cls)
         request._inputs = {n: Tensor._of(n, a) for n, a in inputs.items()}
         request._outputs = list(outputs)  # the model may change its copy
+        if info is not None:
+            request._request_id = info.id
+            request._parameters = {k: v for k, v in info.parameters.items() if k not in SERVER_PARAMETERS}
         return request
 
     def inputs(self) -> list[Tensor]:

@@ -67,3 +67,12 @@ class ModelIndexEntry:
     version: str
     state: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What a request-list backend (Python models) may read of a request besides its tensors:
+    the client's request id and request-level parameters."""
+
+    id: str = ""
+    parameters: Mapping[str, Scalar] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import numpy as np
 from ..protocol.errors import Code, InferdError, InvalidArgument
 from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import InferRequest, Scalar
+from ..protocol.types import InferRequest, RequestInfo, Scalar
 from .config import Signature
 from .scheduling.base import Scheduler
 from .scheduling.work import Work
@@ -61,6 +61,8 @@ class ModelVersion:
             if request.parameters:
                 work.priority = self._priority(request.parameters)
                 self._apply_timeout(work, request.parameters)
+            if request.id or request.parameters:
+                work.info = RequestInfo(request.id, request.parameters)
             return await self.scheduler.submit(work)
         except InferdError as e:
             self.stats.record_failure(time.monotonic_ns() - start, _reason(e))

@@ -52,3 +52,61 @@ def test_a_module_of_that_name_in_the_environment_is_left_alone(
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     assert provide_triton_module()
     assert sys.modules[TRITON_MODULE] is python_api
+
+
+ECHO_REQUEST = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            seen = {"id": r.request_id(), "parameters": json.loads(r.parameters())}
+            text = np.array([json.dumps(seen, sort_keys=True).encode()], dtype=object)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", text)]))
+        return out
+"""
+ECHO_CONFIG = """name: "echo_request"
+backend: "python"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "SEEN" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+
+
+def test_requests_carry_the_clients_id_and_parameters(tmp_path: Path) -> None:
+    """As in Triton: request_id() and parameters() (JSON) of what the client sent, on both
+    protocols; the parameters the server acts on itself (priority, timeout) are left out."""
+    import json
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from .conftest import start_server, test_settings
+
+    (tmp_path / "echo_request" / "1").mkdir(parents=True)
+    (tmp_path / "echo_request" / "1" / "model.py").write_text(ECHO_REQUEST)
+    (tmp_path / "echo_request" / "config.pbtxt").write_text(ECHO_CONFIG)
+    running = start_server(test_settings(tmp_path))
+    try:
+        x = np.ones(1, np.float32)
+        params = {"user": "u-17", "top_k": 5, "greedy": True}
+        g = grpcclient.InferenceServerClient(running.grpc_url)
+        gi = grpcclient.InferInput("X", [1], "FP32")
+        gi.set_data_from_numpy(x)
+        h = httpclient.InferenceServerClient(running.http_url)
+        hi = httpclient.InferInput("X", [1], "FP32")
+        hi.set_data_from_numpy(x)
+        for result in (
+            g.infer("echo_request", [gi], request_id="req-1", parameters=params, timeout=10**7),
+            h.infer("echo_request", [hi], request_id="req-1", parameters=params),
+        ):
+            seen = json.loads(result.as_numpy("SEEN")[0])
+            assert seen == {"id": "req-1", "parameters": params}
+        plain = json.loads(g.infer("echo_request", [gi]).as_numpy("SEEN")[0])
+        assert plain == {"id": "", "parameters": {}}
+    finally:
+        running.stop()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...protocol.errors import DeadlineExceeded, InferdError, Unavailable
+from ...protocol.types import RequestInfo
 
 
 @dataclass(slots=True, eq=False)
@@ -28,6 +29,7 @@ class Work:
     queued: bool = False
     input_bytes: int | None = None  # of all inputs, when the caller already counted them
     key: tuple[Any, ...] | None = None  # batch_key(), kept: the batcher compares it on every plan
+    info: RequestInfo | None = None  # the client's request id and parameters, when it sent any
 
     def nbytes(self) -> int:
         if self.input_bytes is None:

@@ -153,7 +153,8 @@ class InstanceWorker:
         total = sum(w.batch_size for w in items)
         t1 = time.monotonic_ns()
         try:
-            produced = self.backend.execute_requests([w.inputs for w in items], items[0].outputs)
+            infos = [w.info for w in items] if any(w.info is not None for w in items) else None
+            produced = self.backend.execute_requests([w.inputs for w in items], items[0].outputs, infos)
         except InferdError:
             raise
         except Exception as e:
