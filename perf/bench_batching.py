@@ -33,6 +33,7 @@ from .harness import (
     add_baseline_argument,
     add_load_arguments,
     comparison,
+    exit_status,
     interleaved,
     load_from_args,
     markdown,
@@ -184,7 +185,7 @@ def run(a: argparse.Namespace) -> int:
         print(f"\ninferd against {names[1]}:\n")
         by_name = {(p.name, n): v for (p, n), v in raw.items()}
         print(comparison(by_name, [p.name for p in PLAN], names, [("inferd", names[1])]))
-    return 0 if not any(s.errors for runs in raw.values() for s in runs) else 1
+    return exit_status(raw)
 
 
 BENCH = Bench(

@@ -20,6 +20,7 @@ from .harness import (
     add_baseline_argument,
     add_load_arguments,
     comparison,
+    exit_status,
     interleaved,
     load_from_args,
     median,
@@ -99,7 +100,7 @@ def run(a: argparse.Namespace) -> int:
     print(f"load: {load.label}; clients x batch; throughput in rows (inferences) per second\n")
     print(comparison(by_name, [point_name(b, c) for b, c in points], names, pairs))
     print("\n" + "\n".join(goal_lines(by_name, a.batch, a.concurrency)))
-    return 0 if not any(s.errors for runs in raw.values() for s in runs) else 1
+    return exit_status(raw)
 
 
 BENCH = Bench(

@@ -20,6 +20,7 @@ from .harness import (
     add_baseline_argument,
     add_load_arguments,
     comparison,
+    exit_status,
     interleaved,
     load_from_args,
     median,
@@ -118,7 +119,7 @@ def run(a: argparse.Namespace) -> int:
     print(comparison(raw, points, names, pairs))
     if "inferd" in names and "baseline" in names:
         print("\n" + "\n".join(goal_lines(raw, points)))
-    return 0 if not any(s.errors for runs in raw.values() for s in runs) else 1
+    return exit_status(raw)
 
 
 BENCH = Bench(

@@ -39,6 +39,7 @@ from .harness import (
     Bench,
     add_baseline_argument,
     add_load_arguments,
+    exit_status,
     interleaved,
     markdown,
     median,
@@ -118,15 +119,16 @@ def _vs_triton(runs: list[Served], triton: list[Served]) -> str:
     return f"{tp:.2f}x, p99 {p99:.2f}x"
 
 
-def serves(server: str, point: str) -> bool:
-    return server != FLOOR or POINTS[point].model in FLOOR_MODELS
+def serves(server: str, model: str) -> bool:
+    """Whether ``server`` is measured on ``model`` (the floor answers add_sub only)."""
+    return server != FLOOR or model in FLOOR_MODELS
 
 
 def table(raw: dict[tuple[str, str], list[Served]], points: list[str], servers: list[str]) -> str:
     rows = []
     for name in points:
         for server in servers:
-            if not serves(server, name):
+            if not serves(server, POINTS[name].model):
                 continue
             runs = raw[(name, server)]
             errors = sum(s.errors for s in runs)
@@ -176,7 +178,7 @@ def _warm_up(binary: str, servers: dict[str, ServerProcess], points: list[str], 
             heaviest[pt.model] = pt
     for server, proc in servers.items():
         for pt in heaviest.values():
-            if server == FLOOR and pt.model not in FLOOR_MODELS:
+            if not serves(server, pt.model):
                 continue
             try:
                 perf_analyzer.measure(binary, proc.url, model_for(server, pt), pt.batch, pt.concurrency, seconds)
@@ -213,7 +215,7 @@ def run(a: argparse.Namespace) -> int:
         triton_repo = triton_models.build(Path(tmp) / TRITON, "triton")
         inferd_repo = triton_models.build(Path(tmp) / INFERD, "inferd")
         names = [TRITON, INFERD, INFERD_ONNX, *(b.name for b in builds[1:])]
-        if any(POINTS[n].model in FLOOR_MODELS for n in points):
+        if any(serves(FLOOR, POINTS[n].model) for n in points):
             names.append(FLOOR)
         try:
             servers[TRITON] = triton_server.start(install, triton_repo, PYTHON_MODELS, server_cpus)
@@ -236,7 +238,7 @@ def run(a: argparse.Namespace) -> int:
                     print(f"# {name} {server}: {e}", file=sys.stderr)
                     return Served(0.0, errors=1)
 
-            keys = [(n, s) for n in points for s in names if serves(s, n)]
+            keys = [(n, s) for n in points for s in names if serves(s, POINTS[n].model)]
             raw = interleaved(a.rounds, keys, one, lambda k: f"{k[0]} {k[1]}")
         finally:
             for s in servers.values():
@@ -244,7 +246,7 @@ def run(a: argparse.Namespace) -> int:
     print(f"load: {load.label}; points are clients x batch; infer/s in rows (inferences) per second\n")
     print(table(raw, points, names))
     print("\n" + "\n".join(goal_lines(raw, points)))
-    return 0 if not any(s.errors for runs in raw.values() for s in runs) else 1
+    return exit_status(raw)
 
 
 BENCH = Bench(

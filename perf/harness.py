@@ -14,10 +14,10 @@ import importlib
 import pkgutil
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import perf_analyzer
 from .points import Load, Served
@@ -146,6 +146,11 @@ def interleaved(
                 file=sys.stderr,
             )
     return raw
+
+
+def exit_status(raw: Mapping[Any, Sequence[Served]]) -> int:
+    """A benchmark's exit status: 1 when any measurement had errors, else 0."""
+    return 1 if any(s.errors for runs in raw.values() for s in runs) else 0
 
 
 def median(values: Iterable[float]) -> float:

@@ -181,8 +181,9 @@ def check_limits(plan: ModelPlan, limits: LoadLimits) -> None:
             f"model '{plan.name}': instance_group asks for {len(placed)} instances; at most "
             f"{limits.max_instances} are allowed (--max-instances-per-model)"
         )
+    params = dict(plan.spec.parameters)
     for key in THREAD_PARAMETERS:
-        value = dict(plan.spec.parameters).get(key, "").strip()
+        value = params.get(key, "").strip()
         if value.isascii() and value.isdigit() and int(value) > limits.max_threads_per_instance:
             raise ModelLoadError(
                 f"model '{plan.name}': parameter '{key}' asks for {value} threads per instance; at most "
