@@ -139,6 +139,13 @@ class PythonBackend(Backend):
         self.label = f"model '{context.model_name}' version {context.version}"
         if context.spec.model_transaction_policy.decoupled:
             raise ModelLoadError(f"{self.label}: decoupled Python models are not supported by inferd yet")
+        if "EXECUTION_ENV_PATH" in context.spec.parameters:
+            # Triton starts the model's stub in a packed interpreter; inferd runs every Python
+            # model in its own, so the packed packages would silently not be the ones used.
+            raise ModelLoadError(
+                f"{self.label}: parameter 'EXECUTION_ENV_PATH' (a packed Python environment) is not supported: "
+                "inferd runs Python models in its own interpreter; install the model's packages there instead"
+            )
         self.path = context.model_path
         self.caller = context.caller
         self.module_name = _module_name(context.model_name, context.version, context.instance.index)

@@ -62,7 +62,8 @@ class InstanceGroup:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """``ModelInput``; ``dims`` exclude the batch dimension when ``max_batch_size`` > 0."""
+    """``ModelInput``; ``dims`` exclude the batch dimension when ``max_batch_size`` > 0, and are
+    the model's own (``reshape.shape`` where the config reshapes the tensor)."""
 
     name: str
     data_type: codec.DataType
@@ -72,7 +73,7 @@ class Input:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """``ModelOutput``; ``dims`` exclude the batch dimension when ``max_batch_size`` > 0."""
+    """``ModelOutput``; ``dims`` as :class:`Input`'s."""
 
     name: str
     data_type: codec.DataType
@@ -101,6 +102,13 @@ class TransactionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseCache:
+    """``ModelResponseCache``: the model's responses may be answered from the server's cache."""
+
+    enable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     max_batch_size: int  # 0: the model has no batch dimension
@@ -113,6 +121,7 @@ class ModelSpec:
     output: tuple[Output, ...] = ()
     optimization: Optimization = Optimization()
     model_transaction_policy: TransactionPolicy = TransactionPolicy()
+    response_cache: ResponseCache = ResponseCache()
 
 
 def model_spec(config: mc.ModelConfig) -> ModelSpec:
@@ -125,10 +134,11 @@ def model_spec(config: mc.ModelConfig) -> ModelSpec:
         parameters=MappingProxyType({k: v.string_value for k, v in config.parameters.items()}),
         platform=config.platform,
         backend=config.backend,
-        input=tuple(Input(t.name, data_type(config, "input", t), tuple(t.dims), t.optional) for t in config.input),
-        output=tuple(Output(t.name, data_type(config, "output", t), tuple(t.dims)) for t in config.output),
+        input=tuple(Input(t.name, data_type(config, "input", t), model_dims(t), t.optional) for t in config.input),
+        output=tuple(Output(t.name, data_type(config, "output", t), model_dims(t)) for t in config.output),
         optimization=Optimization(Graph(config.optimization.graph.level)),
         model_transaction_policy=TransactionPolicy(config.model_transaction_policy.decoupled),
+        response_cache=ResponseCache(config.response_cache.enable),
     )
 
 
@@ -158,6 +168,11 @@ def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:
 def instance_group(group: mc.ModelInstanceGroup) -> InstanceGroup:
     kind: InstanceKind = mc.ModelInstanceGroup.Kind.Name(group.kind).removeprefix("KIND_")  # type: ignore[assignment]
     return InstanceGroup(group.name, kind, group.count, tuple(group.gpus))
+
+
+def model_dims(tensor: mc.ModelInput | mc.ModelOutput) -> tuple[int, ...]:
+    """The dims the model itself has: ``reshape.shape`` where set (clients see ``dims``)."""
+    return tuple(tensor.reshape.shape) if tensor.HasField("reshape") else tuple(tensor.dims)
 
 
 def data_type(config: mc.ModelConfig, kind: str, tensor: mc.ModelInput | mc.ModelOutput) -> codec.DataType:

@@ -18,6 +18,10 @@ class InferRequest:
     ``parameters`` holds the request-level parameters (``priority`` and ``timeout`` included).
     ``deadline_ns`` is an absolute ``time.monotonic_ns()`` after which the request must not run,
     set by front ends from the client's own deadline.
+    ``output_regions`` maps requested outputs to the shared-memory bytes they are written into
+    (the per-tensor ``shared_memory_*`` parameters); ``None`` when no output uses shared memory.
+    ``classification`` maps outputs to the number of classes asked for (Triton's classification
+    extension); ``None`` when no output asks.
     """
 
     model_name: str
@@ -27,15 +31,21 @@ class InferRequest:
     outputs: list[str] | None = None
     parameters: Mapping[str, Scalar] = field(default_factory=dict)
     deadline_ns: int | None = None
+    output_regions: dict[str, memoryview] | None = None
+    classification: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
 class InferResponse:
+    """``in_shared_memory`` names the outputs already written into the client's shared memory:
+    front ends send their name, datatype and shape but not their data."""
+
     model_name: str
     model_version: str
     outputs: dict[str, np.ndarray]
     id: str = ""
     parameters: dict[str, Scalar] = field(default_factory=dict)
+    in_shared_memory: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 import grpc
 from prometheus_client import CollectorRegistry
 
+from .cache import ResponseCache
 from .core import InferenceCore
 from .frontends.asgi_server import AsgiServer
 from .frontends.grpc_service import build_server
@@ -25,6 +26,7 @@ from .manager import ModelManager
 from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
 from .settings import Settings
+from .shm import SharedMemoryRegistry
 from .summary import startup_table
 from .watcher import RepositoryWatcher
 
@@ -39,15 +41,24 @@ class InferdServer:
         # One registry per server, injected (never global); the observer feeds the histograms.
         self.metrics_registry = CollectorRegistry()
         observer = RequestObserver()
+        cache = ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
         self.manager = ModelManager(
             self.repository,
             [observer] if settings.allow_metrics else None,
             settings.instance_nice,
             LoadLimits(settings.max_instances_per_model, settings.max_threads_per_instance),
+            cache,
         )
+        if cache is not None:
+            log.info("response cache: local, %d bytes", cache.capacity)
         if settings.allow_metrics:
             register_metrics(self.metrics_registry, self.manager, observer)
-        self.core = InferenceCore(self.manager, settings.strict_readiness, settings.model_control_mode)
+        self.core = InferenceCore(
+            self.manager,
+            settings.strict_readiness,
+            settings.model_control_mode,
+            SharedMemoryRegistry(enabled=settings.allow_client_shm),
+        )
         self.watcher: RepositoryWatcher | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
@@ -163,6 +174,7 @@ class InferdServer:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.manager.close()
+        self.core.shared_memory.close()
         self._stopped.set()
 
     async def serve_forever(self) -> None:

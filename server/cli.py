@@ -36,6 +36,43 @@ def _positive(text: str) -> int:
     return value
 
 
+CACHES = ("local",)  # Triton's cache implementations inferd has
+
+
+def _cache_setting(text: str) -> tuple[str, str, str]:
+    """One ``--cache-config`` value, Triton's ``<cache name>,<setting>=<value>``."""
+    name, comma, rest = text.partition(",")
+    setting, equals, value = rest.partition("=")
+    if not comma or not name:
+        raise argparse.ArgumentTypeError(
+            f"no cache specified: the format is <cache name>,<setting>=<value> (e.g. local,size=1048576), got '{text}'"
+        )
+    if not equals or not setting or not value:
+        raise argparse.ArgumentTypeError(
+            f"the format is <cache name>,<setting>=<value> (e.g. local,size=1048576), got '{text}'"
+        )
+    if name not in CACHES:
+        raise argparse.ArgumentTypeError(
+            f"unknown cache '{name}': inferd has only the 'local' cache (e.g. local,size=1048576)"
+        )
+    if setting != "size":
+        raise argparse.ArgumentTypeError(f"the '{name}' cache has no setting '{setting}'; it takes size=<bytes>")
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f"the '{name}' cache's size must be a whole number of bytes, 1 or more, not '{value}'"
+        )
+    return name, setting, value
+
+
+def _cache_bytes(settings: list[tuple[str, str, str]]) -> int:
+    """The local cache's size from every --cache-config given (the last size wins, as in Triton)."""
+    size = 0
+    for _, setting, value in settings:
+        if setting == "size":
+            size = int(value)
+    return size
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument(
@@ -55,6 +92,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-grpc", type=_bool, default=d.allow_grpc, metavar="BOOL")
     p.add_argument("--allow-http", type=_bool, default=d.allow_http, metavar="BOOL")
     p.add_argument("--allow-metrics", type=_bool, default=d.allow_metrics, metavar="BOOL")
+    p.add_argument(
+        "--allow-client-shm",
+        type=_bool,
+        default=d.allow_client_shm,
+        metavar="BOOL",
+        help="let clients on this host register system shared memory regions and pass tensors through them "
+        "(default false, as in Triton)",
+    )
     p.add_argument(
         "--grpc-max-message-bytes",
         type=int,
@@ -115,6 +160,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "(repeatable); requests carrying any other Origin header are refused with 403, and POST bodies "
         "typed text/plain or multipart/form-data with 415",
     )
+    p.add_argument(
+        "--cache-config",
+        type=_cache_setting,
+        action="append",
+        default=[],
+        metavar="CACHE,SETTING=VALUE",
+        help="turn on the response cache, as Triton's flag does: local,size=<bytes> (an LRU cache of that many "
+        "bytes shared by all models); models opt in with response_cache { enable: true }. Default: no cache",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)
     p.add_argument(
@@ -150,6 +204,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         allow_grpc=a.allow_grpc,
         allow_http=a.allow_http,
         allow_metrics=a.allow_metrics,
+        allow_client_shm=a.allow_client_shm,
         grpc_max_message_bytes=a.grpc_max_message_bytes,
         grpc_io_sched=a.grpc_io_sched,
         instance_nice=a.instance_nice,
@@ -158,6 +213,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         http_allow_origins=tuple(a.http_allow_origin),
         max_instances_per_model=a.max_instances_per_model,
         max_threads_per_instance=a.max_threads_per_instance,
+        response_cache_bytes=_cache_bytes(a.cache_config),
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,
         load_models=a.load_model,

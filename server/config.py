@@ -27,6 +27,7 @@ class TensorSpec:
     datatype: codec.DataType
     dims: tuple[int, ...]  # without the implicit batch dimension
     optional: bool = False
+    reshape: tuple[int, ...] | None = None  # the shape the model itself has (reshape.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,8 @@ def signature(config: mc.ModelConfig, source: str) -> Signature:
     """Validate the tensor part of a (completed) config and return its checked view."""
     if config.max_batch_size < 0:
         raise ModelLoadError(f"{source}: field 'max_batch_size' must be >= 0")
-    inputs = _tensors(config.input, "input", source, optional_ok=True)
-    outputs = _tensors(config.output, "output", source, optional_ok=False)
+    inputs = _tensors(config.input, "input", source, optional_ok=True, batched=config.max_batch_size > 0)
+    outputs = _tensors(config.output, "output", source, optional_ok=False, batched=config.max_batch_size > 0)
     if not inputs and config.platform != "ensemble" and config.backend != "python":
         raise ModelLoadError(f"{source}: the model declares no 'input'")
     if not outputs:
@@ -86,7 +87,67 @@ def signature(config: mc.ModelConfig, source: str) -> Signature:
     return Signature(config.max_batch_size, inputs, outputs)
 
 
-def _tensors(items, kind: str, source: str, optional_ok: bool) -> dict[str, TensorSpec]:  # type: ignore[no-untyped-def]
+def check_values(config: mc.ModelConfig, source: str, backend: str, gpus: int) -> None:
+    """What Triton refuses in a config's values (worded as Triton words it, after ``source``);
+    ``gpus`` is how many GPUs this machine has."""
+    _check_runtime(config, source, backend)
+    for t in config.input:
+        if t.format in (mc.ModelInput.FORMAT_NHWC, mc.ModelInput.FORMAT_NCHW) and len(t.dims) != 3:
+            raise ModelLoadError(f"{source}: input '{t.name}': model input NHWC/NCHW require 3 dims")
+    if config.HasField("dynamic_batching"):
+        _check_priorities(config.dynamic_batching, source)
+    for group in config.instance_group:
+        what = f"{source}: instance group {group.name} of model {config.name}"
+        if group.kind == mc.ModelInstanceGroup.KIND_CPU and group.gpus:
+            raise ModelLoadError(f"{what} has kind KIND_CPU but specifies one or more GPUs")
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL and group.gpus:
+            raise ModelLoadError(f"{what} has kind KIND_MODEL but specifies one or more GPUs")
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            if gpus == 0:
+                raise ModelLoadError(f"{what} has kind KIND_GPU but no GPUs are available")
+            for gpu in group.gpus:
+                if not 0 <= gpu < gpus:
+                    raise ModelLoadError(
+                        f"{what} specifies invalid or unsupported gpu id {gpu}; this machine has {gpus} GPU(s)"
+                    )
+
+
+def _check_runtime(config: mc.ModelConfig, source: str, backend: str) -> None:
+    # Triton loads ``runtime`` as the backend's library (or model.py for Python-based backends);
+    # inferd accepts the names that mean the backend it already chose.
+    if not config.runtime or config.runtime == f"libtriton_{backend}.so":
+        return
+    if backend == "python" and config.runtime == "model.py":
+        return
+    raise ModelLoadError(
+        f"{source}: field 'runtime' is '{config.runtime}'; inferd serves this model with its "
+        f"'{backend}' backend and supports only '' or 'libtriton_{backend}.so' here"
+    )
+
+
+def _check_priorities(section: mc.ModelDynamicBatching, source: str) -> None:
+    levels = section.priority_levels
+    if levels:
+        if not 1 <= section.default_priority_level <= levels:
+            raise ModelLoadError(f"{source}: default priority level must be in range [1, {levels}]")
+        for level in section.priority_queue_policy:
+            if not 1 <= level <= levels:
+                raise ModelLoadError(f"{source}: priority queue policy must have priority level in range [1, {levels}]")
+    elif section.default_priority_level or section.priority_queue_policy:
+        raise ModelLoadError(
+            f"{source}: 'default_priority_level' and 'priority_queue_policy' need 'priority_levels' > 0"
+        )
+    if section.preserve_ordering:
+        if levels > 1:
+            raise ModelLoadError(f"{source}: Only one priority level is allowed when 'preserve_ordering' is true")
+        policies = [section.default_queue_policy, *section.priority_queue_policy.values()]
+        if any(p.default_timeout_microseconds and p.timeout_action == mc.ModelQueuePolicy.DELAY for p in policies):
+            raise ModelLoadError(
+                f"{source}: Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true"
+            )
+
+
+def _tensors(items, kind: str, source: str, optional_ok: bool, batched: bool) -> dict[str, TensorSpec]:  # type: ignore[no-untyped-def]
     out: dict[str, TensorSpec] = {}
     for i, t in enumerate(items):
         where = f"{source}: {kind}[{i}]"
@@ -102,14 +163,50 @@ def _tensors(items, kind: str, source: str, optional_ok: bool) -> dict[str, Tens
         except Exception:
             raise ModelLoadError(f"{where} '{t.name}': unsupported data_type {type_name}") from None
         dims = tuple(int(d) for d in t.dims)
-        if t.HasField("reshape"):
-            raise ModelLoadError(f"{where} '{t.name}': 'reshape' is not supported yet")
         for d in dims:
             if d < -1 or d == 0:
                 raise ModelLoadError(f"{where} '{t.name}': field 'dims' has {d}; dims must be > 0 or -1 (variable)")
+        reshape = None
+        if t.HasField("reshape"):
+            reshape = tuple(int(d) for d in t.reshape.shape)
+            _check_reshape(dims, reshape, f"{where} '{t.name}'", batched)
         optional = bool(getattr(t, "optional", False)) if optional_ok else False
-        out[t.name] = TensorSpec(t.name, dt, dims, optional)
+        out[t.name] = TensorSpec(t.name, dt, dims, optional, reshape)
     return out
+
+
+def _check_reshape(dims: tuple[int, ...], reshape: tuple[int, ...], where: str, batched: bool) -> None:
+    """Triton's rules: the same element count, or the same counts between variable dimensions;
+    an empty reshape (a scalar per batch item) only for dims [1] of a batching model."""
+    if not reshape and not batched:
+        raise ModelLoadError(
+            f"{where}: cannot have empty reshape for non-batching model as scalar tensors are not supported"
+        )
+    if any(d < -1 or d == 0 for d in reshape):
+        raise ModelLoadError(
+            f"{where}: reshape dimensions must be integer >= 1, or -1 to indicate a variable-size dimension"
+        )
+    if not reshape:
+        if dims != (1,):
+            raise ModelLoadError(f"{where}: has different size for dims and reshape")
+        return
+    if _segments(dims) != _segments(reshape):
+        if dims.count(-1) != reshape.count(-1):
+            raise ModelLoadError(f"{where}: has different number of variable-size dimensions for dims and reshape")
+        raise ModelLoadError(f"{where}: has different size for dims and reshape")
+
+
+def _segments(shape: tuple[int, ...]) -> list[int]:
+    """Element counts of the runs between variable dimensions: [2, 4, -1, 6] -> [8, 6]."""
+    counts, current = [], 1
+    for d in shape:
+        if d == -1:
+            counts.append(current)
+            current = 1
+        else:
+            current *= d
+    counts.append(current)
+    return counts
 
 
 def to_text(config: mc.ModelConfig) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from ..protocol.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
+from ..protocol.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable, Unimplemented
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import (
     InferRequest,
@@ -18,16 +18,18 @@ from ..protocol.types import (
     ServerMetadata,
     TensorMetadata,
 )
+from .classification import classify
 from .config import TensorSpec
 from .manager import ModelManager
 from .model import ModelVersion
 from .repository import check_model_name
+from .shm import RegionStatus, SharedMemoryRegistry, write_outputs
 from .stats import ModelStats
 
 SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"
 # What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
-# Only what inferd implements (not classification).
+# Only what inferd implements.
 EXTENSIONS = [
     "model_repository",
     "model_repository(unload_dependents)",
@@ -35,6 +37,7 @@ EXTENSIONS = [
     "model_configuration",
     "statistics",
     "binary_tensor_data",
+    "classification",
     "parameters",
 ]
 
@@ -45,24 +48,73 @@ class InferenceCore:
     request path are the manager's."""
 
     def __init__(
-        self, manager: ModelManager, strict_readiness: bool = True, model_control_mode: str = "explicit"
+        self,
+        manager: ModelManager,
+        strict_readiness: bool = True,
+        model_control_mode: str = "explicit",
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.manager = manager
         self.strict_readiness = strict_readiness
         # Only "explicit" lets clients load and unload models (RepositoryModelLoad/Unload).
         self.model_control_mode = model_control_mode
+        # Clients' system shared memory regions (off unless --allow-client-shm=true); front ends
+        # resolve the regions a request names through it.
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry(enabled=False)
 
     # --- inference ----------------------------------------------------------------------
     # Both hand back the manager's own coroutine or iterator, so the facade adds no frame to
-    # every request.
+    # every request (unless an output goes into shared memory).
     def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """Responses for one request as a stream: one item for ordinary models, 0..N for
         decoupled ones. Unary front ends read exactly one item."""
+        if request.output_regions or request.classification:
+            return self._stream_extended(request)
         return self.manager.infer_stream(request)
 
     def infer(self, request: InferRequest) -> Coroutine[Any, Any, InferResponse]:
         """The unary path: exactly one response (refused for decoupled models)."""
+        if request.output_regions or request.classification:
+            return self._infer_extended(request)
         return self.manager.infer(request)
+
+    # Per-output extensions, applied to the model's answer: classification, then shared memory.
+    async def _infer_extended(self, request: InferRequest) -> InferResponse:
+        return self._extend(request, await self.manager.infer(request))
+
+    async def _stream_extended(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        async for response in self.manager.infer_stream(request):
+            yield self._extend(request, response)
+
+    def _extend(self, request: InferRequest, response: InferResponse) -> InferResponse:
+        if request.classification:
+            model = self.manager.get(response.model_name, response.model_version)
+            batched = model.signature.max_batch_size > 0
+            response.outputs = classify(response.outputs, request.classification, model.labels, batched, model.label)
+        if request.output_regions:
+            response = write_outputs(response, request.output_regions)
+        return response
+
+    # --- system shared memory -------------------------------------------------------------
+    def shared_memory_status(self, name: str = "") -> list[RegionStatus]:
+        """One region, or all when ``name`` is empty."""
+        return self.shared_memory.status(name)
+
+    def register_shared_memory(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register(name, key, offset, byte_size)
+
+    def unregister_shared_memory(self, name: str = "") -> None:
+        """One region, or all when ``name`` is empty."""
+        self.shared_memory.unregister(name)
+
+    def cuda_shared_memory_status(self, name: str = "") -> list[RegionStatus]:
+        return self.shared_memory.cuda_status(name)
+
+    def register_cuda_shared_memory(self) -> None:
+        self.shared_memory.cuda_register()  # refused: no CUDA here
+
+    def unregister_cuda_shared_memory(self, name: str = "") -> None:
+        self.shared_memory.cuda_unregister(name)
 
     # --- health -------------------------------------------------------------------------
     def server_live(self) -> bool:
@@ -78,7 +130,10 @@ class InferenceCore:
 
     # --- metadata -----------------------------------------------------------------------
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, SERVER_VERSION, list(EXTENSIONS))
+        extensions = list(EXTENSIONS)
+        if self.shared_memory.enabled:
+            extensions.append("system_shared_memory")
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, extensions)
 
     def model(self, name: str, version: str = "") -> ModelVersion:
         return self.manager.get(name, version)
@@ -140,7 +195,11 @@ class InferenceCore:
                 raise InvalidArgument(
                     f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}"
                 ) from None
-        await self.manager.load(name, override)
+        try:
+            await self.manager.load(name, override)
+        except ModelLoadError as e:
+            # Triton's wording first: its clients and examples look for it.
+            raise ModelLoadError(f"failed to load '{name}': {e.message}") from None
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """RepositoryModelUnload (explicit mode only). With ``unload_dependents``, the loaded

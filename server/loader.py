@@ -21,8 +21,11 @@ from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.model_spec import InstanceGroup, ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
 from . import config as cfg
+from . import config_fields
+from .classification import read_labels
 from .ensemble import EnsemblePlan, plan_ensemble
 from .repository import Repository
+from .repository_agents import run_agents
 from .scheduling.worker import InstanceWorker
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,10 @@ class ModelPlan:
     # digest did not change since it was loaded is not reloaded.
     fingerprints: dict[int, str] = field(default_factory=dict)
     ensemble: EnsemblePlan | None = None  # the checked DAG of an ensemble
+    # Fields accepted with a warning (config_fields): logged at load, shown as READY's reason.
+    warnings: tuple[str, ...] = ()
+    # Each output's classification labels (its label_filename), read once at load.
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The typed view of the completed config that schedulers, backends and versions read.
     spec: ModelSpec = field(init=False)
 
@@ -62,6 +69,7 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
         repo.check_config_file(model_dir, cfg.CONFIG_FILE)
         config, _ = cfg.read_config(model_dir)
     cfg.check_name(config, name, source)
+    run_agents(config, model_dir, source)
     versions = repo.select_versions(config, model_dir)
     failed: dict[int, str] = {}
     ensemble = None
@@ -77,12 +85,18 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
             config.backend = backend_name
     _complete_instance_groups(config)
     try:
+        findings = config_fields.classify(config, backend_name)
+        if findings.refused:
+            raise ModelLoadError(f"{source}: {'; '.join(findings.refused)}")
+        cfg.check_values(config, source, backend_name, visible_gpus())
         signature = cfg.signature(config, source)
     except ModelLoadError:
         if len(failed) == len(versions):  # nothing to complete from: the file is the cause
             raise ModelLoadError(failed[versions[-1]]) from None
         raise
     plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed, ensemble=ensemble)
+    plan.warnings = findings.warned
+    plan.labels = read_labels(model_dir, config, source)
     plan.fingerprints = {v: version_fingerprint(repo, plan, v) for v in versions}
     return plan
 
@@ -117,6 +131,24 @@ def version_fingerprint(repo: Repository, plan: ModelPlan, version: int) -> str:
     own = repo.fingerprint(plan.model_dir / str(version))
     digest.update(repr((shared, own)).encode())
     return digest.hexdigest()
+
+
+def visible_gpus() -> int:
+    """How many GPUs this process can use: ``CUDA_VISIBLE_DEVICES`` when set (counted up to its
+    first invalid entry, as CUDA does), else the NVIDIA device files."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = 0
+        for entry in visible.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):
+                break
+            count += 1
+        return count
+    try:
+        return sum(1 for name in os.listdir("/dev") if name.startswith("nvidia") and name[6:].isdigit())
+    except OSError:
+        return 0
 
 
 def _complete_instance_groups(config: mc.ModelConfig) -> None:

@@ -30,6 +30,7 @@ from ..protocol.caller import ThreadCaller
 from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
+from .cache import ResponseCache, version_cache
 from .ensemble import EnsembleScheduler, check_types
 from .loader import LoadLimits, ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
@@ -42,6 +43,8 @@ from .warmup import build_samples, run_samples
 log = logging.getLogger(__name__)
 
 UNKNOWN, LOADING, READY, UNLOADING, UNAVAILABLE = "UNKNOWN", "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
+# Triton's clients and examples look for this wording at the start of lookup errors.
+UNKNOWN_MODEL = "Request for unknown model: "
 UNLOADED = "unloaded"  # Triton's reason for a version that was unloaded on purpose
 DRAIN_TIMEOUT_S = 30.0
 # The ensembles whose load led to the current one: an ensemble that (through others) contains
@@ -78,8 +81,10 @@ class ModelManager:
         observers: list[Observer] | None = None,
         instance_nice: int = 0,
         limits: LoadLimits = LoadLimits(),
+        response_cache: ResponseCache | None = None,
     ) -> None:
         self.repository = repository
+        self.response_cache = response_cache  # the server's (--cache-config), shared by all models
         self.instance_nice = instance_nice
         self.limits = limits
         self.models: dict[str, ModelRecord] = {}
@@ -122,15 +127,17 @@ class ModelManager:
     def get(self, name: str, version: str = "") -> ModelVersion:
         record = self.models.get(name)
         if record is None:
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"{UNKNOWN_MODEL}'{name}' is not found")
         if version:
             if not (version.isascii() and version.isdigit()):
                 raise InvalidArgument(f"model '{name}': version '{version}' is not a number")
             slot = record.versions.get(int(version))
             if slot is None:
-                raise NotFound(f"model '{name}' has no version {version}")
+                raise NotFound(f"{UNKNOWN_MODEL}'{name}' version {version} is not found")
             if slot.model is None:
-                raise Unavailable(f"model '{name}' version {version} is not ready: {slot.state} {slot.reason}".rstrip())
+                raise Unavailable(
+                    f"{UNKNOWN_MODEL}'{name}' version {version} is not at ready state: {slot.state} {slot.reason}".rstrip()
+                )
             return slot.model
         if len(record.versions) == 1:  # the usual case, without building the serving list
             (slot,) = record.versions.values()
@@ -141,7 +148,9 @@ class ModelManager:
             why = record.reason or "; ".join(
                 f"version {v}: {s.state} {s.reason}".rstrip() for v, s in sorted(record.versions.items())
             )
-            raise Unavailable(f"model '{name}' is not ready" + (f": {why}" if why else ""))
+            raise Unavailable(
+                f"{UNKNOWN_MODEL}'{name}' has no available versions; it is not ready" + (f": {why}" if why else "")
+            )
         return record.versions[max(serving)].model  # type: ignore[return-value]
 
     def is_ready(self, name: str, version: str = "") -> bool:
@@ -206,7 +215,7 @@ class ModelManager:
     def loaded_versions(self, name: str) -> list[ModelVersion]:
         record = self.models.get(name)
         if record is None:
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"{UNKNOWN_MODEL}'{name}' is not found")
         return [s.model for _, s in sorted(record.versions.items()) if s.model is not None]
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -261,6 +270,8 @@ class ModelManager:
                 error = _as_load_error(e)
                 self._plan_failed(record, error.message)
                 raise error from None
+            for warning in plan.warnings:
+                log.warning("model '%s': %s", name, warning)
             errors = dict(plan.failed)
             for v in errors:
                 record.versions.setdefault(v, VersionSlot())
@@ -326,17 +337,18 @@ class ModelManager:
         self, record: ModelRecord, plan: ModelPlan, loaded: dict[int, ModelVersion], errors: dict[int, str]
     ) -> None:
         """Move traffic; runs without awaiting, so no request sees a half-applied change."""
+        notes = "; ".join(plan.warnings)  # fields accepted with a warning, shown beside READY
         for v, model in loaded.items():
             slot = record.versions[v]
             old, slot.model = slot.model, model  # traffic moves here
-            slot.state, slot.reason, slot.fingerprint = READY, "", plan.fingerprints[v]
+            slot.state, slot.reason, slot.fingerprint = READY, notes, plan.fingerprints[v]
             if old is not None:
                 self._retire(old)
         for v, message in errors.items():
             record.versions[v].state, record.versions[v].reason = UNAVAILABLE, message
         for v in plan.versions:
             if v not in loaded and v not in errors:
-                record.versions[v].reason = ""  # unchanged and serving
+                record.versions[v].reason = notes  # unchanged and serving
         for v in [v for v in record.versions if v not in plan.versions]:
             self._unload_slot(record, v)
         record.config = plan.config
@@ -344,8 +356,12 @@ class ModelManager:
         record.reason = ""  # the versions carry their own reasons
 
     async def _load_version(self, plan: ModelPlan, version: int) -> ModelVersion:
+        # Before anything loads: models that cannot use the cache and ask for it are refused.
+        cache = version_cache(plan.spec, plan.config, self.response_cache, f"model '{plan.name}' version {version}")
         if plan.ensemble is not None:
-            return await self._load_ensemble(plan, version)
+            ensemble = await self._load_ensemble(plan, version)
+            ensemble.cache = cache
+            return ensemble
         assert plan.backend is not None
         loop = asyncio.get_running_loop()
         # Python models call other models from their instance threads, through this loop.
@@ -374,7 +390,18 @@ class ModelManager:
         stats = ModelStats(plan.name, str(version), self.observers)
         scheduler = make_scheduler(plan.spec, workers, stats, label)
         platform = plan.spec.platform or platform_of(plan.backend_name)
-        return ModelVersion(plan.name, version, plan.config, plan.spec, plan.signature, platform, scheduler, stats)
+        return ModelVersion(
+            plan.name,
+            version,
+            plan.config,
+            plan.spec,
+            plan.signature,
+            platform,
+            scheduler,
+            stats,
+            cache=cache,
+            labels=plan.labels,
+        )
 
     async def _load_ensemble(self, plan: ModelPlan, version: int) -> ModelVersion:
         """Load the composing models that are not ready (in every control mode: an ensemble
@@ -407,8 +434,25 @@ class ModelManager:
         stats = ModelStats(plan.name, str(version), self.observers)
         scheduler = EnsembleScheduler(plan.ensemble, self, stats, label)
         deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
+        # As Triton: an output without labels of its own takes those of the step making it.
+        labels = dict(plan.labels)
+        for step in plan.ensemble.steps:
+            for step_output, tensor in step.outputs.items():
+                if tensor in plan.signature.outputs and tensor not in labels:
+                    found = self.get(step.model_name, step.model_version).labels.get(step_output)
+                    if found:
+                        labels[tensor] = found
         return ModelVersion(
-            plan.name, version, plan.config, plan.spec, plan.signature, "ensemble", scheduler, stats, deps
+            plan.name,
+            version,
+            plan.config,
+            plan.spec,
+            plan.signature,
+            "ensemble",
+            scheduler,
+            stats,
+            deps,
+            labels=labels,
         )
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
@@ -461,6 +505,8 @@ class ModelManager:
 
     def _retire(self, model: ModelVersion, then: Callable[[], None] | None = None) -> asyncio.Task[None]:
         """Drain and close a version that no longer takes new traffic, in the background."""
+        if model.cache is not None:
+            model.cache.close()  # its cached answers go now; requests still running store nothing
 
         async def drain() -> None:
             try:

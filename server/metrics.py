@@ -2,7 +2,8 @@
 
 Counters are read from each loaded version's :class:`ModelStats` when Prometheus scrapes (no
 second bookkeeping). What ModelStats does not keep, the failure reasons and the latency
-histograms, comes from a ModelStats observer. Everything is registered on a registry the owner
+histograms, comes from a ModelStats observer. With a response cache, its per-model counters
+(for the versions using it) and its server-wide gauges are read the same way. Everything is registered on a registry the owner
 injects; nothing is global, so any number of servers can live in one process (tests do).
 
 Triton's counter names have no ``_total`` suffix, and prometheus_client's text writer appends
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .cache import ResponseCache
 from .manager import ModelManager
 from .stats import ExecutionTimes, ModelStats
 
@@ -81,6 +83,37 @@ _COUNTERS: dict[str, tuple[str, Callable[[ModelStats], int]]] = {
     "nv_inference_compute_output_duration_us": (
         "Cumulative compute output duration in microseconds",
         lambda s: s.compute_output.ns // 1000,
+    ),
+}
+# Triton's per-model response cache counters, for versions that use the cache (as Triton
+# registers them only for models with the cache enabled); durations in cumulative µs.
+_CACHE_COUNTERS: dict[str, tuple[str, Callable[[ModelStats], int]]] = {
+    "nv_cache_num_hits_per_model": ("Number of cache hits per model", lambda s: s.cache_hit.count),
+    "nv_cache_num_misses_per_model": ("Number of cache misses per model", lambda s: s.cache_miss.count),
+    "nv_cache_hit_duration_per_model": (
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    "nv_cache_miss_duration_per_model": (
+        "Total cache miss (insert+lookup) duration per model, in microseconds",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
+}
+# The server-wide figures Triton's local cache publishes, all gauges as there (no labels).
+_CACHE_GAUGES: dict[str, tuple[str, Callable[[ResponseCache], float]]] = {
+    "nv_cache_util": ("Cache utilization [0.0 - 1.0]", lambda c: c.utilization),
+    "nv_cache_num_entries": ("Number of responses stored in response cache", len),
+    "nv_cache_num_lookups": ("Number of cache lookups in response cache", lambda c: c.lookups),
+    "nv_cache_num_hits": ("Number of cache hits in response cache", lambda c: c.hits),
+    "nv_cache_num_misses": ("Number of cache misses in response cache", lambda c: c.misses),
+    "nv_cache_num_evictions": ("Number of cache evictions in response cache", lambda c: c.evictions),
+    "nv_cache_lookup_duration": (
+        "Total cache lookup duration (hit and miss), in microseconds",
+        lambda c: c.lookup_ns // 1000,
+    ),
+    "nv_cache_insertion_duration": (
+        "Total cache insertion duration, in microseconds",
+        lambda c: c.insert_ns // 1000,
     ),
 }
 # name -> help; observed per successful request, in seconds.
@@ -173,12 +206,16 @@ class ModelCollector(Collector):
         )
         load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=labels)
         histograms = {name: HistogramMetricFamily(name, doc, labels=labels) for name, doc in _HISTOGRAMS.items()}
+        cached = {name: Metric(name, doc, "unknown") for name, (doc, _) in _CACHE_COUNTERS.items()}
         for name, record in list(self.manager.models.items()):
             for model in self.manager.loaded_versions(name):
                 stats, version = model.stats, str(model.version)
                 ids = {"model": name, "version": version}
                 for metric_name, (_, read) in _COUNTERS.items():
                     counters[metric_name].add_sample(metric_name, ids, read(stats))
+                if model.cache is not None:
+                    for metric_name, (_, read) in _CACHE_COUNTERS.items():
+                        cached[metric_name].add_sample(metric_name, ids, read(stats))
                 series = self.observer.series(stats)
                 for reason, count in series.failures.items():
                     failure.add_sample(failure.name, {**ids, "reason": reason}, count)
@@ -191,6 +228,11 @@ class ModelCollector(Collector):
         yield pending
         yield load
         yield from histograms.values()
+        yield from (family for family in cached.values() if family.samples)
+        cache = self.manager.response_cache
+        if cache is not None:
+            for metric_name, (doc, figure) in _CACHE_GAUGES.items():
+                yield GaugeMetricFamily(metric_name, doc, value=figure(cache))
 
 
 def register_metrics(registry: CollectorRegistry, manager: ModelManager, observer: RequestObserver) -> None:

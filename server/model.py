@@ -12,7 +12,9 @@ from ..protocol.errors import Code, InferdError, InvalidArgument
 from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import InferRequest, RequestInfo, Scalar
+from .cache import VersionCache
 from .config import Signature
+from .reshape import Reshaper, needs_reshape
 from .scheduling.base import Scheduler
 from .scheduling.work import Work
 from .stats import ModelStats
@@ -31,12 +33,18 @@ class ModelVersion:
     stats: ModelStats
     # (model, version) pairs this one calls, for an ensemble; it is ready only while they are.
     dependencies: list[tuple[str, str]] = field(default_factory=list)
+    # Set when the model enables response_cache and the server has a cache (cache.version_cache).
+    cache: VersionCache | None = None
+    # Each output's classification labels (label_filename), for the classification extension.
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     label: str = field(init=False)
     decoupled: bool = field(init=False)  # 0..N responses per request
 
     def __post_init__(self) -> None:
         self.label = f"model '{self.name}' version {self.version}"
         self.decoupled = self.spec.model_transaction_policy.decoupled
+        # Clients see ``dims``, the model ``reshape``: set only where the config reshapes.
+        self._reshaper = Reshaper(self.label, self.signature) if needs_reshape(self.signature) else None
         batching = self.spec.dynamic_batching
         self._allow_timeout_override = batching is not None and batching.default_queue_policy.allow_timeout_override
         self._priority_levels = batching.priority_levels if batching is not None else 0
@@ -63,7 +71,14 @@ class ModelVersion:
                 self._apply_timeout(work, request.parameters)
             if request.id or request.parameters:
                 work.info = RequestInfo(request.id, request.parameters)
-            return await self.scheduler.submit(work)
+            reshaper = self._reshaper
+            if reshaper is not None:
+                work.inputs = reshaper.to_model(work.inputs)
+            if self.cache is not None:  # a hit answers here: no model run, no scheduler queue
+                outputs = await self.cache.infer(request, checked.outputs, work, self.stats, self.scheduler.submit)
+            else:
+                outputs = await self.scheduler.submit(work)
+            return outputs if reshaper is None else reshaper.to_client(outputs)
         except InferdError as e:
             self.stats.record_failure(time.monotonic_ns() - start, _reason(e))
             raise

@@ -26,6 +26,8 @@ class Settings:
     allow_grpc: bool = True
     allow_http: bool = True
     allow_metrics: bool = True
+    # Clients' system shared memory (server/shm.py): off by default, as in Triton.
+    allow_client_shm: bool = False
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Linux scheduling policy of grpc's I/O helper threads (frontends/io_threads.py): "batch"
     # keeps them from preempting the event loop on a shared CPU; "other" is the kernel default.
@@ -40,6 +42,8 @@ class Settings:
     max_threads_per_instance: int = LoadLimits.max_threads_per_instance
     # Web origins whose pages may call the HTTP API (frontends/http_origin.py); none by default.
     http_allow_origins: tuple[str, ...] = ()
+    # Bytes of Triton's "local" response cache (--cache-config local,size=N); 0: no cache.
+    response_cache_bytes: int = 0
     model_control_mode: str = "poll"  # none | poll | explicit
     repository_poll_secs: float = 2.0
     load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all

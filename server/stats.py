@@ -53,6 +53,10 @@ class ModelStats:
         self.compute_input = Duration()
         self.compute_infer = Duration()
         self.compute_output = Duration()
+        # Response cache (server/cache.py): hits with their lookup time, misses with their
+        # lookup + insertion time; both zero for models without the cache, as in Triton.
+        self.cache_hit = Duration()
+        self.cache_miss = Duration()
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference_ms = 0
@@ -96,6 +100,21 @@ class ModelStats:
         d.ns += times.compute_output_ns
         for observe in self._observers:
             observe(self, True, "", request_ns, queue_ns, times)
+
+    def record_cache_hit(self, request_ns: int, queue_ns: int, hit_ns: int) -> None:
+        """A request answered from the response cache: a success (with its queue time, before
+        the lookup) but, as in Triton, neither an inference nor an execution, and no compute."""
+        self.success.add(request_ns)
+        self.queue.add(queue_ns)
+        self.cache_hit.add(hit_ns)
+        for observe in self._observers:
+            observe(self, True, "", request_ns, queue_ns, None)
+
+    def record_cache_miss(self, miss_ns: int) -> None:
+        """A request that missed, ran (already recorded as a success) and was stored: Triton
+        adds the lookup and insertion time to the request's duration too."""
+        self.success.ns += miss_ns
+        self.cache_miss.add(miss_ns)
 
     def record_failure(self, request_ns: int, reason: str = "OTHER") -> None:
         """``reason`` follows Triton's metric label: REJECTED, CANCELED, BACKEND or OTHER."""

@@ -27,6 +27,7 @@ from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
 from .config import Signature
 from .repository import Repository
+from .reshape import Reshaper, needs_reshape
 from .scheduling.work import Work
 from .scheduling.worker import InstanceWorker
 from .validation import validate
@@ -52,6 +53,7 @@ def build_samples(
 ) -> list[Sample]:
     """Turn ``model_warmup`` into ready arrays; blocking (reads files), run it off the loop."""
     samples = []
+    reshaper = Reshaper(label, sig) if needs_reshape(sig) else None
     for i, w in enumerate(config.model_warmup):
         where = f"{label}: model_warmup[{i}]" + (f" '{w.name}'" if w.name else "")
         batch = w.batch_size
@@ -70,7 +72,8 @@ def build_samples(
             checked = validate(where, sig, inputs, None)
         except InferdError as e:
             raise ModelLoadError(e.message) from None
-        samples.append(Sample(w.name, checked.inputs, checked.outputs, batch, max(w.count, 1)))
+        model_inputs = reshaper.to_model(checked.inputs) if reshaper is not None else checked.inputs
+        samples.append(Sample(w.name, model_inputs, checked.outputs, batch, max(w.count, 1)))
     executions = sum(s.count for s in samples) * instances
     if executions > MAX_WARMUP_EXECUTIONS:
         raise ModelLoadError(

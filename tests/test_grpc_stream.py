@@ -8,6 +8,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,6 +27,8 @@ from .test_grpc_wire import assert_same, message
 
 class RecordingCore:
     """Stands in for InferenceCore: records what the front end hands it and echoes the inputs."""
+
+    shared_memory = None  # the front ends refuse shared-memory parameters with no registry
 
     def __init__(self) -> None:
         self.requests: list[InferRequest] = []
@@ -76,9 +79,9 @@ def test_stream_and_unary_decode_alike_through_one_template(first: str, monkeypa
     parsed: list[str] = []
     message_path = grpc_convert.request_from_pb
 
-    def counting(msg: pb.ModelInferRequest, remaining_s: float | None = None) -> InferRequest:
+    def counting(msg: pb.ModelInferRequest, *args: Any) -> InferRequest:
         parsed.append(msg.id)
-        return message_path(msg, remaining_s)
+        return message_path(msg, *args)
 
     monkeypatch.setattr(grpc_convert, "request_from_pb", counting)
     core = RecordingCore()

@@ -172,8 +172,6 @@ def test_unsupported_features(client: httpx.Client) -> None:
     doc = infer_doc(parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})
     del doc["inputs"][0]["data"]
     expect(client.post(INFER, json=doc), 501, "shared memory")
-    doc = {**infer_doc(), "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]}
-    expect(client.post(INFER, json=doc), 501, "classification")
     expect(client.get("/v2/systemsharedmemory/status"), 501)
     expect(client.post("/v2/cudasharedmemory/region/x/register", json={}), 501)
     expect(client.post("/v2/logging", json={"log_file": "/etc/passwd"}), 501)

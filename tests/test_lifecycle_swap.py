@@ -106,7 +106,7 @@ def test_poll_mode_changes_under_load(tmp_path: Path) -> None:
             marks["added"] = time.monotonic()
             flow(latest, marks["added"])
             wait_for(lambda: index(probe)[("live", "1")] == ("UNAVAILABLE", "unloaded"), what="v1 unloaded")
-            with pytest.raises(Exception, match="not ready"):
+            with pytest.raises(Exception, match="is not at ready state"):
                 infer_const(probe, "live", "1")
 
             (repo / "live" / "config.pbtxt").write_text(const_config("live", LATEST_2 + BATCHING))

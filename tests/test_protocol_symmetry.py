@@ -71,7 +71,6 @@ REFUSED = {
     "output shared_memory_region": ("output", {"shared_memory_region": "r"}),
     "output shared_memory_offset": ("output", {"shared_memory_offset": 8}),
     "output shared_memory_byte_size": ("output", {"shared_memory_byte_size": 64}),
-    "output classification": ("output", {"classification": 3}),
 }
 
 

@@ -110,3 +110,22 @@ def test_requests_carry_the_clients_id_and_parameters(tmp_path: Path) -> None:
         assert plain == {"id": "", "parameters": {}}
     finally:
         running.stop()
+
+
+def test_a_packed_execution_environment_is_refused_with_its_reason(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import start_server, test_settings
+
+    (tmp_path / "add_sub" / "1").mkdir(parents=True)
+    (tmp_path / "add_sub" / "1" / "model.py").write_text(TRITON_ADD_SUB)
+    env = 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" } }'
+    (tmp_path / "add_sub" / "config.pbtxt").write_text(CONFIG + "\n" + env + "\n")
+    running = start_server(test_settings(tmp_path))
+    try:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        (entry,) = [m for m in client.get_model_repository_index().models if m.name == "add_sub" and m.version]
+        assert entry.state == "UNAVAILABLE"
+        assert "parameter 'EXECUTION_ENV_PATH' (a packed Python environment) is not supported" in entry.reason
+    finally:
+        running.stop()

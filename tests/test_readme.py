@@ -164,7 +164,14 @@ def wait_until_ready(url: str, names: set[str], log: Path, timeout: float = 10) 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("readme") / "inferd.log"
-    cmd = serve_argv("--model-repository", str(ROOT / "model_repository"), "--model-control-mode", "none")
+    cmd = serve_argv(
+        "--model-repository",
+        str(ROOT / "model_repository"),
+        "--model-control-mode",
+        "none",
+        "--allow-client-shm",
+        "true",
+    )
     # A file, not a pipe: nobody drains the server's output while the blocks run.
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -20,6 +20,7 @@ from ...protocol.errors import InvalidArgument
 from ...protocol.fields import CONTENTS_FIELD
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.types import InferRequest, InferResponse, Scalar
+from ..shm import SharedMemoryRegistry
 from . import tensor_parameters
 from .grpc_params import PbParameters
 from .grpc_wire import InferWire
@@ -29,8 +30,9 @@ class InferCodec:
     """Decode and encode for one server; it holds the wire-level caches (per server, not global,
     so tests and servers do not share them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, regions: SharedMemoryRegistry | None = None) -> None:
         self._wire = InferWire()
+        self._regions = regions  # shared memory (tensor_parameters); None: refused
 
     def decode(self, data: bytes, remaining_s: float | None = None) -> InferRequest:
         """A serialized ModelInferRequest as the core's request; ``remaining_s`` is the client's
@@ -42,8 +44,10 @@ class InferCodec:
             msg = pb.ModelInferRequest.FromString(data)
         except Exception as e:  # upb raises DecodeError; any failure is the client's bytes
             raise InvalidArgument(f"ModelInfer: the request is not a valid ModelInferRequest message ({e})") from None
-        request = request_from_pb(msg, remaining_s)
-        self._wire.learn(data, request)
+        request = request_from_pb(msg, remaining_s, self._regions)
+        # (an input in shared memory has no raw bytes to template; a template keeps no output parameters)
+        if request.output_regions is None and request.classification is None:
+            self._wire.learn(data, request)
         return request
 
     def encode(self, response: InferResponse) -> bytes:
@@ -68,46 +72,77 @@ def stream_error(message: str, data: bytes) -> bytes:
     return error.SerializeToString()
 
 
-def request_from_pb(msg: pb.ModelInferRequest, remaining_s: float | None = None) -> InferRequest:
+def request_from_pb(
+    msg: pb.ModelInferRequest, remaining_s: float | None = None, regions: SharedMemoryRegistry | None = None
+) -> InferRequest:
     """The message path of ``InferCodec.decode``."""
     model = msg.model_name
     raw = msg.raw_input_contents
     tensors = list(msg.inputs)  # one wrapper per tensor, made once (upb makes one per access)
-    for t in tensors:  # first, so that a tensor in shared memory is refused as such
+    # Inputs in shared memory come first, so that one is refused as such; as in Triton, they
+    # have no raw_input_contents entry (the entries are those of the other inputs, in order).
+    shared: dict[int, np.ndarray] = {}
+    for i, t in enumerate(tensors):
         if len(t.parameters):
-            tensor_parameters.check_input(PbParameters(t.parameters), f"model '{model}' input '{t.name}'")
-    if raw and len(raw) != len(tensors):
+            what = f"model '{model}' input '{t.name}'"
+            array = tensor_parameters.input_from_region(
+                PbParameters(t.parameters), t.datatype, t.shape[:], what, regions
+            )
+            if array is not None:
+                if t.HasField("contents"):
+                    raise InvalidArgument(f"{what}: has 'contents' although its data is in shared memory")
+                shared[i] = array
+    if raw and len(raw) != len(tensors) - len(shared):
         raise InvalidArgument(
-            f"model '{model}': raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; "
-            "there must be one per input, in input order"
+            f"model '{model}': raw_input_contents has {len(raw)} entries for {len(tensors) - len(shared)} inputs "
+            "not in shared memory; there must be one per input, in input order"
         )
     inputs: dict[str, np.ndarray] = {}
+    r = 0
     for i, t in enumerate(tensors):
         name = t.name
         if name in inputs:
             raise InvalidArgument(f"model '{model}': input '{name}' is given more than once")
+        if shared and i in shared:
+            inputs[name] = shared[i]
+            continue
         dt = codec.datatype(t.datatype)
         shape = tuple(t.shape[:])  # slicing first is cheaper than iterating the repeated field
         what = f"model '{model}' input '{name}'"
         if not raw:
             inputs[name] = _from_contents(t, dt, shape, what)
         elif t.HasField("contents"):
-            raise InvalidArgument(f"{what}: has 'contents' although raw_input_contents is used")
+            raise InvalidArgument(
+                f"contents field must not be specified when using raw_input_contents for '{name}' for model '{model}'"
+            )
         else:
-            inputs[name] = codec.from_raw(raw[i], dt, shape, what)
-    outputs = _requested_outputs(msg) if len(msg.outputs) else None
+            inputs[name] = codec.from_raw(raw[r], dt, shape, what)
+            r += 1
+    outputs, regions_out, classes = _requested_outputs(msg, regions) if len(msg.outputs) else (None, None, None)
     params: Mapping[str, Scalar] = PbParameters(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
-    return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline)
+    return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline, regions_out, classes)
 
 
-def _requested_outputs(msg: pb.ModelInferRequest) -> list[str]:
+def _requested_outputs(
+    msg: pb.ModelInferRequest, regions: SharedMemoryRegistry | None
+) -> tuple[list[str], dict[str, memoryview] | None, dict[str, int] | None]:
     names = []
+    targets: dict[str, memoryview] | None = None
+    classes: dict[str, int] | None = None
     for o in msg.outputs:
         if len(o.parameters):
-            tensor_parameters.check_output(PbParameters(o.parameters), f"model '{msg.model_name}' output '{o.name}'")
+            what = f"model '{msg.model_name}' output '{o.name}'"
+            params = PbParameters(o.parameters)
+            target = tensor_parameters.output_region(params, what, regions)
+            if target is not None:
+                targets = targets or {}
+                targets[o.name] = target
+            if count := tensor_parameters.classification_count(params, what):
+                classes = classes or {}
+                classes[o.name] = count
         names.append(o.name)
-    return names
+    return names, targets, classes
 
 
 def _from_contents(t: Any, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:

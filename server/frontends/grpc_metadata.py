@@ -58,9 +58,11 @@ def statistics_to_pb(stats: ModelStats, target: pb.ModelStatistics) -> None:
     _duration(s.compute_input, stats.compute_input)
     _duration(s.compute_infer, stats.compute_infer)
     _duration(s.compute_output, stats.compute_output)
-    # inferd has no response cache: present and zero, as Triton reports them without one.
+    # Present (zero without a response cache), as Triton reports them.
     s.cache_hit.SetInParent()
     s.cache_miss.SetInParent()
+    _duration(s.cache_hit, stats.cache_hit)
+    _duration(s.cache_miss, stats.cache_miss)
     for size, b in sorted(stats.batch_stats.items()):
         entry = target.batch_stats.add()
         entry.batch_size = size

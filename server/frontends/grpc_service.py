@@ -57,9 +57,13 @@ def _status(method: Callable[[Servicer, Req, Any], Awaitable[Resp]]) -> Callable
 
 
 def _unsupported(what: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+    return _refused(f"{what} is not supported by inferd yet")
+
+
+def _refused(message: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
     @_status
     async def rpc(self: Any, request: Any, context: Any) -> Any:
-        raise Unimplemented(f"{what} is not supported by inferd yet")
+        raise Unimplemented(message)
 
     return rpc
 
@@ -67,7 +71,7 @@ def _unsupported(what: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
-        self.codec = InferCodec()
+        self.codec = InferCodec(core.shared_memory)
 
     @_status
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -158,12 +162,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self.core.unload_model(request.model_name, bool(param is not None and param.bool_param))
         return pb.RepositoryModelUnloadResponse()
 
-    SystemSharedMemoryStatus = _unsupported("system shared memory")
-    SystemSharedMemoryRegister = _unsupported("system shared memory")
-    SystemSharedMemoryUnregister = _unsupported("system shared memory")
-    CudaSharedMemoryStatus = _unsupported("CUDA shared memory")
-    CudaSharedMemoryRegister = _unsupported("CUDA shared memory")
-    CudaSharedMemoryUnregister = _unsupported("CUDA shared memory")
+    @_status
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for r in self.core.shared_memory_status(request.name):
+            response.regions[r.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size
+                )
+            )
+        return response
+
+    @_status
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+        self.core.register_shared_memory(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_status
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.core.unregister_shared_memory(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_status
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> pb.CudaSharedMemoryStatusResponse:
+        self.core.cuda_shared_memory_status(request.name)  # never any region
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @_status
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> pb.CudaSharedMemoryRegisterResponse:
+        self.core.register_cuda_shared_memory()
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_status
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
+        self.core.unregister_cuda_shared_memory(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     TraceSetting = _unsupported("tracing")
     LogSettings = _unsupported("changing log settings over the API")
 

@@ -242,7 +242,13 @@ class InferWire:
             parameters_to_pb(response.parameters, msg.parameters)
             parts.append(msg.SerializeToString())  # field 4 entries, in field order
         parts.append(header[1])
-        for array in outputs.values():
+        in_region = response.in_shared_memory
+        for name, array in outputs.items():
+            if in_region and name in in_region:
+                # Written into the client's shared memory: an empty entry, as Triton sends, so
+                # the entries stay one per output.
+                parts.append(bytes((_RAW_OUTPUT, 0)))
+                continue
             data = codec.to_raw(array)
             parts.append(bytes((_RAW_OUTPUT,)) + _encode_varint(len(data)))
             parts.append(data)

@@ -18,6 +18,7 @@ import numpy as np
 from ...protocol import codec
 from ...protocol.errors import InvalidArgument
 from ...protocol.types import InferRequest, InferResponse, Scalar
+from ..shm import SharedMemoryRegistry
 from . import tensor_parameters
 
 # Deep enough for any tensor rank numpy supports inside {"inputs": [{"data": ...}]}, shallow
@@ -39,15 +40,17 @@ class OutputFormat:
 
     default_binary: bool = False
     explicit: dict[str, bool] = field(default_factory=dict)
+    in_region: frozenset[str] = frozenset()  # written into shared memory: no data in the body
 
     def binary(self, name: str) -> bool:
         return self.explicit.get(name, self.default_binary)
 
     def all_binary(self, requested: list[str] | None) -> bool:
-        """Whether every output goes back binary (``None``: all of the model's outputs)."""
+        """Whether every output goes back binary or into shared memory (``None``: all of the
+        model's outputs)."""
         if requested is None:
             return self.default_binary  # per-output flags come only with a requested list
-        return all(self.binary(n) for n in requested)
+        return all(self.binary(n) or n in self.in_region for n in requested)
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -93,15 +96,24 @@ def check_depth(text: bytes, limit: int = MAX_JSON_DEPTH) -> None:
 
 
 def decode_request(
-    model: str, version: str, body: memoryview, header_length: int | None
+    model: str,
+    version: str,
+    body: memoryview,
+    header_length: int | None,
+    regions: SharedMemoryRegistry | None = None,
 ) -> tuple[InferRequest, OutputFormat]:
-    """A whole infer request body: JSON, or JSON then binary tensor data."""
+    """A whole infer request body: JSON, or JSON then binary tensor data; tensors may name
+    shared-memory ``regions`` instead (refused when None)."""
     doc, binary = split_body(body, header_length)
-    return request_from_json(model, version, doc, binary)
+    return request_from_json(model, version, doc, binary, regions)
 
 
 def request_from_json(
-    model: str, version: str, doc: dict[str, Any], binary: memoryview
+    model: str,
+    version: str,
+    doc: dict[str, Any],
+    binary: memoryview,
+    regions: SharedMemoryRegistry | None = None,
 ) -> tuple[InferRequest, OutputFormat]:
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
@@ -110,10 +122,15 @@ def request_from_json(
     default_binary = params.pop("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidArgument(f"model '{model}': parameter 'binary_data_output' must be true or false")
-    inputs = _inputs(model, doc.get("inputs"), binary)
+    inputs = _inputs(model, doc.get("inputs"), binary, regions)
     fmt = OutputFormat(default_binary)
-    outputs = _requested_outputs(model, doc.get("outputs"), fmt)
-    return InferRequest(model, inputs, version, request_id, outputs, params), fmt
+    outputs, targets, classes = _requested_outputs(model, doc.get("outputs"), fmt, regions)
+    if targets:
+        fmt.in_region = frozenset(targets)
+    request = InferRequest(
+        model, inputs, version, request_id, outputs, params, output_regions=targets, classification=classes
+    )
+    return request, fmt
 
 
 def _parameters(value: Any, what: str) -> dict[str, Scalar]:
@@ -136,7 +153,7 @@ def _name(t: Any, what: str) -> str:
     return name
 
 
-def _inputs(model: str, value: Any, binary: memoryview) -> dict[str, np.ndarray]:
+def _inputs(model: str, value: Any, binary: memoryview, regions: SharedMemoryRegistry | None) -> dict[str, np.ndarray]:
     if not isinstance(value, list):
         raise InvalidArgument(f"model '{model}': 'inputs' must be a list of tensors")
     inputs: dict[str, np.ndarray] = {}
@@ -154,7 +171,17 @@ def _inputs(model: str, value: Any, binary: memoryview) -> dict[str, np.ndarray]
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
-        tensor_parameters.check_input(params, what)
+        if params and tensor_parameters.uses_shared_memory(params):
+            tensor_parameters.refuse_if_disabled(params, what, regions)
+            if "data" in t or "binary_data_size" in params:
+                raise InvalidArgument(
+                    f"{what}: Input must set only one of the following fields: 'data', 'binary_data_size' in "
+                    "'parameters', 'shared_memory_region' in 'parameters'"
+                )
+            array = tensor_parameters.input_from_region(params, datatype, shape, what, regions)
+            assert array is not None
+            inputs[name] = array
+            continue
         size = params.get("binary_data_size")
         if size is None:
             if "data" not in t:
@@ -270,33 +297,46 @@ def _flatten_strings(data: list[Any], out: list[bytes], what: str) -> None:
             raise InvalidArgument(f"{what}: BYTES data must be strings, got {type(e).__name__}")
 
 
-def _requested_outputs(model: str, value: Any, fmt: OutputFormat) -> list[str] | None:
+def _requested_outputs(
+    model: str, value: Any, fmt: OutputFormat, regions: SharedMemoryRegistry | None
+) -> tuple[list[str] | None, dict[str, memoryview] | None, dict[str, int] | None]:
     if value is None:
-        return None
+        return None, None, None
     if not isinstance(value, list):
         raise InvalidArgument(f"model '{model}': 'outputs' must be a list")
     names = []
+    targets: dict[str, memoryview] | None = None
+    classes: dict[str, int] | None = None
     for t in value:
         name = _name(t, f"model '{model}' outputs")
         what = f"model '{model}' output '{name}'"
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidArgument(f"{what}: 'parameters' must be a JSON object")
-        tensor_parameters.check_output(params, what)
         flag = params.get("binary_data")
         if flag is not None:
             if not isinstance(flag, bool):
                 raise InvalidArgument(f"{what}: 'binary_data' must be true or false")
             fmt.explicit[name] = flag
+        if params:
+            if flag and tensor_parameters.uses_shared_memory(params):
+                raise InvalidArgument(f"{what}: Output can't set both 'shared_memory_region' and 'binary_data'")
+            target = tensor_parameters.output_region(params, what, regions)
+            if target is not None:
+                targets = targets or {}
+                targets[name] = target
+            if count := tensor_parameters.classification_count(params, what):
+                classes = classes or {}
+                classes[name] = count
         names.append(name)
-    return names
+    return names, targets, classes
 
 
 # --- responses -----------------------------------------------------------------------------
 def check_json_outputs(fmt: OutputFormat, datatypes: dict[str, str], requested: list[str] | None) -> None:
     """Refuse, before running the model, outputs that would have to be JSON but cannot be."""
     for name in requested or list(datatypes):
-        if datatypes.get(name) in BINARY_ONLY and not fmt.binary(name):
+        if datatypes.get(name) in BINARY_ONLY and not fmt.binary(name) and name not in fmt.in_region:
             raise InvalidArgument(_binary_only_message(name, datatypes[name]))
 
 
@@ -311,10 +351,13 @@ def response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes,
     """The body, and the JSON header's length when binary data follows it (else None)."""
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
+    in_region = response.in_shared_memory
     for name, array in response.outputs.items():
         dt = codec.of_array(array)
         entry: dict[str, Any] = {"name": name, "datatype": dt.name, "shape": list(array.shape)}
-        if fmt.binary(name):
+        if name in in_region:
+            pass  # in the client's shared memory: name, datatype and shape only, as Triton answers
+        elif fmt.binary(name):
             raw = codec.to_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
@@ -332,7 +375,7 @@ def response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes,
         doc["parameters"] = dict(response.parameters)
     doc["outputs"] = outputs
     header = dumps(doc)
-    if not any(fmt.binary(name) for name in response.outputs):
+    if not any(fmt.binary(name) and name not in in_region for name in response.outputs):
         return header, None
     return b"".join([header, *chunks]), len(header)
 

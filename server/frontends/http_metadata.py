@@ -31,9 +31,6 @@ def _duration(d: Duration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
 
 
-_NONE = Duration()
-
-
 def statistics_json(stats: list[ModelStats]) -> dict[str, Any]:
     """Triton's HTTP statistics shape: {"model_stats": [...]}, the same fields as gRPC."""
     return {"model_stats": [_model_stats(s) for s in stats]}
@@ -53,8 +50,8 @@ def _model_stats(s: ModelStats) -> dict[str, Any]:
             "compute_input": _duration(s.compute_input),
             "compute_infer": _duration(s.compute_infer),
             "compute_output": _duration(s.compute_output),
-            "cache_hit": _duration(_NONE),
-            "cache_miss": _duration(_NONE),
+            "cache_hit": _duration(s.cache_hit),
+            "cache_miss": _duration(s.cache_miss),
         },
         "batch_stats": [
             {

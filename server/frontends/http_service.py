@@ -143,7 +143,9 @@ class HttpApi:
         header_length = conv.parse_header_length(request.headers.get("inference-header-content-length"))
         body = await self._body(request, header_length)
         json_size = len(body) if header_length is None else header_length
-        core_request, fmt = await _off_loop(json_size, conv.decode_request, model, version, body, header_length)
+        core_request, fmt = await _off_loop(
+            json_size, conv.decode_request, model, version, body, header_length, self.core.shared_memory
+        )
         self._check_json_outputs(model, version, core_request.outputs, fmt)
         response = await self.core.infer(core_request)
         # JSON text is a few times the size of the numbers it holds.
@@ -169,6 +171,43 @@ class HttpApi:
         except InferdError:
             return  # core.infer reports it, as for any other request
         conv.check_json_outputs(fmt, {n: s.datatype.name for n, s in outputs.items()}, requested)
+
+    # --- system shared memory -------------------------------------------------------------
+    async def shm_status(self, request: Request) -> Response:
+        regions = self.core.shared_memory_status(request.path_params.get("region", ""))
+        return _json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions])
+
+    async def shm_register(self, request: Request) -> Response:
+        name = request.path_params["region"]
+        if not self.core.shared_memory.enabled:
+            self.core.shared_memory.require_enabled()  # refused before the body is read, naming the flag
+        doc = await self._optional_json(request)
+        key = doc.get("key")
+        if not isinstance(key, str):
+            raise InvalidArgument("Shared memory register request has no 'key' string field")
+        sizes = []
+        for field, value in (("offset", doc.get("offset", 0)), ("byte_size", doc.get("byte_size"))):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(f"Shared memory register request: '{field}' must be a non-negative integer")
+            sizes.append(value)
+        self.core.register_shared_memory(name, key, *sizes)
+        return Response(status_code=200)
+
+    async def shm_unregister(self, request: Request) -> Response:
+        self.core.unregister_shared_memory(request.path_params.get("region", ""))
+        return Response(status_code=200)
+
+    async def cuda_status(self, request: Request) -> Response:
+        self.core.cuda_shared_memory_status(request.path_params.get("region", ""))
+        return _json([])
+
+    async def cuda_register(self, request: Request) -> Response:
+        self.core.register_cuda_shared_memory()
+        return Response(status_code=200)
+
+    async def cuda_unregister(self, request: Request) -> Response:
+        self.core.unregister_cuda_shared_memory(request.path_params.get("region", ""))
+        return Response(status_code=200)
 
     # --- repository ---------------------------------------------------------------------
     async def repository_index(self, request: Request) -> Response:
@@ -201,8 +240,12 @@ class HttpApi:
 
 
 def _unimplemented(what: str) -> Callable[[Request], Awaitable[Response]]:
+    return _refused(f"{what} is not supported by inferd")
+
+
+def _refused(message: str) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        raise Unimplemented(f"{what} is not supported by inferd")
+        raise Unimplemented(message)
 
     return endpoint
 
@@ -217,6 +260,11 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
         Route("/v2/repository/index", api.repository_index, methods=post),
         Route("/v2/repository/models/{model}/load", api.load, methods=post),
         Route("/v2/repository/models/{model}/unload", api.unload, methods=post),
+        Route("/v2/systemsharedmemory/status", api.shm_status, methods=get),
+        Route("/v2/systemsharedmemory/region/{region}/status", api.shm_status, methods=get),
+        Route("/v2/systemsharedmemory/region/{region}/register", api.shm_register, methods=post),
+        Route("/v2/systemsharedmemory/unregister", api.shm_unregister, methods=post),
+        Route("/v2/systemsharedmemory/region/{region}/unregister", api.shm_unregister, methods=post),
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [
@@ -226,9 +274,14 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
             Route(prefix + "/stats", api.statistics, methods=get),
             Route(prefix + "/infer", api.infer, methods=post),
         ]
+    routes += [
+        Route("/v2/cudasharedmemory/status", api.cuda_status, methods=get),
+        Route("/v2/cudasharedmemory/region/{region}/status", api.cuda_status, methods=get),
+        Route("/v2/cudasharedmemory/region/{region}/register", api.cuda_register, methods=post),
+        Route("/v2/cudasharedmemory/unregister", api.cuda_unregister, methods=post),
+        Route("/v2/cudasharedmemory/region/{region}/unregister", api.cuda_unregister, methods=post),
+    ]
     for path, what in [
-        ("/v2/systemsharedmemory{rest:path}", "system shared memory"),
-        ("/v2/cudasharedmemory{rest:path}", "CUDA shared memory"),
         ("/v2/trace/setting", "tracing"),
         ("/v2/models/{model}/trace/setting", "tracing"),
         ("/v2/logging", "changing log settings over the API"),

@@ -2,36 +2,105 @@
 way by both front ends.
 
 Triton defines ``shared_memory_region``, ``shared_memory_offset`` and ``shared_memory_byte_size``
-(inputs and outputs) and ``classification`` (outputs). inferd implements neither extension, so
-they are refused as UNIMPLEMENTED, naming the parameter: ignored, the client would silently get
-other data than it asked for. ``binary_data_size`` and ``binary_data`` belong to HTTP's binary
-tensor extension (``http_convert`` reads them). Any other name is ignored on both protocols, as
-Triton does.
+(inputs and outputs; ``server/shm.py``) and ``classification`` (outputs;
+``server/classification.py``). Both are read here, once for both protocols: an input becomes a
+numpy view of its region, an output becomes the writable bytes it is written into after the
+model runs, or the number of classes it asks for. While the server runs without
+``--allow-client-shm=true`` the shared-memory parameters are refused as UNIMPLEMENTED, naming
+the parameter and the flag: ignored, the client would silently get other data than it asked for. ``binary_data_size`` and ``binary_data`` belong to
+HTTP's binary tensor extension (``http_convert`` reads them). Any other name is ignored on both
+protocols, as Triton does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from ...protocol.errors import Unimplemented
+import numpy as np
 
-SHARED_MEMORY = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+from ...protocol import codec
+from ...protocol.errors import InvalidArgument, Unimplemented
+from ..shm import FLAG, SharedMemoryRegistry
+
+REGION = "shared_memory_region"
+SHARED_MEMORY = (REGION, "shared_memory_offset", "shared_memory_byte_size")
 
 
-def check_input(params: Mapping[str, object], what: str) -> None:
-    """Refuse what inferd does not implement; ``what`` names the tensor, e.g. "model 'm' input 'A'"."""
-    _check_shared_memory(params, what)
+def uses_shared_memory(params: Mapping[str, object]) -> bool:
+    return any(k in params for k in SHARED_MEMORY)
 
 
-def check_output(params: Mapping[str, object], what: str) -> None:
-    _check_shared_memory(params, what)
-    if params.get("classification"):  # 0 or false asks for no classification
+def input_from_region(
+    params: Mapping[str, object],
+    datatype: str,
+    shape: Sequence[int],
+    what: str,
+    regions: SharedMemoryRegistry | None,
+) -> np.ndarray | None:
+    """The input's array read from its shared-memory region, or None when its parameters name
+    no region; ``what`` names the tensor, e.g. "model 'm' input 'A'". Numeric inputs are views
+    of the mapping (no copy); BYTES are decoded (and their lengths checked) by the codec."""
+    if not uses_shared_memory(params):
+        return None
+    name, offset, byte_size = _region_parameters(params, what, regions)
+    assert regions is not None
+    dt = codec.datatype(datatype)
+    count = codec.element_count(shape, what)
+    if dt.itemsize and byte_size != count * dt.itemsize:
+        raise InvalidArgument(
+            f"{what}: shared_memory_byte_size {byte_size} does not match shape {list(shape)} of {dt.name}, "
+            f"which needs {count * dt.itemsize} bytes"
+        )
+    array = codec.from_raw(regions.view(name, offset, byte_size, what), dt, shape, what)
+    return array if array.flags.aligned else array.copy()  # backends may assume aligned arrays
+
+
+def output_region(params: Mapping[str, object], what: str, regions: SharedMemoryRegistry | None) -> memoryview | None:
+    """The writable bytes a requested output goes into, or None when it names no region."""
+    if not uses_shared_memory(params):
+        return None
+    name, offset, byte_size = _region_parameters(params, what, regions)
+    assert regions is not None
+    if "classification" in params:
+        raise InvalidArgument(f"{what}: Output can't set both 'shared_memory_region' and 'classification'")
+    return regions.view(name, offset, byte_size, what, writable=True)
+
+
+def classification_count(params: Mapping[str, object], what: str) -> int:
+    """How many classes an output asks for (``classification``; 0 or absent: none)."""
+    value = params.get("classification")
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"{what}: invalid value for 'classification' parameter, expected an integer >= 0")
+    return value
+
+
+def refuse_if_disabled(params: Mapping[str, object], what: str, regions: SharedMemoryRegistry | None) -> None:
+    """UNIMPLEMENTED, naming the parameter and the flag, while shared memory is off."""
+    if regions is None or not regions.enabled:
+        key = next(k for k in SHARED_MEMORY if k in params)
         raise Unimplemented(
-            f"{what}: parameter 'classification' asks for the classification extension, which inferd does not support"
+            f"{what}: parameter '{key}' asks for shared memory, which is disabled; start the server with '{FLAG}' "
+            "to enable it"
         )
 
 
-def _check_shared_memory(params: Mapping[str, object], what: str) -> None:
-    for key in SHARED_MEMORY:
-        if key in params:
-            raise Unimplemented(f"{what}: parameter '{key}' asks for shared memory, which inferd does not support")
+def _region_parameters(
+    params: Mapping[str, object], what: str, regions: SharedMemoryRegistry | None
+) -> tuple[str, int, int]:
+    refuse_if_disabled(params, what, regions)
+    name = params.get(REGION)
+    if name is None:
+        key = next(k for k in SHARED_MEMORY if k in params)
+        raise InvalidArgument(f"{what}: '{key}' can not be specified without the '{REGION}' parameter")
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{what}: parameter '{REGION}' must be a string")
+    offset = params.get("shared_memory_offset", 0)
+    byte_size = params.get("shared_memory_byte_size")
+    if byte_size is None:
+        raise InvalidArgument(f"{what}: parameter 'shared_memory_byte_size' is required with '{REGION}'")
+    for key, value in (("shared_memory_offset", offset), ("shared_memory_byte_size", byte_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgument(f"{what}: parameter '{key}' must be a non-negative integer")
+    return name, offset, byte_size  # type: ignore[return-value]
