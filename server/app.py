@@ -59,6 +59,7 @@ class InferdServer:
             settings.model_control_mode,
             SharedMemoryRegistry(enabled=settings.allow_client_shm),
         )
+        self.core.max_load_file_bytes = settings.max_load_file_bytes
         self.watcher: RepositoryWatcher | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None

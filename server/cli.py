@@ -136,6 +136,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="largest HTTP request body (default %(default)s = 64 MiB)",
     )
     p.add_argument(
+        "--max-load-file-bytes",
+        type=_positive,
+        default=d.max_load_file_bytes,
+        metavar="N",
+        help="most bytes of model files one load request may send as 'file:' parameters (default "
+        "%(default)s = 256 MiB)",
+    )
+    p.add_argument(
         "--max-instances-per-model",
         type=_positive,
         default=d.max_instances_per_model,
@@ -212,6 +220,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         http_max_body_bytes=a.http_max_body_bytes,
         http_allow_origins=tuple(a.http_allow_origin),
         max_instances_per_model=a.max_instances_per_model,
+        max_load_file_bytes=a.max_load_file_bytes,
         max_threads_per_instance=a.max_threads_per_instance,
         response_cache_bytes=_cache_bytes(a.cache_config),
         model_control_mode=a.model_control_mode,

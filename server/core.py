@@ -3,12 +3,12 @@ statistics and the repository. Front ends only translate their wire format to th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 from google.protobuf import json_format
 
-from ..protocol.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable, Unimplemented
+from ..protocol.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import (
     InferRequest,
@@ -22,6 +22,7 @@ from .classification import classify
 from .config import TensorSpec
 from .manager import ModelManager
 from .model import ModelVersion
+from .model_files import DEFAULT_MAX_BYTES, check_files
 from .repository import check_model_name
 from .shm import RegionStatus, SharedMemoryRegistry, write_outputs
 from .stats import ModelStats
@@ -58,6 +59,8 @@ class InferenceCore:
         self.strict_readiness = strict_readiness
         # Only "explicit" lets clients load and unload models (RepositoryModelLoad/Unload).
         self.model_control_mode = model_control_mode
+        # Bound on the 'file:' parameters of one load request (--max-load-file-bytes).
+        self.max_load_file_bytes = DEFAULT_MAX_BYTES
         # Clients' system shared memory regions (off unless --allow-client-shm=true); front ends
         # resolve the regions a request names through it.
         self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry(enabled=False)
@@ -175,17 +178,23 @@ class InferenceCore:
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self.manager.index(ready_only)
 
-    async def load_model(self, name: str, config_json: str | None = None, files: Collection[str] = ()) -> None:
+    async def load_model(
+        self, name: str, config_json: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
         """RepositoryModelLoad: load or reload ``name`` (explicit mode only). ``config_json``
         is a JSON ModelConfig used instead of config.pbtxt, as Triton's ``config`` parameter;
-        ``files`` names the request's ``file:`` parameters, which are refused for now."""
-        if files:
-            raise Unimplemented(
-                f"model '{name}': loading model files sent over the API ('file:' parameters: "
-                f"{', '.join(sorted(files))}) is not supported"
-            )
+        ``files`` are the request's ``file:<path>`` parameters (decoded), which form the
+        model's folder for this load (model_files.py) and need a ``config``."""
         check_model_name(name)
         self._check_explicit()
+        checked = None
+        if files:
+            if not config_json:
+                raise InvalidArgument(
+                    f"model '{name}': 'file:' parameters need the 'config' parameter too, the configuration of "
+                    "the model folder they form"
+                )
+            checked = check_files(name, files, self.max_load_file_bytes)
         override = None
         if config_json:
             override = mc.ModelConfig()
@@ -196,7 +205,7 @@ class InferenceCore:
                     f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}"
                 ) from None
         try:
-            await self.manager.load(name, override)
+            await self.manager.load(name, override, checked)
         except ModelLoadError as e:
             # Triton's wording first: its clients and examples look for it.
             raise ModelLoadError(f"failed to load '{name}': {e.message}") from None

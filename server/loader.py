@@ -53,6 +53,8 @@ class ModelPlan:
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The typed view of the completed config that schedulers, backends and versions read.
     spec: ModelSpec = field(init=False)
+    # Where the model's folder is: the server's repository, or a load's own files (model_files).
+    repository: Repository = field(init=False)
 
     def __post_init__(self) -> None:
         self.spec = model_spec(self.config)
@@ -97,6 +99,7 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
     plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed, ensemble=ensemble)
     plan.warnings = findings.warned
     plan.labels = read_labels(model_dir, config, source)
+    plan.repository = repo
     plan.fingerprints = {v: version_fingerprint(repo, plan, v) for v in versions}
     return plan
 
@@ -126,6 +129,7 @@ def version_fingerprint(repo: Repository, plan: ModelPlan, version: int) -> str:
     config.pbtxt do not reload), the version folder's files, and the model folder's other
     files (``warmup/``, label files) except config.pbtxt and the version folders."""
     digest = hashlib.sha256(plan.config.SerializeToString(deterministic=True))
+    digest.update(str(plan.model_dir).encode())  # a load from sent files replaces one from the repository
     version_names = frozenset(e.name for e in plan.model_dir.iterdir() if e.name.isascii() and e.name.isdigit())
     shared = repo.fingerprint(plan.model_dir, skip=version_names | {cfg.CONFIG_FILE})
     own = repo.fingerprint(plan.model_dir / str(version))

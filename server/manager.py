@@ -22,8 +22,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from ..backends.registry import platform_of
 from ..protocol.caller import ThreadCaller
@@ -34,6 +35,7 @@ from .cache import ResponseCache, version_cache
 from .ensemble import EnsembleScheduler, check_types
 from .loader import LoadLimits, ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
+from .model_files import ModelFolders
 from .repository import Repository, check_model_name
 from .scheduling import make_scheduler
 from .scheduling.worker import InstanceWorker
@@ -68,6 +70,7 @@ class ModelRecord:
     config: mc.ModelConfig | None = None
     versions: dict[int, VersionSlot] = field(default_factory=dict)
     load_seconds: float = 0.0
+    files_root: Path | None = None  # the private folder of a load from 'file:' parameters
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def serving(self) -> list[int]:
@@ -88,6 +91,7 @@ class ModelManager:
         self.instance_nice = instance_nice
         self.limits = limits
         self.models: dict[str, ModelRecord] = {}
+        self.model_folders = ModelFolders()  # models loaded from files sent with the request
         self.observers = observers if observers is not None else []
         # Composing model -> ensembles whose load failed for want of it, loaded again once it is ready.
         self._waiting: dict[str, set[str]] = {}
@@ -223,25 +227,31 @@ class ModelManager:
         """Make strict readiness wait for ``names`` (the models requested at start-up)."""
         self._required.update(names)
 
-    async def load(self, name: str, override: mc.ModelConfig | None = None) -> None:
+    async def load(
+        self, name: str, override: mc.ModelConfig | None = None, files: Mapping[PurePosixPath, bytes] | None = None
+    ) -> None:
         """Load (or reload) every version the policy selects; raises ModelLoadError on failure.
+        ``files`` (checked by model_files.check_files) are the model's folder for this load,
+        instead of the repository's.
 
         On failure the versions that were serving keep serving. The load itself is shielded:
         a caller that goes away (a cancelled RPC) does not abandon half-loaded instances."""
         check_model_name(name)
         if self._shutting_down:
             raise Unavailable("server is shutting down")
-        if name not in self.models:
+        if name not in self.models and files is None:
             self.repository.model_dirs(name)  # unknown names leave no record behind
-        task = asyncio.get_running_loop().create_task(self._load_and_follow_up(name, override))
+        task = asyncio.get_running_loop().create_task(self._load_and_follow_up(name, override, files))
         self._loads.add(task)
         task.add_done_callback(_settled)
         task.add_done_callback(self._loads.discard)
         await asyncio.shield(task)
 
-    async def _load_and_follow_up(self, name: str, override: mc.ModelConfig | None) -> None:
+    async def _load_and_follow_up(
+        self, name: str, override: mc.ModelConfig | None, files: Mapping[PurePosixPath, bytes] | None
+    ) -> None:
         try:
-            await self._load(name, override)
+            await self._load(name, override, files)
         finally:
             if self.is_ready(name):
                 self._required.add(name)
@@ -256,17 +266,25 @@ class ModelManager:
             task.add_done_callback(self._reloads.discard)
             task.add_done_callback(_log_failure)
 
-    async def _load(self, name: str, override: mc.ModelConfig | None) -> None:
+    async def _load(
+        self, name: str, override: mc.ModelConfig | None, files: Mapping[PurePosixPath, bytes] | None = None
+    ) -> None:
         record = self.models.setdefault(name, ModelRecord(name))
         async with record.lock:
             started = time.monotonic()
             if not record.serving():
                 record.state, record.reason = LOADING, ""
             loop = asyncio.get_running_loop()
+            repository, files_root = self.repository, None
             try:
-                plan = await loop.run_in_executor(None, plan_model, self.repository, name, override)
+                if files is not None:
+                    files_root = await loop.run_in_executor(None, self.model_folders.write, name, files)
+                    repository = Repository(files_root)
+                plan = await loop.run_in_executor(None, plan_model, repository, name, override)
                 planned = time.monotonic() - started  # shared by the versions: part of each one's time
             except Exception as e:
+                if files_root is not None:
+                    self.model_folders.remove(files_root)
                 error = _as_load_error(e)
                 self._plan_failed(record, error.message)
                 raise error from None
@@ -296,8 +314,14 @@ class ModelManager:
                 seconds[v] = planned + time.monotonic() - version_started
             if errors and record.serving():
                 self._keep_serving(record, plan, loaded, errors)
+                if files_root is not None:
+                    self.model_folders.remove(files_root)
             else:
                 self._commit(record, plan, loaded, errors)
+                # The folder of the load now in service; the one before it serves no more.
+                if record.files_root is not None and record.files_root != files_root:
+                    self.model_folders.remove(record.files_root)
+                record.files_root = files_root
                 if loaded or not errors:
                     _log_loaded(record, plan, loaded, seconds)
             record.load_seconds = time.monotonic() - started
@@ -367,7 +391,7 @@ class ModelManager:
         # Python models call other models from their instance threads, through this loop.
         caller = ThreadCaller(self, loop)
         workers = await loop.run_in_executor(
-            None, load_workers, self.repository, plan, version, caller, self.instance_nice, self.limits
+            None, load_workers, plan.repository, plan, version, caller, self.instance_nice, self.limits
         )
         label = f"model '{plan.name}' version {version}"
         try:
@@ -375,7 +399,7 @@ class ModelManager:
                 samples = await loop.run_in_executor(
                     None,
                     build_samples,
-                    self.repository,
+                    plan.repository,
                     plan.model_dir,
                     plan.config,
                     plan.signature,
@@ -485,8 +509,11 @@ class ModelManager:
             record.state = UNAVAILABLE
             record.reason = "" if record.versions else UNLOADED
             record.config = None
+            files_root, record.files_root = record.files_root, None
         if drains:  # outside the lock: a new load of the model need not wait for the drain
             await asyncio.gather(*drains, return_exceptions=True)
+        if files_root is not None:
+            self.model_folders.remove(files_root)
 
     def _unload_slot(self, record: ModelRecord, version: int) -> asyncio.Task[None] | None:
         slot = record.versions[version]
@@ -537,6 +564,7 @@ class ModelManager:
             await self.unload(name)
         if self._drains:
             await asyncio.gather(*list(self._drains), return_exceptions=True)
+        self.model_folders.close()
 
 
 def _log_loaded(

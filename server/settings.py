@@ -40,6 +40,8 @@ class Settings:
     # What one model version may ask for (loader.LoadLimits): instances, and threads per instance.
     max_instances_per_model: int = LoadLimits.max_instances
     max_threads_per_instance: int = LoadLimits.max_threads_per_instance
+    # Bytes of model files one load request may send ('file:' parameters; model_files.py).
+    max_load_file_bytes: int = 256 * 1024 * 1024
     # Web origins whose pages may call the HTTP API (frontends/http_origin.py); none by default.
     http_allow_origins: tuple[str, ...] = ()
     # Bytes of Triton's "local" response cache (--cache-config local,size=N); 0: no cache.

@@ -211,14 +211,7 @@ def test_message_over_limit_is_resource_exhausted(model_repo):  # type: ignore[n
         running.stop()
 
 
-def test_load_with_file_parameters_is_refused_as_over_http(stub):  # type: ignore[no-untyped-def]
-    """Files sent with RepositoryModelLoad are not supported yet: refused, never ignored."""
-    load = pb.RepositoryModelLoadRequest(model_name="add_sub")
-    load.parameters["file:1/model.onnx"].bytes_param = b"AAAA"
-    with pytest.raises(grpc.RpcError) as info:
-        stub.RepositoryModelLoad(load)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "file:1/model.onnx" in info.value.details()
+def test_load_with_a_config_that_is_not_a_string(stub):  # type: ignore[no-untyped-def]
     bad_config = pb.RepositoryModelLoadRequest(model_name="add_sub")
     bad_config.parameters["config"].int64_param = 1
     with pytest.raises(grpc.RpcError) as info:

@@ -175,11 +175,6 @@ def test_unsupported_features(client: httpx.Client) -> None:
     expect(client.get("/v2/systemsharedmemory/status"), 501)
     expect(client.post("/v2/cudasharedmemory/region/x/register", json={}), 501)
     expect(client.post("/v2/logging", json={"log_file": "/etc/passwd"}), 501)
-    expect(
-        client.post("/v2/repository/models/add_sub/load", json={"parameters": {"file:1/model.onnx": "AAAA"}}),
-        501,
-        "file:",
-    )
     expect(client.post(INFER, content=b"{}", headers={"Content-Encoding": "br"}), 400, "Content-Encoding")
 
 

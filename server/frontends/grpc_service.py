@@ -150,7 +150,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if param.WhichOneof("parameter_choice") != "string_param":
                 raise InvalidArgument("parameter 'config' must be a string (a JSON ModelConfig)")
             config = param.string_param
-        files = [k for k in request.parameters if k.startswith("file:")]
+        files = {}
+        for key, param in request.parameters.items():
+            if key.startswith("file:"):
+                if param.WhichOneof("parameter_choice") != "bytes_param":
+                    raise InvalidArgument(f"parameter '{key}' must be bytes (the file's content)")
+                files[key] = param.bytes_param
         await self.core.load_model(request.model_name, config, files)
         return pb.RepositoryModelLoadResponse()
 

@@ -7,6 +7,8 @@ Each route reads its request, calls the core and converts back (``http_convert``
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,6 +46,16 @@ COMPRESS_MIN_BYTES = 1024
 OFF_LOOP_BYTES = 1 << 20
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def _base64(value: Any, key: str) -> bytes:
+    """A ``file:`` parameter's content: base64 text, as Triton's HTTP API sends it."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"parameter '{key}' must be a base64 string (the file's content)")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"parameter '{key}' is not valid base64") from None
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -225,7 +237,11 @@ class HttpApi:
         config = params.get("config")
         if config is not None and not isinstance(config, str):
             config = json.dumps(config)  # accept the config as an object as well as a JSON string
-        await self.core.load_model(model, config, [k for k in params if k.startswith("file:")])
+        files = {}
+        for key, value in params.items():
+            if key.startswith("file:"):
+                files[key] = _base64(value, key)
+        await self.core.load_model(model, config, files)
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
