@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from .common import TensorInfo, complete_config, default_threads
 from .registry import require
 
 # ONNX Runtime's type strings -> config.pbtxt data types.
+_log = logging.getLogger(__name__)
+
 _ORT_TYPES = {
     "tensor(bool)": "TYPE_BOOL",
     "tensor(uint8)": "TYPE_UINT8",
@@ -88,7 +91,8 @@ class OnnxRuntimeBackend(Backend):
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level >= 0 else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         providers: list[Any]
-        if context.instance.kind == "GPU":
+        gpu = context.instance.kind == "GPU"
+        if gpu:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ModelLoadError(
                     f"model '{context.model_name}' asks for KIND_GPU but this onnxruntime has no CUDA "
@@ -98,6 +102,13 @@ class OnnxRuntimeBackend(Backend):
             providers = [("CUDAExecutionProvider", {"device_id": context.instance.device_id})]
         else:
             providers = ["CPUExecutionProvider"]
+        providers = accelerator_providers(
+            spec.optimization.execution_accelerators,
+            gpu,
+            context.instance.device_id,
+            ort.get_available_providers(),
+            f"model '{context.model_name}'",
+        ) + [p for p in providers if not (gpu and _has_cuda_accelerator(spec))]
         try:
             self.session = ort.InferenceSession(str(context.model_path), options, providers=providers)
         except Exception as e:
@@ -157,3 +168,89 @@ def _int_param(params: Mapping[str, str], key: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ModelLoadError(f"parameter '{key}' must be an integer, got '{value}'") from None
+
+
+# Triton's ONNX Runtime accelerators, by instance kind: name -> (execution provider, the
+# accelerator parameters Triton documents -> the provider's option).
+_ACCELERATORS: dict[tuple[bool, str], tuple[str, dict[str, str]]] = {
+    (False, "openvino"): ("OpenVINOExecutionProvider", {}),
+    (
+        True,
+        "tensorrt",
+    ): (
+        "TensorrtExecutionProvider",
+        {
+            "precision_mode": "trt_fp16_enable",
+            "max_workspace_size_bytes": "trt_max_workspace_size",
+            "trt_max_partition_iterations": "trt_max_partition_iterations",
+            "trt_min_subgraph_size": "trt_min_subgraph_size",
+            "trt_engine_cache_enable": "trt_engine_cache_enable",
+            "trt_engine_cache_path": "trt_engine_cache_path",
+        },
+    ),
+    (
+        True,
+        "cuda",
+    ): (
+        "CUDAExecutionProvider",
+        {
+            "cudnn_conv_algo_search": "cudnn_conv_algo_search",
+            "gpu_mem_limit": "gpu_mem_limit",
+            "arena_extend_strategy": "arena_extend_strategy",
+            "do_copy_in_default_stream": "do_copy_in_default_stream",
+            "cudnn_conv_use_max_workspace": "cudnn_conv_use_max_workspace",
+        },
+    ),
+}
+
+
+def _has_cuda_accelerator(spec: Any) -> bool:
+    return any(a.name == "cuda" for a in spec.optimization.execution_accelerators.gpu_execution_accelerator)
+
+
+def accelerator_providers(section: Any, gpu: bool, device_id: int, available: Sequence[str], label: str) -> list[Any]:
+    """The execution providers ``execution_accelerators`` asks for, ahead of the default one.
+
+    Accelerators of the other kind of instance do nothing there, as in Triton (a GPU accelerator
+    on a KIND_CPU instance): warned about, not refused. An unknown accelerator, an unknown
+    parameter, or a provider this onnxruntime lacks is refused, naming it."""
+    providers: list[Any] = []
+    for on_gpu, items in ((True, section.gpu_execution_accelerator), (False, section.cpu_execution_accelerator)):
+        for a in items:
+            provider, settings = _provider(a, on_gpu, label)
+            if on_gpu != gpu:
+                here = "GPU" if gpu else "CPU"
+                _log.warning("%s: execution accelerator '%s' has no effect on a KIND_%s instance", label, a.name, here)
+                continue
+            if provider not in available:
+                raise ModelLoadError(
+                    f"{label}: execution accelerator '{a.name}' needs onnxruntime's {provider}, which this "
+                    f"onnxruntime does not have (it has {', '.join(available)})"
+                )
+            if gpu:
+                settings["device_id"] = str(device_id)
+            providers.append((provider, settings))
+    return providers
+
+
+def _provider(accelerator: Any, gpu: bool, label: str) -> tuple[str, dict[str, str]]:
+    kind = "gpu" if gpu else "cpu"
+    known = _ACCELERATORS.get((gpu, accelerator.name))
+    if known is None:
+        names = sorted(n for g, n in _ACCELERATORS if g == gpu)
+        raise ModelLoadError(
+            f"{label}: unknown {kind} execution accelerator '{accelerator.name}' (ONNX Runtime knows {names})"
+        )
+    provider, options = known
+    settings: dict[str, str] = {}
+    for key, value in accelerator.parameters.items():
+        option = options.get(key)
+        if option is None:
+            raise ModelLoadError(
+                f"{label}: execution accelerator '{accelerator.name}' has no parameter '{key}' "
+                f"(known: {', '.join(sorted(options)) or 'none'})"
+            )
+        if key == "precision_mode":
+            value = "True" if value.upper() == "FP16" else "False"  # Triton's FP32 / FP16
+        settings[option] = value
+    return provider, settings

@@ -88,10 +88,25 @@ class Graph:
 
 
 @dataclass(frozen=True, slots=True)
+class Accelerator:
+    """``ExecutionAccelerators.Accelerator``: a framework accelerator and its settings."""
+
+    name: str
+    parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionAccelerators:
+    gpu_execution_accelerator: tuple[Accelerator, ...] = ()
+    cpu_execution_accelerator: tuple[Accelerator, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Optimization:
     """``ModelOptimizationPolicy``: the part of it backends read."""
 
     graph: Graph = Graph()
+    execution_accelerators: ExecutionAccelerators = ExecutionAccelerators()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,83 @@ class ResponseCache:
 
 
 @dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """``ModelSequenceBatching.Control``: one control signal the server feeds the model.
+    START, END and READY carry their (false, true) values in exactly one of the three
+    ``*_false_true`` pairs; CORRID has ``data_type`` (None when the config names none)."""
+
+    kind: str  # "CONTROL_SEQUENCE_START", "CONTROL_SEQUENCE_END", "CONTROL_SEQUENCE_READY", "CONTROL_SEQUENCE_CORRID"
+    int32_false_true: tuple[int, ...] = ()
+    fp32_false_true: tuple[float, ...] = ()
+    bool_false_true: tuple[bool, ...] = ()
+    data_type: codec.DataType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceControlInput:
+    """``ModelSequenceBatching.ControlInput``: a model input the server fills, never the client."""
+
+    name: str
+    control: tuple[SequenceControl, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceInitialState:
+    """``ModelSequenceBatching.InitialState``: zeros, or raw bytes from ``initial_state/<data_file>``."""
+
+    data_type: codec.DataType | None
+    dims: tuple[int, ...]
+    zero_data: bool = False
+    data_file: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceState:
+    """``ModelSequenceBatching.State``: an implicit state tensor kept by the server per sequence;
+    ``dims`` exclude the batch dimension."""
+
+    input_name: str
+    output_name: str
+    data_type: codec.DataType | None
+    dims: tuple[int, ...]
+    initial_state: tuple[SequenceInitialState, ...] = ()
+    use_same_buffer_for_input_output: bool = False
+    use_growable_memory: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceDirect:
+    """``ModelSequenceBatching.StrategyDirect``."""
+
+    max_queue_delay_microseconds: int = 0
+    minimum_slot_utilization: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceOldest:
+    """``ModelSequenceBatching.StrategyOldest``."""
+
+    max_candidate_sequences: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = 0
+    preserve_ordering: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceBatching:
+    """``ModelSequenceBatching``: exactly one of ``direct`` and ``oldest`` is set (direct when the
+    config names neither, as in Triton)."""
+
+    direct: SequenceDirect | None = SequenceDirect()
+    oldest: SequenceOldest | None = None
+    max_sequence_idle_microseconds: int = 1_000_000  # Triton's default when the config has 0
+    control_input: tuple[SequenceControlInput, ...] = ()
+    state: tuple[SequenceState, ...] = ()
+    iterative_sequence: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     max_batch_size: int  # 0: the model has no batch dimension
@@ -122,6 +214,7 @@ class ModelSpec:
     optimization: Optimization = Optimization()
     model_transaction_policy: TransactionPolicy = TransactionPolicy()
     response_cache: ResponseCache = ResponseCache()
+    sequence_batching: SequenceBatching | None = None  # None: not a stateful (sequence) model
 
 
 def model_spec(config: mc.ModelConfig) -> ModelSpec:
@@ -136,10 +229,20 @@ def model_spec(config: mc.ModelConfig) -> ModelSpec:
         backend=config.backend,
         input=tuple(Input(t.name, data_type(config, "input", t), model_dims(t), t.optional) for t in config.input),
         output=tuple(Output(t.name, data_type(config, "output", t), model_dims(t)) for t in config.output),
-        optimization=Optimization(Graph(config.optimization.graph.level)),
+        optimization=Optimization(Graph(config.optimization.graph.level), accelerators(config.optimization)),
         model_transaction_policy=TransactionPolicy(config.model_transaction_policy.decoupled),
         response_cache=ResponseCache(config.response_cache.enable),
+        sequence_batching=sequence_batching(config.sequence_batching) if config.HasField("sequence_batching") else None,
     )
+
+
+def accelerators(policy: mc.ModelOptimizationPolicy) -> ExecutionAccelerators:
+    section = policy.execution_accelerators
+
+    def each(items) -> tuple[Accelerator, ...]:  # type: ignore[no-untyped-def]
+        return tuple(Accelerator(a.name, MappingProxyType(dict(a.parameters))) for a in items)
+
+    return ExecutionAccelerators(each(section.gpu_execution_accelerator), each(section.cpu_execution_accelerator))
 
 
 def dynamic_batching(section: mc.ModelDynamicBatching) -> DynamicBatching:
@@ -154,6 +257,62 @@ def dynamic_batching(section: mc.ModelDynamicBatching) -> DynamicBatching:
             {level: queue_policy(p) for level, p in section.priority_queue_policy.items()}
         ),
     )
+
+
+def sequence_batching(section: mc.ModelSequenceBatching) -> SequenceBatching:
+    oldest = None
+    direct: SequenceDirect | None = None
+    if section.HasField("oldest"):
+        o = section.oldest
+        oldest = SequenceOldest(
+            o.max_candidate_sequences,
+            tuple(o.preferred_batch_size),
+            o.max_queue_delay_microseconds,
+            o.preserve_ordering,
+        )
+    else:
+        d = section.direct
+        direct = SequenceDirect(d.max_queue_delay_microseconds, d.minimum_slot_utilization)
+    return SequenceBatching(
+        direct=direct,
+        oldest=oldest,
+        max_sequence_idle_microseconds=section.max_sequence_idle_microseconds or 1_000_000,
+        control_input=tuple(
+            SequenceControlInput(c.name, tuple(_control(k) for k in c.control)) for c in section.control_input
+        ),
+        state=tuple(
+            SequenceState(
+                s.input_name,
+                s.output_name,
+                _config_type(s.data_type),
+                tuple(s.dims),
+                tuple(
+                    SequenceInitialState(
+                        _config_type(i.data_type), tuple(i.dims), i.HasField("zero_data"), i.data_file, i.name
+                    )
+                    for i in s.initial_state
+                ),
+                s.use_same_buffer_for_input_output,
+                s.use_growable_memory,
+            )
+            for s in section.state
+        ),
+        iterative_sequence=section.iterative_sequence,
+    )
+
+
+def _control(c: mc.ModelSequenceBatching.Control) -> SequenceControl:
+    return SequenceControl(
+        mc.ModelSequenceBatching.Control.Kind.Name(c.kind),
+        tuple(c.int32_false_true),
+        tuple(c.fp32_false_true),
+        tuple(c.bool_false_true),
+        _config_type(c.data_type),
+    )
+
+
+def _config_type(value: int) -> codec.DataType | None:
+    return codec.BY_CONFIG_NAME.get(mc.DataType.Name(value))
 
 
 def queue_policy(policy: mc.ModelQueuePolicy) -> QueuePolicy:

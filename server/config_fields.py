@@ -51,6 +51,12 @@ def _w(note: str) -> Rule:
     return Rule(Treatment.WARNED, note)
 
 
+_ACCELERATOR = _h(
+    "ONNX Runtime execution providers: openvino (CPU), tensorrt and cuda (GPU), with Triton's parameters; "
+    "refused where the provider is missing",
+    by=("onnxruntime",),
+    elsewhere=Treatment.REFUSED,
+)
 # A section that does nothing while empty: what its fields set decides.
 _CONTAINER = _h("see its fields")
 _GPU_KNOB = _w("tunes GPU execution only; inferd's backends do not read it, and it changes no answer")
@@ -126,20 +132,12 @@ FIELDS: dict[str, Rule] = {
     "optimization.cuda.graph_spec.graph_lower_bound.input.dim": _GPU_KNOB,
     "optimization.cuda.output_copy_stream": _GPU_KNOB,
     "optimization.execution_accelerators": _CONTAINER,
-    "optimization.execution_accelerators.gpu_execution_accelerator": _r("execution accelerators are not supported yet"),
-    "optimization.execution_accelerators.gpu_execution_accelerator.name": _r(
-        "execution accelerators are not supported yet"
-    ),
-    "optimization.execution_accelerators.gpu_execution_accelerator.parameters": _r(
-        "execution accelerators are not supported yet"
-    ),
-    "optimization.execution_accelerators.cpu_execution_accelerator": _r("execution accelerators are not supported yet"),
-    "optimization.execution_accelerators.cpu_execution_accelerator.name": _r(
-        "execution accelerators are not supported yet"
-    ),
-    "optimization.execution_accelerators.cpu_execution_accelerator.parameters": _r(
-        "execution accelerators are not supported yet"
-    ),
+    "optimization.execution_accelerators.gpu_execution_accelerator": _ACCELERATOR,
+    "optimization.execution_accelerators.gpu_execution_accelerator.name": _ACCELERATOR,
+    "optimization.execution_accelerators.gpu_execution_accelerator.parameters": _ACCELERATOR,
+    "optimization.execution_accelerators.cpu_execution_accelerator": _ACCELERATOR,
+    "optimization.execution_accelerators.cpu_execution_accelerator.name": _ACCELERATOR,
+    "optimization.execution_accelerators.cpu_execution_accelerator.parameters": _ACCELERATOR,
     "optimization.input_pinned_memory": _GPU_KNOB,
     "optimization.input_pinned_memory.enable": _GPU_KNOB,
     "optimization.output_pinned_memory": _GPU_KNOB,

@@ -83,10 +83,6 @@ def plan(tmp_path: Path, extra: str, backend_model: bool = True, name: str = "m"
         ("cc_model_filenames { key: '8.0' value: 'a.onnx' }", "cc_model_filenames"),
         ("instance_group [ { kind: KIND_CPU passive: true } ]", "instance_group.passive"),
         ("instance_group [ { kind: KIND_CPU profile: '0' } ]", "instance_group.profile"),
-        (
-            "optimization { execution_accelerators { cpu_execution_accelerator [ { name: 'openvino' } ] } }",
-            "optimization.execution_accelerators.cpu_execution_accelerator",
-        ),
         ("ensemble_scheduling { max_inflight_requests: 4 }", "ensemble_scheduling.max_inflight_requests"),
     ],
 )
@@ -269,3 +265,41 @@ def test_the_server_serves_warned_models_and_reports_refused_ones(
         running.stop()
     warned = [r.getMessage() for r in caplog.records if "optimization.cuda" in r.getMessage()]
     assert len(warned) == 1 and "model 'tuned'" in warned[0]
+
+
+def test_execution_accelerators_map_to_onnxruntime_providers(tmp_path: Path) -> None:
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+
+    def accelerators(kind: str, name: str, params: str = "") -> str:
+        return f"optimization {{ execution_accelerators {{ {kind}_execution_accelerator [ {{ name: '{name}' {params} }} ] }} }}"
+
+    models = {
+        "openvino": accelerators("cpu", "openvino"),
+        "on_cpu": accelerators("gpu", "tensorrt"),  # a GPU accelerator does nothing on a CPU instance
+        "unknown": accelerators("cpu", "dnnl"),
+        "bad_param": accelerators("gpu", "tensorrt", "parameters { key: 'precision' value: 'FP16' }"),
+    }
+    for name, extra in models.items():
+        write(tmp_path, name, ADD.format(name=name, extra=extra), binary_model("Add", TensorProto.FLOAT))
+    running = start_server(test_settings(tmp_path))
+    try:
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        index = {m.name: m for m in client.get_model_repository_index().models if m.version}
+        if "OpenVINOExecutionProvider" not in available:
+            assert index["openvino"].state == "UNAVAILABLE"
+            assert "needs onnxruntime's OpenVINOExecutionProvider, which this onnxruntime does not have" in (
+                index["openvino"].reason
+            )
+        assert index["on_cpu"].state == "READY"
+        assert "unknown cpu execution accelerator 'dnnl'" in index["unknown"].reason
+        assert "has no parameter 'precision'" in index["bad_param"].reason
+        client.close()
+    finally:
+        running.stop()
+    # Other backends have no accelerators: refused by the table.
+    config = mc.ModelConfig(name="m")
+    config.optimization.execution_accelerators.cpu_execution_accelerator.add(name="openvino")
+    refused = config_fields.classify(config, "python").refused
+    assert refused and "optimization.execution_accelerators.cpu_execution_accelerator" in refused[0]
