@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +73,18 @@ LOAD_LABEL = "perf_analyzer (C++, --async)"
 
 
 def measure(
-    binary: str, url: str, model: str, batch: int, concurrency: int, duration_s: float, timeout_s: float = 300
+    binary: str,
+    url: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    duration_s: float,
+    timeout_s: float = 300,
+    extra: Sequence[str] = (),
 ) -> PaPoint:
     """``concurrency`` requests in flight over gRPC for about ``duration_s``: the average of 3
     windows of a third each, at least 200 ms (stability is not asked for: ``-s 100`` accepts
-    the first three)."""
+    the first three). ``extra`` is appended to the command line (``--shared-memory system``)."""
     window_ms = max(int(duration_s * 1000 / 3), 200)
     with tempfile.TemporaryDirectory(prefix="inferd-pa-") as tmp:
         out = Path(tmp) / "pa.csv"
@@ -101,6 +109,7 @@ def measure(
             "10",
             "-f",
             str(out),
+            *extra,
         ]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0 or not out.exists():

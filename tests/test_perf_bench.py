@@ -12,7 +12,19 @@ import pytest
 from inferd.perf import baseline_ref
 from inferd.perf.harness import benches
 
-NAMES = {"backends", "batching", "cache", "ensemble", "http-vs-grpc", "kserve", "protocol", "swap", "tools", "triton"}
+NAMES = {
+    "backends",
+    "batching",
+    "cache",
+    "ensemble",
+    "http-vs-grpc",
+    "kserve",
+    "protocol",
+    "shm",
+    "swap",
+    "tools",
+    "triton",
+}
 
 
 def inferd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
