@@ -20,6 +20,7 @@ from ..protocol.caller import ThreadCaller
 from ..protocol.model_spec import ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import RequestInfo
+from .python_metrics import CustomMetrics
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class LoadContext:
     # The loader passes its plan's spec (mapped once per model); a context built by hand (tests,
     # tools) gets one mapped from ``config``.
     spec: ModelSpec = None  # type: ignore[assignment]
+    # The server's registry of Python models' custom metrics (pb_utils.MetricFamily); None outside a server.
+    metrics: CustomMetrics | None = None
 
     def __post_init__(self) -> None:
         if self.spec is None:

@@ -82,9 +82,12 @@ def complete_config(
         if config.WhichOneof("scheduling_choice") is None:
             config.dynamic_batching.SetInParent()
     skip = 1 if config.max_batch_size > 0 else 0
-    for items, found in ((config.input, inputs), (config.output, outputs)):
+    fed_inputs, kept_outputs = server_fed(config)
+    for items, found, leave_out in ((config.input, inputs, fed_inputs), (config.output, outputs, kept_outputs)):
         by_name = {t.name: t for t in items}
         for info in found:
+            if info.name in leave_out:
+                continue
             t = by_name.get(info.name)
             if t is None:
                 t = items.add()
@@ -95,9 +98,28 @@ def complete_config(
                 t.dims.extend(info.shape[skip:])
 
 
+def server_fed(config: mc.ModelConfig) -> tuple[set[str], set[str]]:
+    """A sequence model's inputs the server feeds (control inputs, implicit state inputs) and the
+    state outputs it keeps: never client tensors, so auto-complete leaves them out of the config."""
+    section = config.sequence_batching
+    inputs = {c.name for c in section.control_input} | {s.input_name for s in section.state}
+    inputs |= batch_input_names(config)  # ragged batching's batch inputs, computed per batch
+    return inputs, {s.output_name for s in section.state}
+
+
+def batch_input_names(config: mc.ModelConfig | ModelSpec) -> set[str]:
+    """The target names of ``batch_input``: model inputs the server computes for each batch."""
+    return {name for b in config.batch_input for name in b.target_name}
+
+
 def check_tensors(source: str, spec: ModelSpec, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> None:
     """Refuse a config whose tensor names, datatypes or batching disagree with the model file."""
     items: tuple[Input | Output, ...]
+    scattered = {name for b in spec.batch_output for name in b.target_name}
+    fed = batch_input_names(spec)
+    missing = sorted(fed - {t.name for t in inputs})
+    if missing:
+        raise ModelLoadError(f"{source}: batch input target(s) {missing} are not inputs of the model")
     for kind, items, found in (("input", spec.input, inputs), ("output", spec.output, outputs)):
         by_name = {t.name: t for t in found}
         for t in items:
@@ -109,7 +131,14 @@ def check_tensors(source: str, spec: ModelSpec, inputs: Sequence[TensorInfo], ou
                 raise ModelLoadError(
                     f"{source}: {kind} '{t.name}' is declared {declared} but the model has {info.datatype.config_name}"
                 )
-            if info.shape is None:
+            if info.shape is None or t.name in scattered:
+                continue  # a batch output's shape need not match the model's (Triton's backends)
+            if isinstance(t, Input) and t.allow_ragged_batch:
+                if len(info.shape) != 1 or info.shape[0] > 0:
+                    raise ModelLoadError(
+                        f"{source}: configuration expects model provides input with shape [-1] for ragged "
+                        f"input '{t.name}', model provides {list(info.shape)}"
+                    )
                 continue
             if spec.max_batch_size > 0 and (not info.shape or info.shape[0] > 0):
                 raise ModelLoadError(

@@ -14,7 +14,7 @@ from ..protocol.errors import ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
 from . import framework_logs
 from .base import Backend, LoadContext
-from .common import TensorInfo, complete_config, default_threads
+from .common import TensorInfo, batch_input_names, complete_config, default_threads
 from .registry import require
 
 # ONNX Runtime's type strings -> config.pbtxt data types.
@@ -131,6 +131,20 @@ class OnnxRuntimeBackend(Backend):
                 raise ModelLoadError(
                     f"{source}: output '{t.name}' is not an output of the ONNX graph ({sorted(graph_outputs)})"
                 )
+        _check_ragged(source, spec, {i.name: i.shape for i in self.session.get_inputs()})
+        sequence = spec.sequence_batching
+        if sequence is not None:  # the inputs the server feeds and the state outputs it keeps
+            fed = [c.name for c in sequence.control_input] + [s.input_name for s in sequence.state]
+            for kind, names, found in (
+                ("input", fed, graph_inputs),
+                ("output", [s.output_name for s in sequence.state], graph_outputs),
+            ):
+                for name in names:
+                    if name not in found:
+                        raise ModelLoadError(
+                            f"{source}: sequence batching {kind} '{name}' is not an {kind} of the ONNX graph "
+                            f"({sorted(found)})"
+                        )
         self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
         self._run = binding_run(self.session)
 
@@ -158,6 +172,23 @@ def binding_run(session: Any) -> Any:
     if session.get_providers() == ["CPUExecutionProvider"]:
         return getattr(session, "_sess", session).run
     return session.run
+
+
+def _check_ragged(source: str, spec: Any, graph_inputs: Mapping[str, Sequence[Any]]) -> None:
+    """Ragged batching's inputs, as Triton's ONNX Runtime backend checks them: each batch input
+    target is a graph input; a ragged input is 1-D and variable (the batch arrives flat)."""
+    for name in sorted(batch_input_names(spec)):
+        if name not in graph_inputs:
+            raise ModelLoadError(
+                f"{source}: batch input '{name}' is not an input of the ONNX graph ({sorted(graph_inputs)})"
+            )
+    for t in spec.input:
+        shape = _dims(graph_inputs.get(t.name) or [])
+        if t.allow_ragged_batch and shape != [-1]:
+            raise ModelLoadError(
+                f"{source}: configuration expects model provides input with shape [-1] for ragged input "
+                f"'{t.name}', model provides {shape}"
+            )
 
 
 def _int_param(params: Mapping[str, str], key: str, default: int) -> int:

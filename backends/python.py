@@ -1,7 +1,8 @@
 """Python models (``backend: "python"``, ``model.py``), in-process, with Triton's contract.
 
 ``model.py`` defines ``class TritonPythonModel`` with ``initialize(args)`` (optional),
-``execute(requests) -> responses`` (one per request, in order; plain or ``async def``),
+``execute(requests) -> responses`` (one per request, in order; plain or ``async def``; a
+decoupled model returns None and sends through each request's response sender instead),
 ``finalize()`` (optional) and an optional ``@staticmethod auto_complete_config(config)``.
 The API is importable under Triton's name (``import triton_python_backend_utils as pb_utils``)
 as well as inferd's, so a Triton model.py needs no change.
@@ -21,6 +22,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol.errors import InferdError, Internal, ModelLoadError
+from ..protocol.errors import InferdError, Internal, ModelLoadError, Unavailable
 from ..protocol.messages import message_to_dict
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import RequestInfo
+from ..protocol.streaming import STREAMED, ResponseChannel
+from ..protocol.types import ModelOutputs, RequestInfo
 from . import python_api as api
 from .base import Backend, LoadContext
 
@@ -137,8 +140,9 @@ class PythonBackend(Backend):
 
     def __init__(self, context: LoadContext) -> None:
         self.label = f"model '{context.model_name}' version {context.version}"
-        if context.spec.model_transaction_policy.decoupled:
-            raise ModelLoadError(f"{self.label}: decoupled Python models are not supported by inferd yet")
+        self.model_name = context.model_name
+        self.decoupled = context.spec.model_transaction_policy.decoupled
+        self.metrics = context.metrics
         if "EXECUTION_ENV_PATH" in context.spec.parameters:
             # Triton starts the model's stub in a packed interpreter; inferd runs every Python
             # model in its own, so the packed packages would silently not be the ones used.
@@ -151,16 +155,18 @@ class PythonBackend(Backend):
         self.module_name = _module_name(context.model_name, context.version, context.instance.index)
         module = _import(self.path, self.module_name)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: asyncio.AbstractEventLoop | None = None  # a decoupled async execute's
         try:
             self.model = _model_class(module, self.path)()
             self.is_async = inspect.iscoroutinefunction(self.model.execute)
             # A quick model runs on the loop like any pure computation, unless it may wait on
             # the server: its async execute has a loop of its own, and calls to other models
             # are answered by the loop.
-            self.inline_safe = not self.is_async and not calls_other_models(self.path)
+            # A decoupled model may wait in execute, or start threads that send: never inline.
+            self.inline_safe = not self.is_async and not self.decoupled and not calls_other_models(self.path)
             initialize = getattr(self.model, "initialize", None)
             if initialize is not None:
-                api._bind_caller(self.caller)
+                api._bind_caller(self.caller, self.metrics)
                 # Triton's arguments: every value is a string, the config is JSON (of the
                 # protobuf, so a model sees every field of it, as in Triton).
                 initialize(
@@ -195,11 +201,13 @@ class PythonBackend(Backend):
         outputs: Sequence[str],
         infos: Sequence[RequestInfo | None] | None = None,
     ) -> list[dict[str, np.ndarray] | Exception]:
-        api._bind_caller(self.caller)
+        api._bind_caller(self.caller, self.metrics)
         if infos is None:
             incoming = [api.InferenceRequest._incoming(r, outputs) for r in requests]
         else:
             incoming = [api.InferenceRequest._incoming(r, outputs, i) for r, i in zip(requests, infos)]
+        if self.decoupled:
+            return self._execute_decoupled(incoming)
         try:
             responses = self.model.execute(incoming)
             if self.is_async:
@@ -220,7 +228,79 @@ class PythonBackend(Backend):
         error = response.error()
         if error is not None:
             return api.to_inferd_error(error)
-        return {t.name(): t.as_numpy() for t in response.output_tensors()}
+        outputs = {t.name(): t.as_numpy() for t in response.output_tensors()}
+        if response._parameters:
+            try:
+                return ModelOutputs(outputs, response._client_parameters())
+            except api.TritonError as e:
+                return Internal(f"{self.label}: {e.message()}")
+        return outputs
+
+    # --- decoupled models -------------------------------------------------------------
+    def _execute_decoupled(self, incoming: list[api.InferenceRequest]) -> list[dict[str, np.ndarray] | Exception]:
+        """Run execute; the responses go through each request's sender, now or later. What
+        execute raises fails every request whose final flag was not sent yet (Triton's rule)."""
+        for request in incoming:
+            if request._sender is None:  # warmup: nobody reads the responses
+                request._sender = api.InferenceResponseSender(ResponseChannel(None, self.model_name, ""), [])
+        try:
+            returned = self.model.execute(incoming)
+            if self.is_async:
+                # As Triton: the coroutine runs in the background, execute is done at once.
+                future = asyncio.run_coroutine_threadsafe(returned, self._background_loop())
+                future.add_done_callback(lambda f: self._async_done(f, incoming))
+                return [STREAMED for _ in incoming]
+            if returned is not None:
+                raise Internal(self._must_return_none())
+        except Exception as e:
+            failure = self._failure(e)
+            for request in incoming:
+                if request._sender is not None:
+                    request._sender._channel.fail(failure)
+            return [failure for _ in incoming]
+        return [STREAMED for _ in incoming]
+
+    def _must_return_none(self) -> str:
+        return (
+            f"Python model '{self.model_name}' is using the decoupled mode and the execute function must return None."
+        )
+
+    def _failure(self, e: BaseException) -> InferdError:
+        if isinstance(e, api.TritonError):
+            error = api.to_inferd_error(e)
+            return InferdError(
+                f"Failed to process the request(s) for model '{self.model_name}', message: {error.message}", error.code
+            )
+        detail = e.message if isinstance(e, InferdError) else f"{type(e).__name__}: {e}{_where(e, self.path)}"
+        return Internal(f"Failed to process the request(s) for model '{self.model_name}', message: {detail}")
+
+    def _async_done(self, future: Any, incoming: list[api.InferenceRequest]) -> None:
+        error: InferdError | None = None
+        if future.cancelled():
+            error = Unavailable(f"{self.label} was unloaded while the request ran")
+        elif (e := future.exception()) is not None:
+            error = self._failure(e)
+        elif future.result() is not None:
+            error = Internal(self._must_return_none())
+        if error is not None:
+            for request in incoming:
+                if request._sender is not None:
+                    request._sender._channel.fail(error)
+
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop a decoupled async execute runs on: its own thread, started on first use."""
+        if self._background is None:
+            loop = asyncio.new_event_loop()
+            caller, metrics = self.caller, self.metrics
+
+            def run() -> None:
+                api._bind_caller(caller, metrics)
+                asyncio.set_event_loop(loop)
+                loop.run_forever()
+
+            threading.Thread(target=run, name=f"{self.module_name}-async", daemon=True).start()
+            self._background = loop
+        return self._background
 
     def _run(self, coroutine: Any) -> Any:
         # An async execute gets a loop of its own on the instance thread, where async_exec's
@@ -239,4 +319,6 @@ class PythonBackend(Backend):
         finally:
             if self._loop is not None:
                 self._loop.close()
+            if self._background is not None:
+                self._background.call_soon_threadsafe(self._background.stop)
             sys.modules.pop(self.module_name, None)

@@ -10,8 +10,11 @@ arrays of ``bytes``). ``InferenceRequest(model_name=..., ...).exec()`` calls ano
 through its own scheduler (Triton's BLS); ``await request.async_exec()`` does the same from an
 ``async def execute``. A request handed to ``execute`` carries the client's ``request_id()`` and its request
 ``parameters()`` (JSON; those the server acts on, such as ``priority`` and ``timeout``, left
-out). Not provided: decoupled response senders, GPU tensors, metrics, and parameters set on a
-response (not sent to the client yet).
+out). Parameters set on a response (``InferenceResponse(..., parameters={...})``) reach the
+client. A decoupled model (``model_transaction_policy { decoupled: true }``) sends its 0..N
+responses through ``request.get_response_sender()``, from ``execute`` or from threads it
+starts. ``MetricFamily``/``Metric`` are Triton's custom metrics (:mod:`.python_metrics`).
+Not provided: GPU tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +35,14 @@ from ..protocol import codec
 from ..protocol.caller import ThreadCaller
 from ..protocol.errors import Code, InferdError, InvalidArgument
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import InferRequest, InferResponse, RequestInfo
+from ..protocol.streaming import RESPONSE_COMPLETE_FINAL, ResponseChannel
+from ..protocol.types import InferRequest, InferResponse, RequestInfo, Scalar
+from .python_metrics import CustomMetrics, Metric, MetricFamily
+
+# Triton's response and release flags, under their names.
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = RESPONSE_COMPLETE_FINAL
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 _log = logging.getLogger("inferd.python_model")
 
@@ -150,6 +161,8 @@ class InferenceResponse:
     ) -> None:
         self._tensors = list(output_tensors)
         self._error = TritonError(error) if isinstance(error, str) else error
+        if parameters and not isinstance(parameters, str):
+            _check_parameters(parameters)
         self._parameters = parameters  # JSON-encoded only when asked for: most never are
 
     def output_tensors(self) -> list[Tensor]:
@@ -168,10 +181,41 @@ class InferenceResponse:
         p = self._parameters
         return p if isinstance(p, str) else json.dumps(dict(p or {}))
 
+    def _client_parameters(self) -> dict[str, Scalar]:
+        """The parameters as the client receives them (response ``parameters`` on both protocols)."""
+        p = self._parameters
+        if not p:
+            return {}
+        if isinstance(p, str):
+            p = json.loads(p)
+            _check_parameters(p)
+        return dict(p)
+
+
+def _check_parameters(parameters: Mapping[str, Any]) -> None:
+    """Triton's check of response parameters (it also takes floats: KServe's double_param)."""
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonError(f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise TritonError(f"Expect parameters values to have type bool/int/float/str, found type {type(value)}")
+
+
+# Triton's request flags, as a sequence model's requests carry them (InferenceRequest.flags()).
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 
 # Request parameters the server itself acts on (as Triton does); a model sees the others.
 SERVER_PARAMETERS = frozenset(
-    {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "binary_data_output"}
+    {
+        "priority",
+        "timeout",
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "binary_data_output",
+        "triton_enable_empty_final_response",
+    }
 )
 
 
@@ -190,6 +234,7 @@ class InferenceRequest:
     _request_id = ""
     _timeout_us = 0
     _parameters: dict[str, Any] = {}  # noqa: RUF012 (read only)
+    _sender: InferenceResponseSender | None = None  # a decoupled request's
 
     def __init__(
         self,
@@ -225,6 +270,10 @@ class InferenceRequest:
         if info is not None:
             request._request_id = info.id
             request._parameters = {k: v for k, v in info.parameters.items() if k not in SERVER_PARAMETERS}
+            request._correlation_id = info.correlation_id
+            request._flags = info.flags
+            if info.responses is not None:
+                request._sender = InferenceResponseSender(info.responses, request._outputs)
         return request
 
     def inputs(self) -> list[Tensor]:
@@ -243,9 +292,11 @@ class InferenceRequest:
         return self._request_id
 
     def correlation_id(self) -> int | str:
+        """The sequence's correlation id (an unsigned integer or a string); 0 outside a sequence."""
         return self._correlation_id
 
     def flags(self) -> int:
+        """The TRITONSERVER_REQUEST_FLAG_SEQUENCE_START / _END bits of a sequence model's request."""
         return self._flags
 
     def timeout(self) -> int:
@@ -255,10 +306,19 @@ class InferenceRequest:
         return json.dumps(self._parameters)
 
     def is_cancelled(self) -> bool:
-        return False
+        """Whether the client cancelled this request (or went away); decoupled requests only:
+        an ordinary request whose client gave up while it waited never reaches ``execute``."""
+        return self._sender is not None and self._sender.is_cancelled()
 
-    def get_response_sender(self) -> Any:
-        raise TritonError("decoupled Python models are not supported by inferd yet", TritonError.UNSUPPORTED)
+    def get_response_sender(self) -> InferenceResponseSender:
+        """Where a decoupled model sends this request's responses (the same sender each call)."""
+        if self._sender is None:
+            raise TritonError(
+                "get_response_sender() is for decoupled models (model_transaction_policy { decoupled: true }); "
+                "a model that is not decoupled returns one response per request from execute",
+                TritonError.UNSUPPORTED,
+            )
+        return self._sender
 
     # --- BLS ---------------------------------------------------------------------------
     def _to_core(self) -> InferRequest:
@@ -270,9 +330,17 @@ class InferenceRequest:
             model_version="" if self._model_version < 0 else str(self._model_version),
             id=self._request_id,
             outputs=self._outputs or None,
-            parameters={k: v for k, v in self._parameters.items() if isinstance(v, (bool, int, float, str))},
+            parameters=self._core_parameters(),
             deadline_ns=time.monotonic_ns() + self._timeout_us * 1000 if self._timeout_us > 0 else None,
         )
+
+    def _core_parameters(self) -> dict[str, bool | int | float | str]:
+        params = {k: v for k, v in self._parameters.items() if isinstance(v, (bool, int, float, str))}
+        if self._correlation_id != 0 and self._correlation_id != "":  # a call into a sequence model
+            params["sequence_id"] = self._correlation_id
+            params["sequence_start"] = bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+            params["sequence_end"] = bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+        return params
 
     def exec(self, decoupled: bool = False) -> Any:
         """Run the request on another model and wait: an :class:`InferenceResponse` (with
@@ -305,20 +373,92 @@ class InferenceRequest:
 
 
 def _response(r: InferResponse) -> InferenceResponse:
+    if r.error is not None:  # an error response of a decoupled model
+        return InferenceResponse(error=_from_inferd_error(r.error))
     return InferenceResponse([Tensor(n, a) for n, a in r.outputs.items()], parameters=dict(r.parameters))
 
 
-# How BLS calls reach other models: bound on the threads that run a model, with a process-wide
-# fallback for threads a model starts itself.
+class InferenceResponseSender:
+    """``request.get_response_sender()`` of a decoupled model: ``send`` 0..N responses, the
+    last with ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (or the flag alone, with no
+    response). Usable from any thread, also after ``execute`` returned. After the final flag
+    every ``send`` raises; once the client cancelled (``is_cancelled()``) what is sent is
+    dropped, but the final flag is still expected, as in Triton. A sender dropped by the
+    model without the final flag ends its request with an error."""
+
+    # Every sender still alive, for tests that check that none leaks.
+    _alive: weakref.WeakSet[InferenceResponseSender] = weakref.WeakSet()
+
+    def __init__(self, channel: ResponseChannel, requested_outputs: Sequence[str]) -> None:
+        self._channel = channel
+        self._requested = frozenset(requested_outputs)
+        weakref.finalize(self, _sender_dropped, channel)
+        InferenceResponseSender._alive.add(self)
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if flags != TRITONSERVER_RESPONSE_COMPLETE_FINAL and flags != 0:
+            raise TritonError("Unable to send response. Unsupported flag provided.")
+        if response is None and flags == 0:
+            raise TritonError("Inference Response object must be provided when the response flags is set to zero.")
+        final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            if response is None:
+                self._channel.send(None, final=True)
+                return
+            if not isinstance(response, InferenceResponse):
+                raise TritonError(f"Expected an 'InferenceResponse' object, found type '{type(response).__name__}'.")
+            error = response.error()
+            if error is not None:
+                self._channel.send(None, error=to_inferd_error(error), final=final)
+                return
+            # Only what the client asked for, as Triton prunes a response's outputs.
+            requested = self._requested
+            outputs = {t.name(): t.as_numpy() for t in response.output_tensors() if t.name() in requested}
+            self._channel.send(outputs, response._client_parameters(), final=final)
+        except InferdError as e:
+            raise _from_inferd_error(e) from None
+
+    def is_cancelled(self) -> bool:
+        """Whether the client cancelled the request or went away (or read it too slowly)."""
+        return self._channel.cancelled
+
+    @staticmethod
+    def alive() -> int:
+        """How many senders exist (tests: none may outlive its request)."""
+        return len(InferenceResponseSender._alive)
+
+
+def _sender_dropped(channel: ResponseChannel) -> None:
+    channel.fail(
+        InferdError(
+            f"{channel.label}: the model released the request's response sender without sending "
+            "TRITONSERVER_RESPONSE_COMPLETE_FINAL"
+        )
+    )
+
+
+# How BLS calls reach other models, and which server's registry custom metrics join: bound on
+# the threads that run a model, with a process-wide fallback for threads a model starts itself.
 _local = threading.local()
 _fallback_caller: ThreadCaller | None = None
+_fallback_metrics: CustomMetrics | None = None
 
 
-def _bind_caller(caller: ThreadCaller | None) -> None:
-    global _fallback_caller
+def _bind_caller(caller: ThreadCaller | None, metrics: CustomMetrics | None = None) -> None:
+    global _fallback_caller, _fallback_metrics
     _local.caller = caller
+    _local.metrics = metrics
     if caller is not None:
         _fallback_caller = caller
+    if metrics is not None:
+        _fallback_metrics = metrics
+
+
+def _current_metrics() -> CustomMetrics:
+    metrics: CustomMetrics | None = getattr(_local, "metrics", None) or _fallback_metrics
+    if metrics is None:
+        raise TritonError("custom metrics need a running inferd server", TritonError.UNAVAILABLE)
+    return metrics
 
 
 def _current_caller() -> ThreadCaller:
@@ -343,6 +483,11 @@ def get_input_config_by_name(model_config: Mapping[str, Any], name: str) -> dict
 
 def get_output_config_by_name(model_config: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+def using_decoupled_model_transaction_policy(model_config: Mapping[str, Any]) -> bool:
+    """Whether ``model_config`` (the JSON of ``initialize``'s ``args``) is decoupled."""
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
 class Logger:
@@ -433,8 +578,14 @@ class ModelConfig:
 
 
 __all__ = [
+    "TRITONSERVER_REQUEST_RELEASE_ALL",
+    "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
+    "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
     "InferenceRequest",
     "InferenceResponse",
+    "InferenceResponseSender",
+    "Metric",
+    "MetricFamily",
     "Logger",
     "ModelConfig",
     "Tensor",
@@ -447,4 +598,5 @@ __all__ = [
     "numpy_to_triton_type",
     "triton_string_to_numpy",
     "triton_to_numpy_type",
+    "using_decoupled_model_transaction_policy",
 ]

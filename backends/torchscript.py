@@ -88,7 +88,8 @@ class TorchScriptBackend(Backend):
             args = list(self.module.forward.schema.arguments)[1:]  # drop self
         except (AttributeError, RuntimeError):
             raise ModelLoadError(f"{source}: the TorchScript file has no scripted forward method") from None
-        names = [t.name for t in spec.input]
+        # Batch inputs (ragged batching) follow the config's inputs, as in Triton's libtorch backend.
+        names = [t.name for t in spec.input] + [n for b in spec.batch_input for n in b.target_name]
         self.dict_input = len(args) == 1 and str(args[0].type).startswith("Dict[str")
         if self.dict_input:
             self.arg_order: list[str] = []

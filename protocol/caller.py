@@ -8,7 +8,7 @@ and backends depend on this interface only, never on the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,8 +24,9 @@ class ModelCaller(Protocol):
         """Exactly one response (refused for decoupled models)."""
         ...
 
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        """Every response of the request: one for ordinary models, 0..N for decoupled ones."""
+    def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """Every response of the request: one for ordinary models, 0..N for decoupled ones
+        (``InferenceCore.infer_stream`` says what ``final`` and ``error`` mean there)."""
         ...
 
 

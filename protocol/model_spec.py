@@ -69,6 +69,7 @@ class Input:
     data_type: codec.DataType
     dims: tuple[int, ...]
     optional: bool = False
+    allow_ragged_batch: bool = False  # requests of different shapes batch; the model sees it flat
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,35 @@ class Output:
     name: str
     data_type: codec.DataType
     dims: tuple[int, ...]
+
+
+BatchInputKind = Literal[
+    "BATCH_ELEMENT_COUNT",
+    "BATCH_ACCUMULATED_ELEMENT_COUNT",
+    "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO",
+    "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE",
+    "BATCH_ITEM_SHAPE",
+    "BATCH_ITEM_SHAPE_FLATTEN",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInput:
+    """``BatchInput``: a model input the server computes from the formed batch, never a client's."""
+
+    kind: BatchInputKind
+    target_name: tuple[str, ...]
+    data_type: codec.DataType
+    source_input: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput:
+    """``BatchOutput``: a model output scattered back to the requests by a source input's shape."""
+
+    target_name: tuple[str, ...]
+    kind: Literal["BATCH_SCATTER_WITH_INPUT_SHAPE"]
+    source_input: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +245,8 @@ class ModelSpec:
     model_transaction_policy: TransactionPolicy = TransactionPolicy()
     response_cache: ResponseCache = ResponseCache()
     sequence_batching: SequenceBatching | None = None  # None: not a stateful (sequence) model
+    batch_input: tuple[BatchInput, ...] = ()
+    batch_output: tuple[BatchOutput, ...] = ()
 
 
 def model_spec(config: mc.ModelConfig) -> ModelSpec:
@@ -227,13 +259,31 @@ def model_spec(config: mc.ModelConfig) -> ModelSpec:
         parameters=MappingProxyType({k: v.string_value for k, v in config.parameters.items()}),
         platform=config.platform,
         backend=config.backend,
-        input=tuple(Input(t.name, data_type(config, "input", t), model_dims(t), t.optional) for t in config.input),
+        input=tuple(
+            Input(t.name, data_type(config, "input", t), model_dims(t), t.optional, t.allow_ragged_batch)
+            for t in config.input
+        ),
         output=tuple(Output(t.name, data_type(config, "output", t), model_dims(t)) for t in config.output),
         optimization=Optimization(Graph(config.optimization.graph.level), accelerators(config.optimization)),
         model_transaction_policy=TransactionPolicy(config.model_transaction_policy.decoupled),
         response_cache=ResponseCache(config.response_cache.enable),
         sequence_batching=sequence_batching(config.sequence_batching) if config.HasField("sequence_batching") else None,
+        batch_input=tuple(batch_input(b) for b in config.batch_input),
+        batch_output=tuple(
+            BatchOutput(tuple(b.target_name), "BATCH_SCATTER_WITH_INPUT_SHAPE", tuple(b.source_input))
+            for b in config.batch_output
+        ),
     )
+
+
+def batch_input(section: mc.BatchInput) -> BatchInput:
+    kind: BatchInputKind = mc.BatchInput.Kind.Name(section.kind)  # type: ignore[assignment]
+    found = _config_type(section.data_type)
+    if found is None:
+        raise ModelLoadError(
+            f"batch input {list(section.target_name)}: data_type {mc.DataType.Name(section.data_type)}"
+        )
+    return BatchInput(kind, tuple(section.target_name), found, tuple(section.source_input))
 
 
 def accelerators(policy: mc.ModelOptimizationPolicy) -> ExecutionAccelerators:

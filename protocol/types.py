@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .errors import InferdError
+
+if TYPE_CHECKING:
+    from .streaming import ResponseChannel
 
 Scalar = bool | int | float | str
 
@@ -35,6 +41,17 @@ class InferRequest:
     classification: dict[str, int] | None = None
 
 
+class ModelOutputs(dict[str, np.ndarray]):
+    """A model's outputs together with the response parameters it set (a Python model's
+    ``InferenceResponse(..., parameters=...)``); a plain dict when it set none."""
+
+    __slots__ = ("parameters",)
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], parameters: Mapping[str, Scalar]) -> None:
+        super().__init__(outputs)
+        self.parameters = dict(parameters)
+
+
 @dataclass(slots=True)
 class InferResponse:
     """``in_shared_memory`` names the outputs already written into the client's shared memory:
@@ -46,6 +63,11 @@ class InferResponse:
     id: str = ""
     parameters: dict[str, Scalar] = field(default_factory=dict)
     in_shared_memory: frozenset[str] = frozenset()
+    # A decoupled model's responses (``InferenceCore.infer_stream``): ``final`` marks the one
+    # the model sent with TRITONSERVER_RESPONSE_COMPLETE_FINAL; ``error`` is set on a response
+    # the model sent as an error (its outputs are empty). Ordinary responses keep the defaults.
+    final: bool = True
+    error: InferdError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +104,13 @@ class ModelIndexEntry:
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
     """What a request-list backend (Python models) may read of a request besides its tensors:
-    the client's request id and request-level parameters."""
+    the client's request id and request-level parameters, and for a sequence model its
+    correlation id (an unsigned integer or a string; 0 when none) and Triton's request flags
+    (1: sequence start, 2: sequence end)."""
 
     id: str = ""
     parameters: Mapping[str, Scalar] = field(default_factory=dict)
+    correlation_id: int | str = 0
+    flags: int = 0
+    # A decoupled request's response channel: where the model sends its 0..N responses.
+    responses: ResponseChannel | None = None

@@ -49,6 +49,7 @@ class InferdServer:
             LoadLimits(settings.max_instances_per_model, settings.max_threads_per_instance),
             cache,
         )
+        self.manager.max_buffered_responses = settings.max_buffered_responses
         if cache is not None:
             log.info("response cache: local, %d bytes", cache.capacity)
         if settings.allow_metrics:
@@ -87,7 +88,7 @@ class InferdServer:
             log.info("gRPC (KServe v2) listening on %s:%d", s.host, self.grpc_port)
         try:
             if s.allow_http:
-                app = build_app(self.core, s.http_max_body_bytes, s.http_allow_origins)
+                app = build_app(self.core, s.http_max_body_bytes, s.http_allow_origins, s.allow_openai)
                 self.http_server = AsgiServer(app, s.host, s.http_port, s.exit_timeout_secs)
                 self.http_port = await self.http_server.start()
                 log.info("HTTP (KServe v2) listening on %s:%d", s.host, self.http_port)

@@ -93,6 +93,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-http", type=_bool, default=d.allow_http, metavar="BOOL")
     p.add_argument("--allow-metrics", type=_bool, default=d.allow_metrics, metavar="BOOL")
     p.add_argument(
+        "--allow-openai",
+        type=_bool,
+        default=d.allow_openai,
+        metavar="BOOL",
+        help="serve the OpenAI-compatible text API (/v1/models, /v1/completions, /v1/chat/completions) on the "
+        "HTTP port, for models that declare the text contract (default true)",
+    )
+    p.add_argument(
         "--allow-client-shm",
         type=_bool,
         default=d.allow_client_shm,
@@ -177,6 +185,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="turn on the response cache, as Triton's flag does: local,size=<bytes> (an LRU cache of that many "
         "bytes shared by all models); models opt in with response_cache { enable: true }. Default: no cache",
     )
+    p.add_argument(
+        "--max-buffered-responses",
+        type=_positive,
+        default=d.max_buffered_responses,
+        metavar="N",
+        help="responses of one decoupled-model request that may wait for a client reading them slowly "
+        "(default %(default)s); one more fails the request and cancels it in the model",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)
     p.add_argument(
@@ -212,6 +228,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         allow_grpc=a.allow_grpc,
         allow_http=a.allow_http,
         allow_metrics=a.allow_metrics,
+        allow_openai=a.allow_openai,
         allow_client_shm=a.allow_client_shm,
         grpc_max_message_bytes=a.grpc_max_message_bytes,
         grpc_io_sched=a.grpc_io_sched,
@@ -222,6 +239,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         max_instances_per_model=a.max_instances_per_model,
         max_load_file_bytes=a.max_load_file_bytes,
         max_threads_per_instance=a.max_threads_per_instance,
+        max_buffered_responses=a.max_buffered_responses,
         response_cache_bytes=_cache_bytes(a.cache_config),
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,

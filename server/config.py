@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from ..protocol import codec
 from ..protocol.errors import ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
+from .ragged_config import check_batch_io
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -72,6 +73,7 @@ def signature(config: mc.ModelConfig, source: str) -> Signature:
         raise ModelLoadError(f"{source}: the model declares no 'input'")
     if not outputs:
         raise ModelLoadError(f"{source}: the model declares no 'output'")
+    check_batch_io(config, source)
     if config.HasField("dynamic_batching"):
         if config.max_batch_size == 0:
             raise ModelLoadError(

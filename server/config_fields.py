@@ -60,8 +60,27 @@ _ACCELERATOR = _h(
 # A section that does nothing while empty: what its fields set decides.
 _CONTAINER = _h("see its fields")
 _GPU_KNOB = _w("tunes GPU execution only; inferd's backends do not read it, and it changes no answer")
-_SEQUENCE = _r("sequence batching (stateful models) is not supported yet")
-_RAGGED = _r("ragged batching is not supported yet")
+_SEQUENCE = _h("sequence batcher for stateful models: correlation ids, one slot per live sequence")
+_SEQ_DIRECT = _h("direct strategy: a sequence keeps one batch slot of one instance for its life")
+_SEQ_OLDEST = _h("oldest strategy: dynamic batching of the oldest requests of the candidate sequences")
+_SEQ_CONTROL = _h("control inputs fed by the server (never clients), with the configured values and types")
+_SEQ_STATE = _h("implicit state kept per sequence: fed to the state input, taken from the state output")
+_RAGGED = _h(
+    "requests whose ragged input differs in shape batch together; the model gets it as one flat 1-D tensor "
+    "(a Python model gets its requests as they came)"
+)
+_BATCH_INPUT = _h(
+    "computed per batch (element counts, accumulated counts with and without zero, max element count as shape, "
+    "item shapes) and fed to the model, never asked of clients; as in Triton, Python models are not fed them",
+    by=("onnxruntime", "pytorch", "tensorflow", "tensorrt"),
+    elsewhere=Treatment.WARNED,
+)
+_BATCH_OUTPUT = _h(
+    "BATCH_SCATTER_WITH_INPUT_SHAPE: the output is split per request by the source input's shape; "
+    "as in Triton, a Python model answers each request itself",
+    by=("onnxruntime", "pytorch", "tensorflow", "tensorrt"),
+    elsewhere=Treatment.WARNED,
+)
 _RESHAPE = _h("clients see 'dims', the model sees 'reshape' (with batching; checked as Triton checks it)")
 _AGENTS = _h(
     "Triton's 'checksum' agent (MD5 of files in the model folder) runs before the load; other agents are refused by name"
@@ -104,15 +123,15 @@ FIELDS: dict[str, Rule] = {
     "output.label_filename": _h("labels of the classification extension (a file in the model folder, one per line)"),
     "output.is_shape_tensor": _r("shape tensors are not supported (Triton has them for TensorRT only)"),
     "output.is_non_linear_format_io": _r("non-linear TensorRT formats are not supported"),
-    "batch_input": _RAGGED,
-    "batch_input.kind": _RAGGED,
-    "batch_input.target_name": _RAGGED,
-    "batch_input.data_type": _RAGGED,
-    "batch_input.source_input": _RAGGED,
-    "batch_output": _RAGGED,
-    "batch_output.target_name": _RAGGED,
-    "batch_output.kind": _RAGGED,
-    "batch_output.source_input": _RAGGED,
+    "batch_input": _BATCH_INPUT,
+    "batch_input.kind": _BATCH_INPUT,
+    "batch_input.target_name": _BATCH_INPUT,
+    "batch_input.data_type": _BATCH_INPUT,
+    "batch_input.source_input": _BATCH_INPUT,
+    "batch_output": _BATCH_OUTPUT,
+    "batch_output.target_name": _BATCH_OUTPUT,
+    "batch_output.kind": _BATCH_OUTPUT,
+    "batch_output.source_input": _BATCH_OUTPUT,
     "optimization": _CONTAINER,
     "optimization.graph": _CONTAINER,
     "optimization.graph.level": _h(
@@ -163,37 +182,50 @@ FIELDS: dict[str, Rule] = {
     "dynamic_batching.priority_queue_policy.allow_timeout_override": _QUEUE,
     "dynamic_batching.priority_queue_policy.max_queue_size": _QUEUE,
     "sequence_batching": _SEQUENCE,
-    "sequence_batching.direct": _SEQUENCE,
-    "sequence_batching.direct.max_queue_delay_microseconds": _SEQUENCE,
-    "sequence_batching.direct.minimum_slot_utilization": _SEQUENCE,
-    "sequence_batching.oldest": _SEQUENCE,
-    "sequence_batching.oldest.max_candidate_sequences": _SEQUENCE,
-    "sequence_batching.oldest.preferred_batch_size": _SEQUENCE,
-    "sequence_batching.oldest.max_queue_delay_microseconds": _SEQUENCE,
-    "sequence_batching.oldest.preserve_ordering": _SEQUENCE,
-    "sequence_batching.max_sequence_idle_microseconds": _SEQUENCE,
-    "sequence_batching.control_input": _SEQUENCE,
-    "sequence_batching.control_input.name": _SEQUENCE,
-    "sequence_batching.control_input.control": _SEQUENCE,
-    "sequence_batching.control_input.control.kind": _SEQUENCE,
-    "sequence_batching.control_input.control.int32_false_true": _SEQUENCE,
-    "sequence_batching.control_input.control.fp32_false_true": _SEQUENCE,
-    "sequence_batching.control_input.control.bool_false_true": _SEQUENCE,
-    "sequence_batching.control_input.control.data_type": _SEQUENCE,
-    "sequence_batching.state": _SEQUENCE,
-    "sequence_batching.state.input_name": _SEQUENCE,
-    "sequence_batching.state.output_name": _SEQUENCE,
-    "sequence_batching.state.data_type": _SEQUENCE,
-    "sequence_batching.state.dims": _SEQUENCE,
-    "sequence_batching.state.initial_state": _SEQUENCE,
-    "sequence_batching.state.initial_state.data_type": _SEQUENCE,
-    "sequence_batching.state.initial_state.dims": _SEQUENCE,
-    "sequence_batching.state.initial_state.zero_data": _SEQUENCE,
-    "sequence_batching.state.initial_state.data_file": _SEQUENCE,
-    "sequence_batching.state.initial_state.name": _SEQUENCE,
-    "sequence_batching.state.use_same_buffer_for_input_output": _SEQUENCE,
-    "sequence_batching.state.use_growable_memory": _SEQUENCE,
-    "sequence_batching.iterative_sequence": _SEQUENCE,
+    "sequence_batching.direct": _SEQ_DIRECT,
+    "sequence_batching.direct.max_queue_delay_microseconds": _SEQ_DIRECT,
+    "sequence_batching.direct.minimum_slot_utilization": _SEQ_DIRECT,
+    "sequence_batching.oldest": _SEQ_OLDEST,
+    "sequence_batching.oldest.max_candidate_sequences": _SEQ_OLDEST,
+    "sequence_batching.oldest.preferred_batch_size": _SEQ_OLDEST,
+    "sequence_batching.oldest.max_queue_delay_microseconds": _SEQ_OLDEST,
+    "sequence_batching.oldest.preserve_ordering": _SEQ_OLDEST,
+    "sequence_batching.max_sequence_idle_microseconds": _h("an idle sequence is released (default 1 s, as in Triton)"),
+    "sequence_batching.control_input": _SEQ_CONTROL,
+    "sequence_batching.control_input.name": _SEQ_CONTROL,
+    "sequence_batching.control_input.control": _SEQ_CONTROL,
+    "sequence_batching.control_input.control.kind": _SEQ_CONTROL,
+    "sequence_batching.control_input.control.int32_false_true": _SEQ_CONTROL,
+    "sequence_batching.control_input.control.fp32_false_true": _SEQ_CONTROL,
+    "sequence_batching.control_input.control.bool_false_true": _SEQ_CONTROL,
+    "sequence_batching.control_input.control.data_type": _SEQ_CONTROL,
+    "sequence_batching.state": _SEQ_STATE,
+    "sequence_batching.state.input_name": _SEQ_STATE,
+    "sequence_batching.state.output_name": _SEQ_STATE,
+    "sequence_batching.state.data_type": _SEQ_STATE,
+    "sequence_batching.state.dims": _SEQ_STATE,
+    "sequence_batching.state.initial_state": _h("a sequence's state at START: zeros or initial_state/<data_file>"),
+    "sequence_batching.state.initial_state.data_type": _h(
+        "a sequence's state at START: zeros or initial_state/<data_file>"
+    ),
+    "sequence_batching.state.initial_state.dims": _h("a sequence's state at START: zeros or initial_state/<data_file>"),
+    "sequence_batching.state.initial_state.zero_data": _h(
+        "a sequence's state at START: zeros or initial_state/<data_file>"
+    ),
+    "sequence_batching.state.initial_state.data_file": _h(
+        "a sequence's state at START: zeros or initial_state/<data_file>"
+    ),
+    "sequence_batching.state.initial_state.name": _h("a sequence's state at START: zeros or initial_state/<data_file>"),
+    "sequence_batching.state.use_same_buffer_for_input_output": _r(
+        "one buffer for a state's input and output is for backends that update state in place on the GPU; "
+        "inferd keeps the state tensor the model returns"
+    ),
+    "sequence_batching.state.use_growable_memory": _r(
+        "growable state memory is for KIND_GPU instances (TensorRT); inferd keeps state in host memory"
+    ),
+    "sequence_batching.iterative_sequence": _r(
+        "iterative sequences (TensorRT-LLM's in-flight batching, which reschedules requests) are not supported"
+    ),
     "ensemble_scheduling": _h("the ensemble's steps"),
     "ensemble_scheduling.step": _h("the ensemble's steps"),
     "ensemble_scheduling.step.model_name": _h("the model a step runs"),
@@ -240,7 +272,12 @@ FIELDS: dict[str, Rule] = {
     "model_operations": _CONTAINER,
     "model_operations.op_library_filename": _r("custom operation libraries are not supported"),
     "model_transaction_policy": _CONTAINER,
-    "model_transaction_policy.decoupled": _r("decoupled models (0..N responses per request) are not supported yet"),
+    "model_transaction_policy.decoupled": _h(
+        "0..N responses per request, sent by a Python model's response sender and streamed on "
+        "ModelStreamInfer; other backends cannot send them",
+        by=("python",),
+        elsewhere=Treatment.REFUSED,
+    ),
     "model_repository_agents": _CONTAINER,
     "model_repository_agents.agents": _AGENTS,
     "model_repository_agents.agents.name": _AGENTS,

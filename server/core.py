@@ -3,7 +3,8 @@ statistics and the repository. Front ends only translate their wire format to th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from google.protobuf import json_format
@@ -68,9 +69,18 @@ class InferenceCore:
     # --- inference ----------------------------------------------------------------------
     # Both hand back the manager's own coroutine or iterator, so the facade adds no frame to
     # every request (unless an output goes into shared memory).
-    def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+    def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Responses for one request as a stream: one item for ordinary models, 0..N for
-        decoupled ones. Unary front ends read exactly one item."""
+        decoupled ones. Unary front ends read exactly one item.
+
+        For a decoupled model, ``final`` is True on the response the model sent with the final
+        flag (when the model sent the flag alone, no response carries it and the iteration just
+        ends: Triton's "empty final response"); a response the model sent as an error has
+        ``error`` set (an InferdError) and no outputs, and more may follow. A failure of the
+        request as a whole (unknown model, bad input, execute raised, the consumer fell more
+        than ``--max-buffered-responses`` behind) is raised, after the responses sent before
+        it. Closing the iteration early (``aclose()``, or cancelling the task that iterates)
+        cancels the request: the model sees ``is_cancelled()`` and what it sends is dropped."""
         if request.output_regions or request.classification:
             return self._stream_extended(request)
         return self.manager.infer_stream(request)
@@ -85,9 +95,10 @@ class InferenceCore:
     async def _infer_extended(self, request: InferRequest) -> InferResponse:
         return self._extend(request, await self.manager.infer(request))
 
-    async def _stream_extended(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        async for response in self.manager.infer_stream(request):
-            yield self._extend(request, response)
+    async def _stream_extended(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        async with aclosing(self.manager.infer_stream(request)) as responses:
+            async for response in responses:
+                yield response if response.error is not None else self._extend(request, response)
 
     def _extend(self, request: InferRequest, response: InferResponse) -> InferResponse:
         if request.classification:
@@ -202,13 +213,14 @@ class InferenceCore:
                 json_format.Parse(config_json, override)
             except json_format.ParseError as e:
                 raise InvalidArgument(
-                    f"model '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}"
+                    f"failed to load '{name}': the 'config' parameter is not a valid ModelConfig JSON: {e}"
                 ) from None
         try:
             await self.manager.load(name, override, checked)
-        except ModelLoadError as e:
-            # Triton's wording first: its clients and examples look for it.
-            raise ModelLoadError(f"failed to load '{name}': {e.message}") from None
+        except (ModelLoadError, NotFound) as e:
+            # Triton's wording first: its clients and examples look for it (a name the
+            # repository does not have included), with the code the error had.
+            raise type(e)(f"failed to load '{name}': {e.message}", e.code) from None
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """RepositoryModelUnload (explicit mode only). With ``unload_dependents``, the loaded

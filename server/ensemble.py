@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from ..protocol.caller import ModelCaller
 from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.streaming import ResponseChannel
 from ..protocol.types import InferRequest, InferResponse
 from .config import Signature, TensorSpec
 from .scheduling.base import Scheduler
@@ -150,13 +152,48 @@ def _dims_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
 
 
-class EnsembleScheduler(Scheduler):
-    """Runs one ensemble request as a DAG of composing-model requests."""
+def streamed_step(
+    config: mc.ModelConfig, plan: EnsemblePlan, decoupled: Callable[[Step], bool], source: str
+) -> Step | None:
+    """The ensemble's decoupled step, if any: its responses are the ensemble's, so it must be
+    the last step (no step reads what it makes) and make every ensemble output. Triton also
+    runs the steps after a decoupled one once per response; inferd does not yet."""
+    found = [s for s in plan.steps if decoupled(s)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ModelLoadError(
+            f"{source}: {found[0].label} and {found[1].label} are decoupled; an ensemble may have one decoupled step"
+        )
+    step = found[0]
+    made = set(step.outputs.values())
+    for other in plan.steps:
+        if other is not step and made & set(other.inputs.values()):
+            raise ModelLoadError(
+                f"{source}: {other.label} reads what the decoupled {step.label} makes; steps after a decoupled "
+                "step are not supported (a decoupled step must be the last)"
+            )
+    missing = [t.name for t in config.output if t.name not in made]
+    if missing:
+        raise ModelLoadError(
+            f"{source}: ensemble output(s) {missing} do not come from the decoupled {step.label}; an ensemble "
+            "with a decoupled step takes every output from it"
+        )
+    return step
 
-    def __init__(self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str) -> None:
+
+class EnsembleScheduler(Scheduler):
+    """Runs one ensemble request as a DAG of composing-model requests. With a decoupled step
+    (``streamed``), the ensemble is decoupled: that step's responses are sent, as they come,
+    to the request's response channel."""
+
+    def __init__(
+        self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str, streamed: Step | None = None
+    ) -> None:
         super().__init__([], stats, label)
         self.plan = plan
         self.caller = caller
+        self.streamed = streamed
 
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
         started = time.monotonic_ns()
@@ -178,7 +215,11 @@ class EnsembleScheduler(Scheduler):
                         parameters=dict(params),
                         deadline_ns=work.deadline_ns,
                     )
-                    running[asyncio.ensure_future(self.caller.infer(request))] = step
+                    if step is self.streamed and work.info is not None and work.info.responses is not None:
+                        call = self._stream(step, request, work.info.responses, work.outputs)
+                    else:
+                        call = self.caller.infer(request)
+                    running[asyncio.ensure_future(call)] = step
                 if not running:
                     raise ModelLoadError(f"{self.label}: steps {[s.label for s in waiting]} can never run")
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -193,9 +234,28 @@ class EnsembleScheduler(Scheduler):
         finally:
             for task in running:
                 task.cancel()  # a failed or cancelled request schedules no further steps
-        outputs = {name: tensors[name] for name in work.outputs}
+        outputs = {} if self.streamed is not None else {name: tensors[name] for name in work.outputs}
         elapsed = time.monotonic_ns() - started
         times = ExecutionTimes(work.batch_size, 0, elapsed, 0)
         self.stats.record_execution(times)
         self.record_success(work, times, started)
         return outputs
+
+    async def _stream(
+        self, step: Step, request: InferRequest, channel: ResponseChannel, wanted: list[str]
+    ) -> InferResponse:
+        """Send the decoupled step's responses, outputs renamed to the ensemble's, to ``channel``."""
+        final = False
+        async with aclosing(self.caller.infer_stream(request)) as responses:
+            async for r in responses:
+                final = r.final
+                if r.error is not None:
+                    channel.send(None, error=r.error, final=final)
+                else:
+                    outputs = {step.outputs[n]: a for n, a in r.outputs.items() if step.outputs.get(n) in wanted}
+                    channel.send(outputs, r.parameters, final=final)
+                if channel.cancelled:
+                    break  # the client left: closing the step's stream cancels it there too
+        if not final:
+            channel.send(None, final=True)
+        return InferResponse(step.model_name, step.model_version, {})

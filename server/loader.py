@@ -16,16 +16,18 @@ from pathlib import Path
 
 from ..backends import registry
 from ..backends.base import Backend, Instance, LoadContext
+from ..backends.python_metrics import CustomMetrics
 from ..protocol.caller import ThreadCaller
 from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.model_spec import InstanceGroup, ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
 from . import config as cfg
-from . import config_fields
+from . import config_fields, sequence_config
 from .classification import read_labels
 from .ensemble import EnsemblePlan, plan_ensemble
 from .repository import Repository
 from .repository_agents import run_agents
+from .scheduling.ragged import RaggedBatching
 from .scheduling.worker import InstanceWorker
 
 log = logging.getLogger(__name__)
@@ -86,11 +88,13 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
         if not config.backend and not config.platform:
             config.backend = backend_name
     _complete_instance_groups(config)
+    sequence_config.complete(config)
     try:
         findings = config_fields.classify(config, backend_name)
         if findings.refused:
             raise ModelLoadError(f"{source}: {'; '.join(findings.refused)}")
         cfg.check_values(config, source, backend_name, visible_gpus())
+        sequence_config.check(config, source, backend_name)
         signature = cfg.signature(config, source)
     except ModelLoadError:
         if len(failed) == len(versions):  # nothing to complete from: the file is the cause
@@ -98,6 +102,8 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
         raise
     plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed, ensemble=ensemble)
     plan.warnings = findings.warned
+    if plan.spec.sequence_batching is not None:  # its initial state files, read now to refuse bad ones
+        sequence_config.initial_states(plan.spec.sequence_batching, config.max_batch_size > 0, model_dir, source)
     plan.labels = read_labels(model_dir, config, source)
     plan.repository = repo
     plan.fingerprints = {v: version_fingerprint(repo, plan, v) for v in versions}
@@ -261,6 +267,7 @@ def load_workers(
     caller: ThreadCaller | None,
     nice: int = 0,
     limits: LoadLimits = LoadLimits(),
+    metrics: CustomMetrics | None = None,
 ) -> list[InstanceWorker]:
     """Create every instance of one version, each backend on its instance's thread; on failure,
     unload what was created. ``nice`` lowers the threads of dynamically batched models only: it
@@ -292,6 +299,7 @@ def load_workers(
                 caller,
                 params,
                 spec=spec,
+                metrics=metrics,
             )
             name = f"{plan.name}.v{version}.{inst.name}"
             workers.append(InstanceWorker.build(_factory(plan, ctx), name, batching, inline, nice))
@@ -303,4 +311,7 @@ def load_workers(
         if isinstance(e, Exception):
             raise ModelLoadError(f"model '{plan.name}' version {version}: {type(e).__name__}: {e}") from e
         raise
+    ragged = RaggedBatching.of(spec)  # before warmup runs: the model is fed as it will be
+    for w in workers:
+        w.ragged = ragged
     return workers

@@ -22,17 +22,22 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
+from ..backends.python_metrics import CustomMetrics
 from ..backends.registry import platform_of
 from ..protocol.caller import ThreadCaller
-from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
+from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable, Unimplemented
 from ..protocol.pb import model_config_pb2 as mc
+from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
 from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
 from .cache import ResponseCache, version_cache
-from .ensemble import EnsembleScheduler, check_types
+from .ensemble import EnsembleScheduler, check_types, streamed_step
 from .loader import LoadLimits, ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
 from .model_files import ModelFolders
@@ -103,24 +108,42 @@ class ModelManager:
         self._reloads: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._shutting_down = False
+        # Responses of one decoupled request that may wait for a slow consumer (--max-buffered-responses).
+        self.max_buffered_responses = DEFAULT_BUFFERED_RESPONSES
+        # Custom metrics of Python models (pb_utils.MetricFamily), read by the metrics endpoint.
+        self.custom_metrics = CustomMetrics()
 
     # --- the request path -----------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """The unary path: exactly one response (refused for decoupled models)."""
         model = self._model_for(request)
         if model.decoupled:
-            raise InvalidArgument(
-                f"{model.label} is decoupled (0..N responses); use the streaming API (ModelStreamInfer)"
+            # Triton's wording (UNSUPPORTED there too), protocol-neutral.
+            raise Unimplemented(
+                f"inference without streaming doesn't support models with decoupled transaction policy: "
+                f"{model.label} sends 0..N responses per request; use the streaming API (gRPC ModelStreamInfer)"
             )
         outputs = await model.infer(request)
-        return InferResponse(model.name, str(model.version), outputs, request.id)
+        if type(outputs) is dict:
+            return InferResponse(model.name, str(model.version), outputs, request.id)
+        return _with_parameters(model, outputs, request.id)
 
-    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+    async def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Responses for one request as a stream: one item for ordinary models, 0..N for
-        decoupled ones. Unary front ends read exactly one item."""
+        decoupled ones (see ``ModelVersion.infer_decoupled``: ``final`` and ``error`` on each
+        response, at most ``max_buffered_responses`` waiting for a slow consumer). Unary front
+        ends read exactly one item. Closing the iteration early cancels the request."""
         model = self._model_for(request)
+        if model.decoupled:
+            async with aclosing(model.infer_decoupled(request, self.max_buffered_responses)) as responses:
+                async for response in responses:
+                    yield response
+            return
         outputs = await model.infer(request)
-        yield InferResponse(model.name, str(model.version), outputs, request.id)
+        if type(outputs) is dict:
+            yield InferResponse(model.name, str(model.version), outputs, request.id)
+        else:
+            yield _with_parameters(model, outputs, request.id)
 
     def _model_for(self, request: InferRequest) -> ModelVersion:
         if self._shutting_down:
@@ -134,7 +157,10 @@ class ModelManager:
             raise NotFound(f"{UNKNOWN_MODEL}'{name}' is not found")
         if version:
             if not (version.isascii() and version.isdigit()):
-                raise InvalidArgument(f"model '{name}': version '{version}' is not a number")
+                raise InvalidArgument(  # Triton's wording first: its examples check it
+                    f"failed to get model version from specified version string '{version}', "
+                    f"version should be an integral value > 0 (model '{name}')"
+                )
             slot = record.versions.get(int(version))
             if slot is None:
                 raise NotFound(f"{UNKNOWN_MODEL}'{name}' version {version} is not found")
@@ -391,7 +417,15 @@ class ModelManager:
         # Python models call other models from their instance threads, through this loop.
         caller = ThreadCaller(self, loop)
         workers = await loop.run_in_executor(
-            None, load_workers, plan.repository, plan, version, caller, self.instance_nice, self.limits
+            None,
+            load_workers,
+            plan.repository,
+            plan,
+            version,
+            caller,
+            self.instance_nice,
+            self.limits,
+            self.custom_metrics,
         )
         label = f"model '{plan.name}' version {version}"
         try:
@@ -412,7 +446,7 @@ class ModelManager:
             await loop.run_in_executor(None, _close, workers)
             raise
         stats = ModelStats(plan.name, str(version), self.observers)
-        scheduler = make_scheduler(plan.spec, workers, stats, label)
+        scheduler = make_scheduler(plan.spec, workers, stats, label, plan.model_dir)
         platform = plan.spec.platform or platform_of(plan.backend_name)
         return ModelVersion(
             plan.name,
@@ -455,8 +489,11 @@ class ModelManager:
                 raise ModelLoadError(f"{label}: {step.label}: {e.message}") from None
 
         check_types(plan.config, plan.ensemble, plan.signature, signature_of, label)
+        streamed = streamed_step(
+            plan.config, plan.ensemble, lambda s: self.get(s.model_name, s.model_version).decoupled, label
+        )
         stats = ModelStats(plan.name, str(version), self.observers)
-        scheduler = EnsembleScheduler(plan.ensemble, self, stats, label)
+        scheduler = EnsembleScheduler(plan.ensemble, self, stats, label, streamed)
         deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
         # As Triton: an output without labels of its own takes those of the step making it.
         labels = dict(plan.labels)
@@ -477,6 +514,7 @@ class ModelManager:
             stats,
             deps,
             labels=labels,
+            decoupled=streamed is not None,  # its decoupled step's responses are its own
         )
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
@@ -587,6 +625,12 @@ def _log_loaded(
     serving = sorted(record.serving())
     if serving != sorted(loaded):
         log.info("model '%s': serving versions %s", plan.name, ", ".join(map(str, serving)))
+
+
+def _with_parameters(model: ModelVersion, outputs: dict[str, np.ndarray], request_id: str) -> InferResponse:
+    """The response of a model that set response parameters (a Python model, ModelOutputs)."""
+    parameters = getattr(outputs, "parameters", {})
+    return InferResponse(model.name, str(model.version), dict(outputs), request_id, parameters)
 
 
 def _as_load_error(e: Exception) -> InferdError:

@@ -14,6 +14,7 @@ families are exposed untyped (PromQL's rate() and increase() work on them all th
 from __future__ import annotations
 
 import bisect
+import itertools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..backends.python_metrics import CustomMetrics, samples
 from .cache import ResponseCache
 from .manager import ModelManager
-from .stats import ExecutionTimes, ModelStats
+from .stats import FIRST_RESPONSE_BUCKETS_MS, ExecutionTimes, ModelStats
 
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 # Seconds; from 100 µs (a small CPU model) to a minute (a large generative one).
@@ -207,9 +209,18 @@ class ModelCollector(Collector):
         load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=labels)
         histograms = {name: HistogramMetricFamily(name, doc, labels=labels) for name, doc in _HISTOGRAMS.items()}
         cached = {name: Metric(name, doc, "unknown") for name, (doc, _) in _CACHE_COUNTERS.items()}
+        first = HistogramMetricFamily(
+            "nv_inference_first_response_histogram_ms",
+            "Duration from request to first response in milliseconds",
+            labels=labels,
+        )
         for name, record in list(self.manager.models.items()):
             for model in self.manager.loaded_versions(name):
                 stats, version = model.stats, str(model.version)
+                if model.decoupled:  # Triton's time to first response, for decoupled models
+                    bounds = [f"{b:g}" for b in FIRST_RESPONSE_BUCKETS_MS] + ["+Inf"]
+                    counts = list(itertools.accumulate(stats.first_response_counts))
+                    first.add_metric([name, version], list(zip(bounds, counts)), stats.first_response_sum_ms)
                 ids = {"model": name, "version": version}
                 for metric_name, (_, read) in _COUNTERS.items():
                     counters[metric_name].add_sample(metric_name, ids, read(stats))
@@ -228,6 +239,8 @@ class ModelCollector(Collector):
         yield pending
         yield load
         yield from histograms.values()
+        if first.samples:
+            yield first
         yield from (family for family in cached.values() if family.samples)
         cache = self.manager.response_cache
         if cache is not None:
@@ -235,9 +248,34 @@ class ModelCollector(Collector):
                 yield GaugeMetricFamily(metric_name, doc, value=figure(cache))
 
 
+class CustomMetricsCollector(Collector):
+    """Python models' own metrics (``pb_utils.MetricFamily``), read at scrape time. Counters
+    are exposed untyped, as the server's own, so their names stay as the model gave them."""
+
+    def __init__(self, metrics: CustomMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for family, series in samples(self.metrics):
+            kind = {"COUNTER": "unknown", "GAUGE": "gauge", "HISTOGRAM": "histogram"}[family.kind]
+            out = Metric(family.name, family.description, kind)
+            for m in series:
+                if family.kind != "HISTOGRAM":
+                    out.add_sample(family.name, m.labels, m.value())
+                    continue
+                buckets, count, total = m.histogram()
+                for le, n in buckets:
+                    out.add_sample(family.name + "_bucket", {**m.labels, "le": f"{le:g}".replace("inf", "+Inf")}, n)
+                out.add_sample(family.name + "_count", m.labels, count)
+                out.add_sample(family.name + "_sum", m.labels, total)
+            yield out
+
+
 def register_metrics(registry: CollectorRegistry, manager: ModelManager, observer: RequestObserver) -> None:
-    """Register the model metrics and the process CPU/memory metrics on ``registry``."""
+    """Register the model metrics, Python models' custom metrics and the process CPU/memory
+    metrics on ``registry``."""
     registry.register(ModelCollector(manager, observer))
+    registry.register(CustomMetricsCollector(manager.custom_metrics))
     ProcessCollector(registry=registry)
 
 

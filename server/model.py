@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
-from ..protocol.errors import Code, InferdError, InvalidArgument
+from ..protocol.errors import Cancelled, Code, InferdError, Internal, InvalidArgument
 from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.types import InferRequest, RequestInfo, Scalar
+from ..protocol.streaming import ResponseChannel
+from ..protocol.types import InferRequest, InferResponse, RequestInfo, Scalar
 from .cache import VersionCache
 from .config import Signature
 from .reshape import Reshaper, needs_reshape
@@ -38,19 +41,22 @@ class ModelVersion:
     # Each output's classification labels (label_filename), for the classification extension.
     labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     label: str = field(init=False)
-    decoupled: bool = field(init=False)  # 0..N responses per request
+    # 0..N responses per request: from the config, or (an ensemble) from its decoupled step.
+    decoupled: bool = False
 
     def __post_init__(self) -> None:
         self.label = f"model '{self.name}' version {self.version}"
-        self.decoupled = self.spec.model_transaction_policy.decoupled
+        self.decoupled = self.decoupled or self.spec.model_transaction_policy.decoupled
         # Clients see ``dims``, the model ``reshape``: set only where the config reshapes.
         self._reshaper = Reshaper(self.label, self.signature) if needs_reshape(self.signature) else None
         batching = self.spec.dynamic_batching
         self._allow_timeout_override = batching is not None and batching.default_queue_policy.allow_timeout_override
         self._priority_levels = batching.priority_levels if batching is not None else 0
 
-    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
-        """Validate, schedule and wait; failures are counted in the statistics."""
+    async def infer(self, request: InferRequest, responses: ResponseChannel | None = None) -> dict[str, np.ndarray]:
+        """Validate, schedule and wait; failures are counted in the statistics. A decoupled
+        model's responses go to ``responses`` instead (see ``infer_decoupled``): this returns
+        once its execute did."""
         start = time.monotonic_ns()
         self.stats.pending += 1
         try:
@@ -69,8 +75,8 @@ class ModelVersion:
             if request.parameters:
                 work.priority = self._priority(request.parameters)
                 self._apply_timeout(work, request.parameters)
-            if request.id or request.parameters:
-                work.info = RequestInfo(request.id, request.parameters)
+            if request.id or request.parameters or responses is not None:
+                work.info = RequestInfo(request.id, request.parameters, responses=responses)
             reshaper = self._reshaper
             if reshaper is not None:
                 work.inputs = reshaper.to_model(work.inputs)
@@ -88,6 +94,43 @@ class ModelVersion:
             raise
         finally:
             self.stats.pending -= 1
+
+    async def infer_decoupled(self, request: InferRequest, limit: int) -> AsyncGenerator[InferResponse, None]:
+        """A decoupled model's 0..N responses to ``request``, in the order the model sent them.
+
+        ``final`` is set on the response the model sent with the final flag (when the flag came
+        alone, none carries it: the iteration just ends). A response the model sent as an error
+        has ``error`` set; a failure of the whole request (refused, execute failed, too slow a
+        consumer: see ResponseChannel) is raised after the responses sent before it. Closing
+        the iteration early cancels the request: the model sees ``is_cancelled()``."""
+        start = time.monotonic_ns()
+        channel = ResponseChannel(
+            asyncio.get_running_loop(), self.name, str(self.version), request.id, limit, self.label
+        )
+        run = asyncio.ensure_future(self.infer(request, channel))
+        run.add_done_callback(partial(_executed, channel))
+        index, previous, complete = 0, start, False
+        try:
+            while (item := await channel.get()) is not None:
+                response, sent_ns = item
+                self.stats.record_response(index, sent_ns - previous, response.error is None)
+                index, previous = index + 1, sent_ns
+                if self._reshaper is not None and response.outputs:
+                    response.outputs = self._reshaper.to_client(response.outputs)
+                yield response
+            complete = True
+            if not channel.final_on_response:
+                self.stats.record_empty_response(index, time.monotonic_ns() - previous)
+        except InferdError:
+            complete = True  # failed: counted with the request's failure
+            self.stats.record_response(index, time.monotonic_ns() - previous, False)
+            raise
+        finally:
+            if not complete:  # the consumer left first
+                self.stats.record_cancelled_response(index, time.monotonic_ns() - previous)
+                channel.cancel()
+                if not run.done():
+                    run.cancel()  # still queued (then never runs) or in execute (counted as cancelled)
 
     def _priority(self, params: Mapping[str, Scalar]) -> int:
         value = params.get("priority")
@@ -109,6 +152,14 @@ class ModelVersion:
             raise InvalidArgument(f"{self.label}: parameter 'timeout' must be a non-negative integer (microseconds)")
         if value and self._allow_timeout_override:
             work.set_deadline(work.enqueue_ns + value * 1000, client=False)
+
+
+def _executed(channel: ResponseChannel, run: asyncio.Future[dict[str, np.ndarray]]) -> None:
+    """A decoupled request's execute returned: a failure ends its response stream."""
+    if run.cancelled():
+        channel.fail(Cancelled(f"{channel.label}: the request was cancelled"))
+    elif (e := run.exception()) is not None:
+        channel.fail(e if isinstance(e, InferdError) else Internal(f"{channel.label}: {type(e).__name__}: {e}"))
 
 
 def _reason(e: InferdError) -> str:

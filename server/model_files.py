@@ -21,6 +21,8 @@ from ..protocol.errors import InvalidArgument, ResourceExhausted
 
 PREFIX = "file:"
 MAX_FILES = 1024
+MAX_NAME_BYTES = 255  # NAME_MAX
+MAX_PATH_BYTES = 1024  # well under PATH_MAX, with the server's folder in front
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # --max-load-file-bytes
 
 
@@ -52,6 +54,13 @@ def check_files(name: str, files: Mapping[str, bytes], max_bytes: int) -> dict[P
             raise InvalidArgument(
                 f"model '{name}': parameter '{key}' must name a file as 'file:<version>/<path>' inside the "
                 "model folder (no absolute paths, '..' or hidden names)"
+            )
+        sizes = [len(p.encode("utf-8", "surrogatepass")) for p in parts]
+        if max(sizes) > MAX_NAME_BYTES or sum(sizes) + len(sizes) > MAX_PATH_BYTES:
+            # Refused here, not by the file system when the folder is written.
+            raise InvalidArgument(
+                f"model '{name}': parameter '{key[:80]}...' names a path longer than the file system allows "
+                f"({MAX_NAME_BYTES} bytes a part, {MAX_PATH_BYTES} in all)"
             )
         if path in out:
             raise InvalidArgument(f"model '{name}': parameter '{key}' is given twice")

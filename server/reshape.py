@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..protocol.errors import Internal
+from ..protocol.types import ModelOutputs
 from .config import Signature
 
 
@@ -46,7 +47,8 @@ class Reshaper:
         return inputs
 
     def to_client(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(outputs)
+        # (keeps the response parameters a Python model set)
+        out = ModelOutputs(outputs, outputs.parameters) if isinstance(outputs, ModelOutputs) else dict(outputs)
         for name, pair in self.outputs.items():
             array = out.get(name)
             if array is None:

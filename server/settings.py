@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
 from .loader import LoadLimits
 
 # The bundled repository sits beside this package, both in a checkout and in an installed wheel.
@@ -26,6 +27,8 @@ class Settings:
     allow_grpc: bool = True
     allow_http: bool = True
     allow_metrics: bool = True
+    # The OpenAI-compatible text API at /v1 on the HTTP port (frontends/openai_service.py).
+    allow_openai: bool = True
     # Clients' system shared memory (server/shm.py): off by default, as in Triton.
     allow_client_shm: bool = False
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -46,6 +49,8 @@ class Settings:
     http_allow_origins: tuple[str, ...] = ()
     # Bytes of Triton's "local" response cache (--cache-config local,size=N); 0: no cache.
     response_cache_bytes: int = 0
+    # Responses of one decoupled request that may wait for a slow client (protocol/streaming.py).
+    max_buffered_responses: int = DEFAULT_BUFFERED_RESPONSES
     model_control_mode: str = "poll"  # none | poll | explicit
     repository_poll_secs: float = 2.0
     load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all

@@ -7,6 +7,7 @@ figures (``batch_stats``, ``execution_count``) are added once per execution.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,26 @@ class BatchStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ResponseStats:
+    """Triton's per-response statistics of decoupled models (``response_stats``, keyed by the
+    response's index in its request): the time to produce it (``compute_infer``; inferd does
+    not time the output copy apart, so ``compute_output`` stays zero), whether it was a
+    response (``success``), an error response (``fail``) or the final flag alone
+    (``empty_response``), and requests cancelled before it (``cancel``)."""
+
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    empty_response: Duration = field(default_factory=Duration)
+    cancel: Duration = field(default_factory=Duration)
+
+
+# Triton's default buckets of nv_inference_first_response_histogram_ms, in milliseconds.
+FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
 
 
 @dataclass(slots=True)
@@ -62,12 +83,21 @@ class ModelStats:
         self.last_inference_ms = 0
         self.batch_stats: dict[int, BatchStats] = {}
         self.pending = 0  # requests accepted and not yet answered
+        # Decoupled models only: per-response statistics, and the time from each request's
+        # arrival to its first response (bucket counts over FIRST_RESPONSE_BUCKETS_MS, the
+        # last one +Inf, and their sum in ms).
+        self.response_stats: dict[int, ResponseStats] = {}
+        self.first_response_counts = [0] * (len(FIRST_RESPONSE_BUCKETS_MS) + 1)
+        self.first_response_sum_ms = 0.0
         self._observers = observers if observers is not None else []
 
     # Every request's path: the counters are added in place (no Duration.add calls).
-    def record_execution(self, times: ExecutionTimes) -> None:
+    def record_execution(self, times: ExecutionTimes, inferences: int | None = None) -> None:
+        """One execution; ``inferences`` counts the rows that were requests when some were not
+        (a sequence batch's slots without a request count in batch_stats, as in Triton, but
+        are no inference)."""
         self.execution_count += 1
-        self.inference_count += times.batch_size
+        self.inference_count += times.batch_size if inferences is None else inferences
         self.last_inference_ms = time.time_ns() // 1_000_000
         b = self.batch_stats.get(times.batch_size)
         if b is None:
@@ -115,6 +145,32 @@ class ModelStats:
         adds the lookup and insertion time to the request's duration too."""
         self.success.ns += miss_ns
         self.cache_miss.add(miss_ns)
+
+    def _response(self, index: int) -> ResponseStats:
+        r = self.response_stats.get(index)
+        if r is None:
+            r = self.response_stats[index] = ResponseStats()
+        return r
+
+    def record_response(self, index: int, ns: int, ok: bool) -> None:
+        """A decoupled model's response ``index`` of its request, ``ns`` after the one before
+        it (after the request's arrival for the first)."""
+        r = self._response(index)
+        r.compute_infer.add(ns)
+        r.compute_output.add(0)
+        (r.success if ok else r.fail).add(ns)
+        if index == 0:
+            ms = ns / 1e6
+            self.first_response_counts[bisect.bisect_left(FIRST_RESPONSE_BUCKETS_MS, ms)] += 1
+            self.first_response_sum_ms += ms
+
+    def record_empty_response(self, index: int, ns: int) -> None:
+        """The final flag sent alone, as the request's ``index``-th item."""
+        self._response(index).empty_response.add(ns)
+
+    def record_cancelled_response(self, index: int, ns: int) -> None:
+        """A request cancelled (or abandoned by its client) before its ``index``-th response."""
+        self._response(index).cancel.add(ns)
 
     def record_failure(self, request_ns: int, reason: str = "OTHER") -> None:
         """``reason`` follows Triton's metric label: REJECTED, CANCELED, BACKEND or OTHER."""

@@ -74,10 +74,13 @@ def plan(tmp_path: Path, extra: str, backend_model: bool = True, name: str = "m"
 @pytest.mark.parametrize(
     "extra,field",
     [
-        ("sequence_batching { }", "sequence_batching"),
-        ("sequence_batching { max_sequence_idle_microseconds: 5 }", "sequence_batching"),
+        ("sequence_batching { iterative_sequence: true }", "sequence_batching.iterative_sequence"),
+        (
+            "sequence_batching { state [ { input_name: 'S' output_name: 'T' data_type: TYPE_FP32 dims: [ 4 ] "
+            "use_same_buffer_for_input_output: true } ] }",
+            "sequence_batching.state.use_same_buffer_for_input_output",
+        ),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
-        ("batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: 'N' source_input: 'INPUT0' } ]", "batch_input"),
         ("model_operations { op_library_filename: 'libcustom.so' }", "model_operations.op_library_filename"),
         ("metric_tags { key: 'team' value: 'a' }", "metric_tags"),
         ("cc_model_filenames { key: '8.0' value: 'a.onnx' }", "cc_model_filenames"),
@@ -127,10 +130,6 @@ def test_checksum_agent_checks_the_files(tmp_path: Path) -> None:
             'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] is_shape_tensor: true } ]',
             "input.is_shape_tensor",
         ),
-        (
-            'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] allow_ragged_batch: true } ]',
-            "input.allow_ragged_batch",
-        ),
     ],
 )
 def test_refused_tensor_fields(tmp_path: Path, config_text: str, field: str) -> None:
@@ -141,6 +140,19 @@ def test_refused_tensor_fields(tmp_path: Path, config_text: str, field: str) -> 
     write(tmp_path, "m", text, binary_model("Add", TensorProto.FLOAT))
     with pytest.raises(ModelLoadError, match=f"field '{field}' is not supported"):
         plan_model(Repository(tmp_path), "m")
+
+
+def test_ragged_batching_is_honoured_and_warned_where_triton_feeds_no_batch_inputs() -> None:
+    config = mc.ModelConfig(name="m", max_batch_size=4)
+    config.input.add(name="R", data_type=mc.TYPE_FP32, dims=[-1], allow_ragged_batch=True)
+    config.batch_input.add(target_name=["N"], data_type=mc.TYPE_INT32, source_input=["R"])
+    config.batch_output.add(target_name=["Y"], source_input=["R"])
+    for backend in ("onnxruntime", "pytorch", "tensorflow", "tensorrt"):
+        assert config_fields.classify(config, backend) == config_fields.Findings((), ())
+    python = config_fields.classify(config, "python")
+    assert python.refused == ()
+    assert [w.split("'")[1] for w in python.warned] == ["batch_input", "batch_output"]
+    assert "Python models are not fed them" in python.warned[0]
 
 
 def test_fields_that_spell_out_defaults_are_not_refused(tmp_path: Path) -> None:
@@ -242,7 +254,7 @@ def test_the_server_serves_warned_models_and_reports_refused_ones(
     write(
         tmp_path,
         "stateful",
-        ADD.format(name="stateful", extra="sequence_batching { }"),
+        ADD.format(name="stateful", extra="sequence_batching { iterative_sequence: true }"),
         binary_model("Add", TensorProto.FLOAT),
     )
     with caplog.at_level(logging.WARNING, logger="inferd"):
@@ -253,7 +265,7 @@ def test_the_server_serves_warned_models_and_reports_refused_ones(
         assert index["tuned"].state == "READY"
         assert "field 'optimization.cuda' has no effect in inferd" in index["tuned"].reason
         assert index["stateful"].state == "UNAVAILABLE"
-        assert "field 'sequence_batching' is not supported by inferd" in index["stateful"].reason
+        assert "field 'sequence_batching.iterative_sequence' is not supported by inferd" in index["stateful"].reason
         assert not client.is_model_ready("stateful")
         a = np.ones((1, 4), np.float32)
         inputs = [grpcclient.InferInput("INPUT0", [1, 4], "FP32"), grpcclient.InferInput("INPUT1", [1, 4], "FP32")]

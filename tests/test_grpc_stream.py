@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import types
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,12 @@ class RecordingCore:
 
     def __init__(self) -> None:
         self.requests: list[InferRequest] = []
+
+    def model(self, name: str, version: str = "") -> Any:
+        """Every model here answers once (none is decoupled)."""
+        if name == "missing":
+            raise NotFound("model 'missing' is not in the repository")
+        return types.SimpleNamespace(decoupled=False)
 
     def _respond(self, request: InferRequest) -> InferResponse:
         if request.model_name == "missing":
@@ -69,6 +76,14 @@ def serving(core: RecordingCore) -> Iterator[grpc.Channel]:
         thread.join(30)
 
 
+def _without_final(response: pb.ModelInferResponse) -> pb.ModelInferResponse:
+    """A stream response less Triton's ``triton_final_response`` (true here), which only the
+    stream carries: what remains is the unary response."""
+    assert response.parameters["triton_final_response"].bool_param
+    del response.parameters["triton_final_response"]
+    return response
+
+
 def request(model: str) -> pb.ModelInferRequest:
     inputs = {"A": np.arange(16, dtype=np.float32).reshape(1, 16), "B": np.ones((2, 3), np.int64)}
     return message(inputs, model=model, rid="req-7", outputs=("OUT_A",), params={"priority": 1})
@@ -90,7 +105,7 @@ def test_stream_and_unary_decode_alike_through_one_template(first: str, monkeypa
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         calls = {
             "unary": lambda: [stub.ModelInfer(msg) for _ in range(2)],
-            "stream": lambda: [r.infer_response for r in stub.ModelStreamInfer(iter([msg, msg]))],
+            "stream": lambda: [_without_final(r.infer_response) for r in stub.ModelStreamInfer(iter([msg, msg]))],
         }
         other = "stream" if first == "unary" else "unary"
         responses = calls[first]() + calls[other]()
@@ -143,6 +158,7 @@ def test_encoded_stream_response_is_the_message_serialized() -> None:
     inner.outputs.add(name="Y", datatype="FP32", shape=[300])
     inner.raw_output_contents.append(codec.to_raw(response.outputs["Y"]))
     inner.parameters["n"].int64_param = 1
+    inner.parameters["triton_final_response"].bool_param = True  # Triton's, on every stream response
     got = pb.ModelStreamInferResponse.FromString(InferCodec().encode_stream(response))
     assert got == pb.ModelStreamInferResponse(infer_response=inner)
 

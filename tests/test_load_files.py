@@ -92,6 +92,8 @@ def test_files_form_the_model_folder_for_that_load(server, module) -> None:  # t
         ("file:1/.hidden/model.onnx", "must name a file"),
         ("file:1\\model.onnx", "must name a file"),
         ("file:x/model.onnx", "must name a file"),
+        ("file:1/" + "A" * 256, "names a path longer than the file system allows"),
+        ("file:1/" + "a/" * 600 + "model.onnx", "names a path longer than the file system allows"),
     ],
 )
 def test_bad_names_are_refused(server, key: str, words: str) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ NAMES = {
     "batching",
     "cache",
     "ensemble",
+    "generate",
     "http-vs-grpc",
     "kserve",
     "protocol",
@@ -65,6 +66,16 @@ def test_protocol_benchmark_runs_end_to_end() -> None:
     assert servers == ["inferd", "baseline", "**inferd / baseline**"]
     assert all(float(r[2].replace(",", "")) > 0 for r in rows[:2])
     assert "the goal" in done.stdout
+
+
+@pytest.mark.slow
+def test_generate_benchmark_runs_end_to_end() -> None:
+    done = inferd(*("perf", "bench", "generate", "--concurrency", "1", "--duration", "0.3", "--warmup", "0.1"))
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a goal not met on this machine
+    rows = [r.split("|")[1:-1] for r in done.stdout.splitlines() if r.startswith(("| in-process ", "| served "))]
+    assert [r[0].strip() for r in rows] == ["in-process", "served"]
+    assert all(float(r[2].replace(",", "")) > 0 for r in rows) and rows[1][-1].strip() == "0"
+    assert "TTFT" in done.stdout
 
 
 def test_shim_maps_inferd_packages_to_another_tree(tmp_path: Path) -> None:

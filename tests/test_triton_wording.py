@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     write(
         repo,
         "stateful",
-        GOOD.format(name="stateful", extra="sequence_batching { }"),
+        GOOD.format(name="stateful", extra="sequence_batching { iterative_sequence: true }"),
         binary_model("Add", TensorProto.FLOAT),
     )
     running = start_server(test_settings(repo, model_control_mode="explicit", load_models=("good",)))

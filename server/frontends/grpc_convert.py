@@ -23,7 +23,10 @@ from ...protocol.types import InferRequest, InferResponse, Scalar
 from ..shm import SharedMemoryRegistry
 from . import tensor_parameters
 from .grpc_params import PbParameters
-from .grpc_wire import InferWire
+from .grpc_wire import FINAL_RESPONSE, InferWire
+
+# The request parameter with which a streaming client asks for empty final responses.
+ENABLE_EMPTY_FINAL = "triton_enable_empty_final_response"
 
 
 class InferCodec:
@@ -63,13 +66,49 @@ def stream_error(message: str, data: bytes) -> bytes:
     """A ModelStreamInferResponse reporting that the request ``data`` failed, with the request's
     id and model name so that the client can tell which one (parsed only on this rare path)."""
     error = pb.ModelStreamInferResponse(error_message=message)
+    error.infer_response.parameters[FINAL_RESPONSE].bool_param = True
     try:
         msg = pb.ModelInferRequest.FromString(data)
     except Exception:  # the error being reported is that the bytes are not a message
         return error.SerializeToString()
     error.infer_response.id = msg.id
     error.infer_response.model_name = msg.model_name
+    error.infer_response.model_version = msg.model_version
     return error.SerializeToString()
+
+
+def stream_error_response(response: InferResponse) -> bytes:
+    """A response a decoupled model sent as an error: Triton's error message beside the
+    request's id, model and whether it was the last response."""
+    assert response.error is not None
+    error = pb.ModelStreamInferResponse(error_message=response.error.message)
+    inner = error.infer_response
+    inner.id, inner.model_name, inner.model_version = response.id, response.model_name, response.model_version
+    inner.parameters[FINAL_RESPONSE].bool_param = response.final
+    return error.SerializeToString()
+
+
+def empty_final_response(request: InferRequest) -> bytes:
+    """Triton's "empty final response": no outputs, only the request's id and model and
+    ``triton_final_response`` true, sent where the model sent the final flag alone and the
+    client asked for it (request parameter ``triton_enable_empty_final_response``)."""
+    out = pb.ModelStreamInferResponse()
+    inner = out.infer_response
+    inner.id, inner.model_name, inner.model_version = request.id, request.model_name, request.model_version
+    inner.parameters[FINAL_RESPONSE].bool_param = True
+    return out.SerializeToString()
+
+
+def wants_empty_final(request: InferRequest) -> bool:
+    """The request's ``triton_enable_empty_final_response`` (a bool, as Triton checks)."""
+    if not request.parameters:
+        return False
+    value = request.parameters.get(ENABLE_EMPTY_FINAL)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"invalid value type for '{ENABLE_EMPTY_FINAL}' parameter, expected bool_param.")
+    return value
 
 
 def request_from_pb(
@@ -93,6 +132,11 @@ def request_from_pb(
                     raise InvalidArgument(f"{what}: has 'contents' although its data is in shared memory")
                 shared[i] = array
     if raw and len(raw) != len(tensors) - len(shared):
+        # An input with contents beside raw_input_contents is what Triton names first (its
+        # explicit-content example sends one raw entry and contents for the other input).
+        for i, t in enumerate(tensors):
+            if i not in shared and t.HasField("contents"):
+                raise InvalidArgument(_contents_beside_raw(t.name, model))
         raise InvalidArgument(
             f"model '{model}': raw_input_contents has {len(raw)} entries for {len(tensors) - len(shared)} inputs "
             "not in shared memory; there must be one per input, in input order"
@@ -112,9 +156,7 @@ def request_from_pb(
         if not raw:
             inputs[name] = _from_contents(t, dt, shape, what)
         elif t.HasField("contents"):
-            raise InvalidArgument(
-                f"contents field must not be specified when using raw_input_contents for '{name}' for model '{model}'"
-            )
+            raise InvalidArgument(_contents_beside_raw(name, model))
         else:
             inputs[name] = codec.from_raw(raw[r], dt, shape, what)
             r += 1
@@ -122,6 +164,10 @@ def request_from_pb(
     params: Mapping[str, Scalar] = PbParameters(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
     return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline, regions_out, classes)
+
+
+def _contents_beside_raw(name: str, model: str) -> str:
+    return f"contents field must not be specified when using raw_input_contents for '{name}' for model '{model}'"
 
 
 def _requested_outputs(

@@ -69,6 +69,10 @@ def statistics_to_pb(stats: ModelStats, target: pb.ModelStatistics) -> None:
         _duration(entry.compute_input, b.compute_input)
         _duration(entry.compute_infer, b.compute_infer)
         _duration(entry.compute_output, b.compute_output)
+    for index, r in sorted(stats.response_stats.items()):  # decoupled models'
+        target_r = target.response_stats[str(index)]
+        for name in ("compute_infer", "compute_output", "success", "fail", "empty_response", "cancel"):
+            _duration(getattr(target_r, name), getattr(r, name))
 
 
 def repository_index_pb(entries: list[ModelIndexEntry]) -> pb.RepositoryIndexResponse:

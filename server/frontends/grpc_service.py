@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
@@ -20,11 +21,21 @@ from ...protocol.errors import Code, InferdError, InvalidArgument, Unimplemented
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from ...protocol.pb import health_pb2, health_pb2_grpc
+from ...protocol.types import InferRequest
 from ..core import InferenceCore
 from . import grpc_metadata as meta
-from .grpc_convert import InferCodec, stream_error
+from .grpc_convert import (
+    InferCodec,
+    empty_final_response,
+    stream_error,
+    stream_error_response,
+    wants_empty_final,
+)
 
 log = logging.getLogger(__name__)
+
+# Encoded responses of one ModelStreamInfer call waiting for the client to read them.
+STREAM_QUEUE = 16
 
 STATUS = {
     Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -107,27 +118,59 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self.codec.encode(await self.core.infer(core_request))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-        """Requests on one stream run concurrently; responses (or per-request errors) are sent
-        as they complete, so a decoupled model's 0..N responses fit the same loop. The stream's
-        deadline bounds the stream, not each request, so requests carry none."""
-        out: asyncio.Queue[bytes | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
+        """Requests on one stream run concurrently; each request's responses (one, or a
+        decoupled model's 0..N in the order it sent them) or its error are sent as they come,
+        each with Triton's ``triton_final_response`` parameter. Where the model sent the final
+        flag alone, an empty final response is sent if the request asked for it
+        (``triton_enable_empty_final_response``). The stream's deadline bounds the stream, not
+        each request, so requests carry none.
 
-        async def one(data: bytes) -> None:
+        The responses waiting for the client are bounded (STREAM_QUEUE): a client that reads
+        slowly holds the requests back, so a decoupled request's responses wait in its own
+        bounded channel, and fail it past ``--max-buffered-responses``. A client that cancels
+        or goes away cancels every request of the stream."""
+        out: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+
+        async def one(data: bytes, turn: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+            # As in Triton, a model that is not decoupled answers in the order the requests
+            # came (its requests run concurrently; only the writing waits for ``turn``).
             try:
-                async for r in self.core.infer_stream(self.codec.decode(data)):
-                    out.put_nowait(self.codec.encode_stream(r))
+                request = self.codec.decode(data)
+                if self._decoupled(request):
+                    done.set_result(None)
+                empty_final = wants_empty_final(request)
+                final = False
+                async with aclosing(self.core.infer_stream(request)) as responses:
+                    async for r in responses:
+                        final = r.final
+                        item = self.codec.encode_stream(r) if r.error is None else stream_error_response(r)
+                        if not done.done():
+                            await turn
+                        await out.put(item)
+                if empty_final and not final:
+                    await out.put(empty_final_response(request))
             except InferdError as e:
-                out.put_nowait(stream_error(e.message, data))
+                if not done.done():
+                    await turn
+                await out.put(stream_error(e.message, data))
+            finally:
+                if not done.done():
+                    done.set_result(None)
 
         async def read() -> None:
+            turn: asyncio.Future[None] = loop.create_future()
+            turn.set_result(None)
             async for data in requests:
-                task = asyncio.ensure_future(one(data))
+                done: asyncio.Future[None] = loop.create_future()
+                task = asyncio.ensure_future(one(data, turn, done))
+                turn = done
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks:
                 await asyncio.gather(*list(tasks))
-            out.put_nowait(None)
+            await out.put(None)
 
         reader = asyncio.ensure_future(read())
         try:
@@ -137,6 +180,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
             for t in list(tasks):
                 t.cancel()
+
+    def _decoupled(self, request: InferRequest) -> bool:
+        try:
+            return self.core.model(request.model_name, request.model_version).decoupled
+        except InferdError:
+            return False  # answered with its error, in order
 
     @_status
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:

@@ -42,6 +42,17 @@ MAX_MODELS = 256  # both caches are cleared when they reach this many keys: boun
 MAX_HEADER_BYTES = 4096  # bigger headers (tensors sent in `contents`) are not worth keeping
 
 
+def _final_parameter(final: bool) -> bytes:
+    msg = pb.ModelInferResponse()
+    msg.parameters[FINAL_RESPONSE].bool_param = final  # a oneof member: serialized even when false
+    return msg.SerializeToString()
+
+
+# Triton's response parameter on every ModelStreamInfer response: whether it is the request's last.
+FINAL_RESPONSE = "triton_final_response"
+_FINAL = {True: _final_parameter(True), False: _final_parameter(False)}
+
+
 @dataclass(frozen=True, slots=True)
 class _Input:
     name: str
@@ -225,7 +236,7 @@ class InferWire:
 
     def encode(self, response: InferResponse, stream: bool = False) -> bytes:
         """The serialized ModelInferResponse; with ``stream``, the ModelStreamInferResponse that
-        carries it."""
+        carries it, with Triton's ``triton_final_response`` parameter."""
         outputs = response.outputs
         key = (response.model_name, response.model_version, *[(n, a.dtype, a.shape) for n, a in outputs.items()])
         header = self._headers.get(key)
@@ -241,6 +252,8 @@ class InferWire:
             msg = pb.ModelInferResponse()
             parameters_to_pb(response.parameters, msg.parameters)
             parts.append(msg.SerializeToString())  # field 4 entries, in field order
+        if stream:
+            parts.append(_FINAL[response.final])
         parts.append(header[1])
         in_region = response.in_shared_memory
         for name, array in outputs.items():

@@ -63,7 +63,13 @@ def _model_stats(s: ModelStats) -> dict[str, Any]:
             for size, b in sorted(s.batch_stats.items())
         ],
         "memory_usage": [],
-        "response_stats": {},
+        "response_stats": {  # decoupled models'
+            str(index): {
+                name: _duration(getattr(r, name))
+                for name in ("compute_infer", "compute_output", "success", "fail", "empty_response", "cancel")
+            }
+            for index, r in sorted(s.response_stats.items())
+        },
     }
 
 

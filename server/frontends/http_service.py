@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ...protocol.errors import Code, InferdError, InvalidArgument, Unimplemented
 from ...protocol.messages import message_to_dict
@@ -26,7 +26,9 @@ from ..core import InferenceCore
 from . import http_convert as conv
 from . import http_metadata as meta
 from .http_body import read_body
+from .http_generate import GenerateApi
 from .http_origin import OriginGuard
+from .openai_service import build_openai_app
 
 STATUS = {
     Code.INVALID_ARGUMENT: 400,
@@ -282,6 +284,7 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
         Route("/v2/systemsharedmemory/unregister", api.shm_unregister, methods=post),
         Route("/v2/systemsharedmemory/region/{region}/unregister", api.shm_unregister, methods=post),
     ]
+    generate = GenerateApi(api.core, api.max_body_bytes)  # Triton's generate extension
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [
             Route(prefix, api.model_metadata, methods=get),
@@ -289,6 +292,8 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
             Route(prefix + "/config", api.model_config, methods=get),
             Route(prefix + "/stats", api.statistics, methods=get),
             Route(prefix + "/infer", api.infer, methods=post),
+            Route(prefix + "/generate", generate.generate, methods=post),
+            Route(prefix + "/generate_stream", generate.generate_stream, methods=post),
         ]
     routes += [
         Route("/v2/cudasharedmemory/status", api.cuda_status, methods=get),
@@ -306,11 +311,17 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
     return routes
 
 
-def build_app(core: InferenceCore, max_body_bytes: int, allowed_origins: Iterable[str] = ()) -> OriginGuard:
+def build_app(
+    core: InferenceCore, max_body_bytes: int, allowed_origins: Iterable[str] = (), openai: bool = False
+) -> OriginGuard:
     """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``;
-    only ``allowed_origins`` may call it from web pages (http_origin.py)."""
+    only ``allowed_origins`` may call it from web pages (http_origin.py). With ``openai``, the
+    OpenAI-compatible text API is mounted at /v1 (openai_service.py)."""
+    routes = _routes(HttpApi(core, max_body_bytes))
+    if openai:
+        routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes)))
     app = Starlette(
-        routes=_routes(HttpApi(core, max_body_bytes)),
+        routes=routes,
         exception_handlers={
             InferdError: _inferd_error,
             HTTPException: _http_error,

@@ -6,7 +6,8 @@
   costs no CPU while it runs (precise_timer.py).
 * A batch is sent at once when it reaches ``max_batch_size`` or a ``preferred_batch_size``;
   otherwise when the oldest request has waited the maximum delay.
-* Only requests with the same non-batch shapes, dtypes, inputs and outputs merge.
+* Only requests with the same non-batch shapes, dtypes, inputs and outputs merge; a ragged
+  input's shape may differ (ragged.py).
 * A batch handed to an instance whose thread runs well below the loop's priority stays open to
   newly admitted requests that fit until its execution starts (open_batch.py); not with
   ``preferred_batch_size``, whose sizes are kept.
@@ -83,6 +84,8 @@ class DynamicBatcher(Scheduler):
         self._wakeup = asyncio.Event()
         self._timer = PreciseTimer(self._loop, self._wakeup.set)
         self._last_done: asyncio.Future[None] | None = None
+        # Ragged inputs do not keep requests of different shapes apart (ragged.py).
+        self._ragged = self.workers[0].ragged if self.workers else None
         self._tasks = [self._loop.create_task(self._serve(w)) for w in self.workers]
 
     # --- accepting work -----------------------------------------------------------------
@@ -99,6 +102,8 @@ class DynamicBatcher(Scheduler):
                 work.timeout_action_delay = level.delay_on_timeout
         work.future = loop.create_future()
         work.level = level_no
+        if self._ragged is not None:
+            work.key = self._ragged.batch_key(work)
         # Only with nothing queued: an older request must not be passed by a newer one. Only the
         # newest open batch: with preserve_ordering, responses leave in the order batches left.
         if not (self._queued == 0 and self._open and self._open[-1].join(work)):

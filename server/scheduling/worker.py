@@ -20,9 +20,12 @@ import numpy as np
 
 from ...backends.base import Backend
 from ...protocol.errors import InferdError, Internal
+from ...protocol.streaming import Streamed
+from ...protocol.types import ModelOutputs
 from ..stats import ExecutionTimes
 from .open_batch import OpenBatch
 from .placement import ExecutionPlacement
+from .ragged import RaggedBatching
 from .thread_priority import lower_thread_priority, thread_nice
 from .work import Work
 
@@ -56,6 +59,8 @@ class InstanceWorker:
         self.placement = ExecutionPlacement(inline)
         self.nice_steps = nice_steps  # how far the thread runs below the loop's priority
         self.executions = 0
+        # Set by the loader for a model with ragged inputs, batch inputs or batch outputs.
+        self.ragged: RaggedBatching | None = None
 
     @classmethod
     def build(
@@ -112,7 +117,11 @@ class InstanceWorker:
     def _execute_merged(self, items: Sequence[Work]) -> tuple[list[Result], ExecutionTimes]:
         t0 = time.monotonic_ns()
         outputs = items[0].outputs
-        if len(items) == 1:
+        ragged = self.ragged
+        if ragged is not None:  # flat ragged inputs and computed batch inputs (ragged.py)
+            inputs = ragged.merge(items)
+            total = sum(w.batch_size for w in items)
+        elif len(items) == 1:
             inputs = items[0].inputs  # zero-copy: the request's own arrays
             total = items[0].batch_size
         else:
@@ -121,8 +130,12 @@ class InstanceWorker:
         t1 = time.monotonic_ns()
         produced = self._backend_execute(inputs, outputs)
         t2 = time.monotonic_ns()
-        arrays = self._checked(produced, outputs, total)
-        results: list[Result] = [arrays] if len(items) == 1 else self._split(items, arrays)
+        results: list[Result]
+        if ragged is not None:
+            results = list(ragged.split(self.name, items, produced, outputs, total))
+        else:
+            arrays = self._checked(produced, outputs, total)
+            results = [arrays] if len(items) == 1 else self._split(items, arrays)
         t3 = time.monotonic_ns()
         return results, ExecutionTimes(total, t1 - t0, t2 - t1, t3 - t2)
 
@@ -170,10 +183,16 @@ class InstanceWorker:
                 results.append(Internal(f"{self.name}: {type(r).__name__}: {r}"))
             else:
                 try:  # a request-list backend answers arrays already
-                    results.append({n: r[n] for n in w.outputs})
+                    picked = {n: r[n] for n in w.outputs}
                 except KeyError:
+                    if type(r) is Streamed:  # decoupled: the responses go through the request's channel
+                        results.append({})
+                        continue
                     missing = [n for n in w.outputs if n not in r]
                     results.append(Internal(f"{self.name}: response has no output(s) {missing}"))
+                    continue
+                # Response parameters a Python model set travel with its outputs.
+                results.append(ModelOutputs(picked, r.parameters) if type(r) is ModelOutputs else picked)
         t3 = time.monotonic_ns()
         return results, ExecutionTimes(total, 0, t2 - t1, t3 - t2)
 

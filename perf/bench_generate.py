@@ -1,0 +1,269 @@
+"""Token streaming: the bundled generator ``charlm`` (decoupled, one response per character)
+served over ``/v2/models/charlm/generate_stream`` (Server-Sent Events), against the same model
+driven in-process: the same ``Generator`` step loop from ``charlm/1/model.py``, one thread per
+stream as the served model runs it, in this process.
+
+At each ``--concurrency`` (default 1, 8, 32 streams) each client loops: one request of
+``--max-tokens`` characters (seeded, temperature 0.8, prompt ``--prompt``), read to its end;
+tokens/s counts every character received in the measured window; time to first token (TTFT) is
+from sending the request to the first event (in-process: from calling the generator to its first
+piece). The round trip is the median of ``GET /v2/health/ready`` on a kept-alive connection.
+
+Goals: at 8 streams, served tokens/s >= 70% of in-process; at every concurrency, the served
+median TTFT <= 2 x the in-process median TTFT (the prompt's steps and one sampled step, at the
+same concurrency) + one round trip.
+
+The server (``inferd serve``, HTTP, only charlm loaded) runs on CPU 0; the clients and the
+in-process runs on the other CPUs (``--no-pin`` to share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .harness import Bench, markdown, module_main
+from .servers import BUNDLED_REPOSITORY, INFERD_LOADED, split_cpus, start
+
+MODEL = "charlm"
+MODEL_FILE = BUNDLED_REPOSITORY / MODEL / "1" / "model.py"
+HTTP_READY_LINE = "HTTP (KServe v2) listening on"
+
+
+@dataclass
+class Point:
+    where: str  # "served" | "in-process"
+    streams: int
+    tokens: int
+    seconds: float
+    ttft_s: list[float]
+    errors: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def ttft(self, q: float = 0.5) -> float:
+        if not self.ttft_s:
+            return float("nan")
+        ordered = sorted(self.ttft_s)
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+# --- in-process ---------------------------------------------------------------------------------
+def load_generator(path: Path = MODEL_FILE) -> Any:
+    """``Generator`` from the model's own file, over its ``step.onnx``."""
+    import importlib.util
+
+    from ..backends.python import provide_triton_module
+
+    provide_triton_module()  # model.py imports triton_python_backend_utils
+    spec = importlib.util.spec_from_file_location("inferd_bench_charlm", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Generator(path.parent / "step.onnx")
+
+
+def in_process(generator: Any, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
+    start = time.perf_counter()
+    begin, end = start + warmup, start + warmup + seconds
+    counts = [0] * streams
+    ttfts: list[list[float]] = [[] for _ in range(streams)]
+
+    def client(i: int) -> None:
+        seed = i
+        while time.perf_counter() < end:
+            sent = time.perf_counter()
+            first = True
+            for _ in generator.complete(prompt, max_tokens, 0.8, 1.0, seed):
+                now = time.perf_counter()
+                if first and begin <= sent:
+                    ttfts[i].append(now - sent)
+                first = False
+                if begin <= now < end:
+                    counts[i] += 1
+            seed += streams
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return Point("in-process", streams, sum(counts), seconds, [x for t in ttfts for x in t])
+
+
+# --- served ---------------------------------------------------------------------------------------
+async def served(url: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
+    import httpx
+
+    limits = httpx.Limits(max_connections=streams + 1, max_keepalive_connections=streams + 1)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        begin, end = start + warmup, start + warmup + seconds
+        counts = [0] * streams
+        ttfts: list[float] = []
+        errors = 0
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            seed = i
+            while loop.time() < end:
+                body = {"text_input": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed}
+                sent = loop.time()
+                first = True
+                async with client.stream("POST", f"/v2/models/{MODEL}/generate_stream", json=body) as r:
+                    if r.status_code != 200:
+                        errors += 1
+                        await r.aread()
+                        continue
+                    async for data in r.aiter_bytes():
+                        # One event per character: counting event starts is enough (and cheap).
+                        n = data.count(b"data: ")
+                        if b'"error"' in data:
+                            errors += 1
+                        now = loop.time()
+                        if first and n and begin <= sent:
+                            ttfts.append(now - sent)
+                            first = False
+                        if begin <= now < end:
+                            counts[i] += n
+                seed += streams
+
+        await asyncio.gather(*(one(i) for i in range(streams)))
+    return Point("served", streams, sum(counts), seconds, ttfts, errors)
+
+
+async def round_trip(url: str, n: int = 200) -> float:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await client.get("/v2/health/ready")
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def start_server(cpus: list[int] | None) -> Any:
+    argv = [
+        sys.executable,
+        *("-m", "inferd.server.cli", "serve"),
+        *("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"),
+        *("--allow-grpc", "false", "--allow-metrics", "false"),
+        *("--model-repository", str(BUNDLED_REPOSITORY), "--model-control-mode", "explicit", "--load-model", MODEL),
+    ]
+    return start("inferd", argv, cpus, ready_line=HTTP_READY_LINE, wait_for=INFERD_LOADED)
+
+
+# --- report ---------------------------------------------------------------------------------------
+def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
+    inproc = {p.streams: p for p in points if p.where == "in-process"}
+    rows, lines, ok = [], [], True
+    for p in points:
+        base = inproc[p.streams]
+        rows.append(
+            [
+                p.where,
+                str(p.streams),
+                f"{p.rate:,.0f}",
+                f"{p.rate / p.streams:,.0f}",
+                f"{p.ttft() * 1e3:.2f}",
+                f"{p.ttft(0.9) * 1e3:.2f}",
+                f"{p.rate / base.rate:.0%}" if p.where == "served" and base.rate else "-",
+                str(p.errors),
+            ]
+        )
+        if p.where != "served":
+            continue
+        limit = 2 * base.ttft() + rtt
+        met = p.ttft() <= limit
+        ok &= met and not p.errors
+        lines.append(
+            f"- {p.streams} stream(s): TTFT {p.ttft() * 1e3:.2f} ms against 2 x {base.ttft() * 1e3:.2f} ms "
+            f"+ {rtt * 1e3:.2f} ms = {limit * 1e3:.2f} ms: {'met' if met else 'NOT met'}"
+        )
+        if p.streams == 8:
+            share = p.rate / base.rate if base.rate else 0.0
+            ok &= share >= 0.7
+            lines.append(
+                f"- 8 streams: served {share:.0%} of the in-process token rate (goal >= 70%): "
+                f"{'met' if share >= 0.7 else 'NOT met'}"
+            )
+    header = [
+        "driven",
+        "streams",
+        "tokens/s",
+        "tokens/s per stream",
+        "TTFT p50 (ms)",
+        "TTFT p90 (ms)",
+        "of in-process",
+        "errors",
+    ]
+    return markdown(header, "lrrrrrrr", rows), lines, ok
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="streams (default 1 8 32)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point (default 1)")
+    p.add_argument("--max-tokens", type=int, default=128, help="characters per request (default 128)")
+    p.add_argument("--prompt", default="First Citizen:\n", help="the prompt (default 'First Citizen:\\n')")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients apart")
+
+
+def run(a: argparse.Namespace) -> int:
+    server_cpus, ncpu = split_cpus(a.no_pin)
+    print(
+        f"# {ncpu} CPUs; " + ("server on CPU 0, clients on the others" if server_cpus else "no pinning"),
+        file=sys.stderr,
+    )
+    generator = load_generator()
+    points: list[Point] = []
+    server = start_server(server_cpus)
+    try:
+        url = f"http://{server.url}"
+        rtt = asyncio.run(round_trip(url))
+        for streams in a.concurrency:
+            for where in ("in-process", "served"):
+                if where == "served":
+                    point = asyncio.run(served(url, streams, a.duration, a.warmup, a.prompt, a.max_tokens))
+                else:
+                    point = in_process(generator, streams, a.duration, a.warmup, a.prompt, a.max_tokens)
+                points.append(point)
+                print(
+                    f"# {where} x{streams}: {point.rate:,.0f} tokens/s, TTFT p50 {point.ttft() * 1e3:.2f} ms",
+                    file=sys.stderr,
+                )
+    finally:
+        server.stop()
+    table, lines, ok = render(points, rtt)
+    print(
+        f"charlm, {a.max_tokens} characters per request, prompt of {len(a.prompt)}; {a.duration:g} s per point; "
+        f"HTTP round trip {rtt * 1e3:.2f} ms.\n"
+    )
+    print(table)
+    print()
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+BENCH = Bench(
+    "generate",
+    "token streaming over generate_stream (SSE) from the bundled charlm, against the same step loop in-process",
+    add_arguments,
+    run,
+    __doc__ or "",
+)
+
+if __name__ == "__main__":
+    sys.exit(module_main(BENCH))

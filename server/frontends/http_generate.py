@@ -1,0 +1,118 @@
+"""Triton's generate extension on the HTTP port: ``POST /v2/models/<m>[/versions/<v>]/generate``
+(one JSON answer) and ``.../generate_stream`` (Server-Sent Events, one ``data:`` event per
+response). The JSON mapping is in :mod:`generate_convert`.
+
+As in Triton: a request that fails before the model answers gets a JSON error with the error's
+status; once events flow, an error is an event ``data: {"error": "..."}`` in a stream whose
+status is already 200. ``/generate`` answers only models that give exactly one response (a
+decoupled model that streams is refused with Triton's message, after it ran). When the client
+disconnects, the request is cancelled: a decoupled model sees ``is_cancelled()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ...protocol.errors import InferdError, Internal
+from ...protocol.types import InferResponse
+from ..core import InferenceCore
+from .generate_convert import decode_generate, encode_generate
+from .http_body import read_body
+from .http_convert import dumps, parse_json
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream; charset=utf-8"
+NOT_ONE = (
+    "generate expects model to produce exactly 1 response, use generate stream for model that "
+    "generates various number of responses"
+)
+
+
+def sse(doc: Any) -> bytes:
+    """One Server-Sent Event carrying ``doc`` as JSON."""
+    return b"data: " + dumps(doc) + b"\n\n"
+
+
+def delivered(response: InferResponse) -> bool:
+    """Whether a response is sent on: a decoupled model's final flag sent alone is not."""
+    return bool(response.outputs or response.parameters or response.error is not None or not response.final)
+
+
+class GenerateApi:
+    def __init__(self, core: InferenceCore, max_body_bytes: int) -> None:
+        self.core = core
+        self.max_body_bytes = max_body_bytes
+
+    async def _stream(self, request: Request) -> AsyncIterator[InferResponse]:
+        p = request.path_params
+        model, version = p["model"], p.get("version", "")
+        h = request.headers
+        body = await read_body(
+            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding")
+        )
+        doc = parse_json(body) if bytes(body).strip() else {}
+        inputs = {t.name: t for t in self.core.model_metadata(model, version).inputs}
+        return self.core.infer_stream(decode_generate(model, version, doc, inputs))
+
+    async def generate(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        answers: list[InferResponse] = []
+        try:
+            async for response in stream:
+                if response.error is not None:
+                    raise response.error
+                if delivered(response):
+                    answers.append(response)
+        finally:
+            await _close(stream)
+        if len(answers) != 1:
+            raise Internal(NOT_ONE)
+        return Response(dumps(encode_generate(answers[0])), media_type=JSON_TYPE)
+
+    async def generate_stream(self, request: Request) -> Response:
+        stream = await self._stream(request)
+        # The first response decides the status: an error before it is an ordinary JSON error.
+        first: InferResponse | None = None
+        try:
+            async for response in stream:
+                if response.error is not None:
+                    raise response.error
+                if delivered(response):
+                    first = response
+                    break
+        except BaseException:
+            await _close(stream)
+            raise
+        return StreamingResponse(_events(first, stream), media_type=SSE_TYPE)
+
+
+async def _events(first: InferResponse | None, stream: AsyncIterator[InferResponse]) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            yield sse(encode_generate(first))
+        async for response in stream:
+            if response.error is not None:
+                yield sse({"error": response.error.message})
+            elif delivered(response):
+                yield sse(encode_generate(response))
+    except InferdError as e:
+        yield sse({"error": e.message})
+    except Exception as e:  # the status is sent already: the client learns it from the stream
+        log.exception("generate_stream failed")
+        yield sse({"error": f"internal error: {type(e).__name__}: {e}"})
+    finally:
+        # Also when the client went away (Starlette cancels this generator): the model stops.
+        await _close(stream)
+
+
+async def _close(stream: AsyncIterator[InferResponse]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,223 @@
+"""The OpenAI-compatible text API, mounted at ``/v1`` on the HTTP port (``--allow-openai``):
+``GET /v1/models``, ``GET /v1/models/<m>``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (``stream: true``: Server-Sent Events ending ``data: [DONE]``).
+
+It serves the models that declare the text contract (:mod:`openai_convert`) through the same
+core as every other front end. Errors take OpenAI's shape, ``{"error": {"message", "type",
+"param", "code"}}``; parameters the server cannot honour are refused with a 400 naming them,
+never ignored. An error after a stream started is an event ``data: {"error": {...}}`` before
+``data: [DONE]``. When the client disconnects, the request is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ...protocol.errors import Code, InferdError
+from ...protocol.types import InferResponse
+from ..core import InferenceCore
+from . import openai_convert as oc
+from .http_body import read_body
+from .http_convert import dumps, parse_json
+from .http_generate import delivered, sse
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream; charset=utf-8"
+DONE = b"data: [DONE]\n\n"
+STATUS = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 413,
+    Code.UNIMPLEMENTED: 501,
+    Code.UNAVAILABLE: 503,
+    Code.CANCELLED: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+}
+
+
+def error_doc(message: str, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error_response(message: str, status: int, param: str | None = None, code: str | None = None) -> Response:
+    return Response(dumps(error_doc(message, status, param, code)), status_code=status, media_type=JSON_TYPE)
+
+
+def _of(e: InferdError) -> tuple[str, int, str | None, str | None]:
+    return e.message, STATUS.get(e.code, 500), getattr(e, "param", None), getattr(e, "error_code", None)
+
+
+async def _inferd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferdError)
+    return _error_response(*_of(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error_response(str(exc.detail), exc.status_code)
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)  # nobody reads it: the client has gone
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+class OpenAIApi:
+    def __init__(self, core: InferenceCore, max_body_bytes: int) -> None:
+        self.core = core
+        self.max_body_bytes = max_body_bytes
+        self.created = int(time.time())
+        # Each loaded version's contract, worked out once (a reload is a new version object).
+        self._contracts: weakref.WeakKeyDictionary[object, oc.TextModel | oc.ModelNotServed] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _contract(self, name: str) -> oc.TextModel:
+        try:
+            model = self.core.model(name)
+        except InferdError as e:
+            if e.code == Code.NOT_FOUND:
+                raise oc.ModelNotServed(f"The model '{name}' does not exist") from None
+            raise
+        found = self._contracts.get(model)
+        if found is None:
+            sig = model.signature
+            try:
+                found = oc.contract_of(name, model.config, sig.inputs, sig.outputs)
+            except oc.ModelNotServed as e:
+                found = e
+            self._contracts[model] = found
+        if isinstance(found, oc.ModelNotServed):
+            raise found
+        return found
+
+    def _served(self) -> list[str]:
+        names = []
+        for entry in self.core.repository_index(ready_only=True):
+            try:
+                self._contract(entry.name)
+            except InferdError:
+                continue
+            names.append(entry.name)
+        return sorted(set(names))
+
+    # --- routes ---------------------------------------------------------------------------
+    async def list_models(self, request: Request) -> Response:
+        data = [oc.model_entry(n, self.created) for n in self._served()]
+        return Response(dumps({"object": "list", "data": data}), media_type=JSON_TYPE)
+
+    async def get_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        self._contract(name)
+        return Response(dumps(oc.model_entry(name, self.created)), media_type=JSON_TYPE)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, oc.completion_request)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, oc.chat_request)
+
+    async def _serve(
+        self, request: Request, parse: Callable[[dict[str, Any], oc.TextModel], oc.TextRequest]
+    ) -> Response:
+        h = request.headers
+        body = await read_body(
+            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding")
+        )
+        doc = parse_json(body)
+        text_request = parse(doc, self._contract(oc.model_name(doc)))
+        stream = self.core.infer_stream(text_request.core)
+        progress = oc.Progress()
+        if not text_request.stream:
+            pieces = []
+            try:
+                async for response in stream:
+                    if response.error is not None:
+                        raise response.error
+                    pieces.append(progress.piece(response))
+            finally:
+                await _close(stream)
+            return Response(dumps(oc.whole(text_request, "".join(pieces), progress)), media_type=JSON_TYPE)
+        # An error before the model's first response is an ordinary error answer.
+        first: InferResponse | None = None
+        try:
+            async for response in stream:
+                if response.error is not None:
+                    raise response.error
+                if delivered(response):
+                    first = response
+                    break
+        except BaseException:
+            await _close(stream)
+            raise
+        return StreamingResponse(_events(text_request, progress, first, stream), media_type=SSE_TYPE)
+
+
+async def _events(
+    request: oc.TextRequest, progress: oc.Progress, first: InferResponse | None, stream: AsyncIterator[InferResponse]
+) -> AsyncIterator[bytes]:
+    try:
+        if request.kind == "chat.completion":
+            yield sse(oc.chunk(request, None))
+        if first is not None:
+            text = progress.piece(first)
+            if text:
+                yield sse(oc.chunk(request, text))
+        async for response in stream:
+            if response.error is not None:
+                raise response.error
+            text = progress.piece(response)
+            if text:
+                yield sse(oc.chunk(request, text))
+        yield sse(oc.chunk(request, "", progress.finish_reason))
+        if request.include_usage:
+            yield sse(oc.usage_chunk(request, progress))
+    except InferdError as e:
+        yield sse(error_doc(*_of(e)))
+    except Exception as e:  # the status is sent already: the client learns it from the stream
+        log.exception("OpenAI stream failed")
+        yield sse(error_doc(f"internal error: {type(e).__name__}: {e}", 500))
+    finally:
+        await _close(stream)
+    yield DONE
+
+
+async def _close(stream: AsyncIterator[InferResponse]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def build_openai_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
+    """The ``/v1`` app, mounted into the HTTP app by ``http_service.build_app``."""
+    api = OpenAIApi(core, max_body_bytes)
+    return Starlette(
+        routes=[
+            Route("/models", api.list_models, methods=["GET"]),
+            Route("/models/{model:path}", api.get_model, methods=["GET"]),
+            Route("/completions", api.completions, methods=["POST"]),
+            Route("/chat/completions", api.chat_completions, methods=["POST"]),
+        ],
+        exception_handlers={
+            InferdError: _inferd_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _disconnected,
+            Exception: _internal_error,
+        },
+    )
