@@ -207,6 +207,23 @@ async def test_full_queue_rejects_exactly_the_overflow() -> None:
     await b.retire(1)
 
 
+async def test_the_server_cap_says_so_when_the_config_sets_no_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Triton's max_queue_size 0 is unbounded; inferd's server-wide cap names itself.
+    from inferd.server.scheduling import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "DEFAULT_MAX_QUEUE", 1)
+    backend = GatedDouble()
+    b = batcher(backend)
+    first = await blocked(b, backend)
+    task = asyncio.ensure_future(b.submit(work(1)))
+    await queued(b, 1)
+    with pytest.raises(Unavailable, match=r"exceeds maximum queue size \(1\) \(the server's cap: the config sets no"):
+        await b.submit(work(9))
+    backend.gate.set()
+    await asyncio.gather(first, task)
+    await b.retire(1)
+
+
 async def test_priority_order() -> None:
     backend = GatedDouble()
     b = batcher(backend, max_batch=1, priority_levels=2, default_priority_level=2)

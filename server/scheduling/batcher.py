@@ -48,6 +48,8 @@ TIMER_LEAD_NS = 50_000
 class _Level:
     def __init__(self, policy: QueuePolicy) -> None:
         self.max_size = policy.max_queue_size or DEFAULT_MAX_QUEUE
+        # Triton's 0 is unbounded; inferd keeps a server-wide cap and says so when it is hit.
+        self.cap_note = "" if policy.max_queue_size else " (the server's cap: the config sets no max_queue_size)"
         self.timeout_ns = policy.default_timeout_microseconds * 1000
         self.delay_on_timeout = policy.timeout_action == "DELAY"
         self.allow_override = policy.allow_timeout_override
@@ -96,7 +98,9 @@ class DynamicBatcher(Scheduler):
         if level is None:
             raise InvalidArgument(f"{self.label}: priority {work.priority} is not a configured level")
         if len(level) >= level.max_size:
-            raise Unavailable(f"{self.label}: exceeds maximum queue size ({level.max_size}) at priority {level_no}")
+            raise Unavailable(
+                f"{self.label}: exceeds maximum queue size ({level.max_size}){level.cap_note} at priority {level_no}"
+            )
         if level.timeout_ns and (work.deadline_ns is None or not level.allow_override):
             if work.set_deadline(work.enqueue_ns + level.timeout_ns, client=False):
                 work.timeout_action_delay = level.delay_on_timeout

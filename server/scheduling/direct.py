@@ -39,7 +39,10 @@ class DirectScheduler(Scheduler):
 
     async def _acquire(self) -> InstanceWorker:
         if len(self._waiters) >= self.max_queue_size:
-            raise Unavailable(f"{self.label}: exceeds maximum queue size ({self.max_queue_size} waiting)")
+            raise Unavailable(
+                f"{self.label}: exceeds maximum queue size ({self.max_queue_size} waiting; the server's cap for "
+                "models without a dynamic batcher)"
+            )
         fut: asyncio.Future[InstanceWorker] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
