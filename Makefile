@@ -75,6 +75,13 @@ lint: $(TEST_STAMP)
 perf: $(TEST_STAMP)
 	@$(VENV)/bin/inferd perf bench $(if $(BENCH),$(BENCH) $(ARGS),--list)
 
+# Malformed requests at scale against a fresh server (perf/fuzz.py): 100,000 per transport by
+# default, `make fuzz ARGS="--requests 5000 --seed 7"` for other runs. Exit status 1 on any
+# crash, hang, internal error or RSS over the bound.
+.PHONY: fuzz
+fuzz: $(TEST_STAMP)
+	$(VENV)/bin/inferd perf fuzz $(ARGS)
+
 proto: $(TEST_STAMP)
 	$(PY) proto/generate.py
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from ..protocol.pb import model_config_pb2 as mc
 
 # Triton's default when auto-completing a batchable model.
 DEFAULT_MAX_BATCH_SIZE = 4
+# The server's default for the auto-complete in progress (Triton's --backend-config
+# default-max-batch-size), set by the loader around a model's auto-complete.
+AUTO_COMPLETE_MAX_BATCH: ContextVar[int] = ContextVar("auto_complete_max_batch", default=DEFAULT_MAX_BATCH_SIZE)
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,20 @@ def complete_config(
     config: mc.ModelConfig,
     inputs: Sequence[TensorInfo],
     outputs: Sequence[TensorInfo],
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_batch_size: int | None = None,
 ) -> None:
     """Fill in the tensors a config leaves out, Triton style: a model whose every tensor has a
-    variable first dimension gets ``max_batch_size`` and dynamic batching when the config names
-    no tensors and no batch size; declared fields are never overwritten."""
+    variable first dimension gets ``max_batch_size`` (default: the server's default-max-batch-size,
+    4 unless --backend-config changes it) and dynamic batching when the config names no tensors
+    and no batch size; declared fields are never overwritten."""
+    if max_batch_size is None:
+        max_batch_size = AUTO_COMPLETE_MAX_BATCH.get()
     everything = list(inputs) + list(outputs)
     batchable = bool(everything) and all(t.shape and t.shape[0] < 0 for t in everything)
-    if config.max_batch_size == 0 and not config.input and not config.output and batchable:
+    if config.max_batch_size == 0 and not config.input and not config.output and batchable and max_batch_size > 0:
         config.max_batch_size = max_batch_size
-        if config.WhichOneof("scheduling_choice") is None:
+        # As in Triton: the dynamic batcher where a batch can hold more than one request.
+        if max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
             config.dynamic_batching.SetInParent()
     skip = 1 if config.max_batch_size > 0 else 0
     fed_inputs, kept_outputs = server_fed(config)

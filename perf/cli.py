@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         from .harness import bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["fuzz"]:
+        from .fuzz import fuzz_main
+
+        return fuzz_main(argv[1:])
     from .report import TerminalProgress
 
     args = build_parser().parse_args(argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class InferRequest:
     (the per-tensor ``shared_memory_*`` parameters); ``None`` when no output uses shared memory.
     ``classification`` maps outputs to the number of classes asked for (Triton's classification
     extension); ``None`` when no output asks.
+    ``traceparent`` and ``trace`` are set only while tracing is on (see the fields).
     """
 
     model_name: str
@@ -39,6 +40,10 @@ class InferRequest:
     deadline_ns: int | None = None
     output_regions: dict[str, memoryview] | None = None
     classification: dict[str, int] | None = None
+    # Tracing (server/tracing.py), set only while it is on: the caller's W3C traceparent, as
+    # the front end read it, and the request's trace once the core decided to trace it.
+    traceparent: str | None = None
+    trace: Any = None
 
 
 class ModelOutputs(dict[str, np.ndarray]):

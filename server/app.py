@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable
 
 import grpc
@@ -21,17 +22,28 @@ from .frontends.asgi_server import AsgiServer
 from .frontends.grpc_service import build_server
 from .frontends.http_service import build_app
 from .frontends.io_threads import apply_io_policy
+from .frontends.request_limits import Refusals
+from .frontends.status_page import LatencyReader
 from .loader import LoadLimits
-from .manager import ModelManager
+from .log_settings import LogControl
+from .manager import UNAVAILABLE, ModelManager
 from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
+from .rollout_metrics import register_rollout_metrics
 from .settings import Settings
 from .shm import SharedMemoryRegistry
+from .stats import ModelStats
 from .summary import startup_table
+from .tls import TlsEndpoint, TlsError
+from .tracing import Tracer
 from .watcher import RepositoryWatcher
 
 log = logging.getLogger("inferd")
 IO_POLICY_RESCAN_SECS = 2.0
+
+
+class StartupFailed(Exception):
+    """A model failed to load at start-up and --exit-on-error is true (the message says which and why)."""
 
 
 class InferdServer:
@@ -40,7 +52,7 @@ class InferdServer:
         self.repository = Repository(*settings.model_repository)
         # One registry per server, injected (never global); the observer feeds the histograms.
         self.metrics_registry = CollectorRegistry()
-        observer = RequestObserver()
+        observer = RequestObserver(summaries=settings.metrics.summary_latencies)
         cache = ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None
         self.manager = ModelManager(
             self.repository,
@@ -50,17 +62,35 @@ class InferdServer:
             cache,
         )
         self.manager.max_buffered_responses = settings.max_buffered_responses
+        self.manager.load_options = settings.load_options
+        for backend, key in settings.load_options.backends.no_effect:
+            log.warning(
+                "--backend-config %s,%s has no effect: it sizes Triton's Python stub processes, and inferd runs "
+                "Python models in-process",
+                backend,
+                key,
+            )
+        self.manager.load_slots = asyncio.Semaphore(settings.model_load_threads)
         if cache is not None:
             log.info("response cache: local, %d bytes", cache.capacity)
+        # What the front ends refuse before it becomes a request (limits, timeouts, surplus connections).
+        self.refusals = Refusals()
         if settings.allow_metrics:
-            register_metrics(self.metrics_registry, self.manager, observer)
+            register_metrics(self.metrics_registry, self.manager, observer, settings.metrics)
+            register_rollout_metrics(self.metrics_registry, self.manager)
+            self.metrics_registry.register(self.refusals.collector())
+        # The status page's latency percentiles come from the metrics' request histograms.
+        self._latency = _latency_reader(observer) if settings.allow_metrics else None
         self.core = InferenceCore(
             self.manager,
             settings.strict_readiness,
             settings.model_control_mode,
             SharedMemoryRegistry(enabled=settings.allow_client_shm),
+            tracer=Tracer(settings.trace),
         )
         self.core.max_load_file_bytes = settings.max_load_file_bytes
+        self.core.server_name = settings.server_id
+        self.core.logs = LogControl(settings.log_state())  # `inferd serve` installs its own
         self.watcher: RepositoryWatcher | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
@@ -71,35 +101,83 @@ class InferdServer:
         self._stopped = asyncio.Event()
         self._io_policy_task: asyncio.Future[None] | None = None
         self._start_report: asyncio.Future[None] | None = None
+        self._startup_names: list[str] = []  # the models requested at start-up
+        # TLS of each port that serves it ("grpc", "http", "metrics"), reloaded on SIGHUP.
+        self.tls: dict[str, TlsEndpoint] = {}
 
     async def start(self, wait_for_models: bool = True) -> None:
         s = self.settings
         for root in self.repository.roots:
             if not root.is_dir():
                 raise FileNotFoundError(f"model repository {root} is not a folder")
+        # Certificates are read once, before any port is bound: a bad file stops the start.
+        for port, files, allowed in (
+            ("grpc", s.grpc_tls, s.allow_grpc),
+            ("http", s.http_tls, s.allow_http),
+            ("metrics", s.metrics_tls, s.allow_metrics),
+        ):
+            if files is not None and allowed:
+                self.tls[port] = TlsEndpoint(files)
         if s.allow_grpc:
+            grpc_tls = self.tls.get("grpc")
             self.grpc_server, self.grpc_port = build_server(
-                self.core, f"{s.host}:{s.grpc_port}", s.grpc_max_message_bytes
+                self.core,
+                _address(s.grpc_host(), s.grpc_port),
+                s.grpc_max_message_bytes,
+                channel_options=s.grpc_channel_options,
+                credentials=grpc_tls.grpc_credentials() if grpc_tls is not None else None,
+                restrictions=s.grpc_restrictions,
+                limits=s.request_limits,
+                refusals=self.refusals,
             )
             await self.grpc_server.start()
             if s.grpc_io_sched != "other":
                 apply_io_policy(s.grpc_io_sched)
                 self._io_policy_task = asyncio.ensure_future(self._keep_io_policy(s.grpc_io_sched))
-            log.info("gRPC (KServe v2) listening on %s:%d", s.host, self.grpc_port)
+            log.info("gRPC (KServe v2) listening on %s:%d%s", s.grpc_host(), self.grpc_port, self._tls_note("grpc"))
         try:
             if s.allow_http:
-                app = build_app(self.core, s.http_max_body_bytes, s.http_allow_origins, s.allow_openai)
-                self.http_server = AsgiServer(app, s.host, s.http_port, s.exit_timeout_secs)
+                app = build_app(
+                    self.core,
+                    s.http_max_body_bytes,
+                    s.http_allow_origins,
+                    s.allow_openai,
+                    s.http_restrictions,
+                    status_latency=self._latency,
+                    limits=s.request_limits,
+                    refusals=self.refusals,
+                )
+                self.http_server = AsgiServer(
+                    app,
+                    s.http_host(),
+                    s.http_port,
+                    s.exit_timeout_secs,
+                    ssl_context=self._ssl_context("http"),
+                    limits=s.request_limits,
+                    refusals=self.refusals,
+                )
                 self.http_port = await self.http_server.start()
-                log.info("HTTP (KServe v2) listening on %s:%d", s.host, self.http_port)
+                log.info("HTTP (KServe v2) listening on %s:%d%s", s.http_host(), self.http_port, self._tls_note("http"))
             if s.allow_metrics:
-                self.metrics_server = AsgiServer(build_metrics_app(self.metrics_registry), s.host, s.metrics_port, 1.0)
+                self.metrics_server = AsgiServer(
+                    build_metrics_app(self.metrics_registry),
+                    s.metrics_host(),
+                    s.metrics_port,
+                    1.0,
+                    ssl_context=self._ssl_context("metrics"),
+                )
                 self.metrics_port = await self.metrics_server.start()
-                log.info("metrics (Prometheus) listening on %s:%d/metrics", s.host, self.metrics_port)
+                log.info(
+                    "metrics (Prometheus) listening on %s:%d/metrics%s",
+                    s.metrics_host(),
+                    self.metrics_port,
+                    self._tls_note("metrics"),
+                )
         except OSError:
             await self.stop()  # e.g. a port in use: release the front ends already started
             raise
         names = await self._startup_models()
+        self._startup_names = names
         self.manager.require(names)
         loads = asyncio.gather(*(self._load_quietly(n) for n in names))
         if self.watcher is not None:
@@ -109,6 +187,27 @@ class InferdServer:
             await started
         else:
             self._start_report = asyncio.ensure_future(started)
+
+    def _ssl_context(self, port: str) -> ssl.SSLContext | None:
+        endpoint = self.tls.get(port)
+        return endpoint.ssl_context if endpoint is not None else None
+
+    def _tls_note(self, port: str) -> str:
+        endpoint = self.tls.get(port)
+        if endpoint is None:
+            return ""
+        return " (TLS, client certificates required)" if endpoint.files.mutual else " (TLS)"
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: read every port's certificate files again; new handshakes use them, open
+        connections keep theirs. A port whose files are now bad keeps its current ones."""
+        for port, endpoint in self.tls.items():
+            try:
+                endpoint.reload()
+            except TlsError as e:
+                log.error("%s: certificates not reloaded, the current ones stay: %s", port, e)
+            else:
+                log.info("%s: certificates reloaded from %s", port, endpoint.files.cert)
 
     async def _report_start(self, loads: Awaitable[object], names: list[str]) -> None:
         """Once the start-up loads are done: the models' table, then every address served."""
@@ -121,14 +220,14 @@ class InferdServer:
         log.info("serving: %s", ", ".join(self._addresses()))
 
     def _addresses(self) -> list[str]:
-        host = self.settings.host
+        s = self.settings
         found = []
         if self.grpc_port is not None:
-            found.append(f"gRPC {host}:{self.grpc_port}")
+            found.append(f"gRPC {_address(s.grpc_host(), self.grpc_port)}")
         if self.http_port is not None:
-            found.append(f"HTTP {host}:{self.http_port}")
+            found.append(f"HTTP {_address(s.http_host(), self.http_port)}")
         if self.metrics_port is not None:
-            found.append(f"metrics {host}:{self.metrics_port}/metrics")
+            found.append(f"metrics {_address(s.metrics_host(), self.metrics_port)}/metrics")
         return found or ["no front end (every --allow-* is false)"]
 
     async def _startup_models(self) -> list[str]:
@@ -177,6 +276,8 @@ class InferdServer:
             await self.metrics_server.stop()
         await self.manager.close()
         self.core.shared_memory.close()
+        # Flush the spans still waiting for export (the exporter may block on the network).
+        await asyncio.get_running_loop().run_in_executor(None, self.core.tracer.shutdown)
         self._stopped.set()
 
     async def serve_forever(self) -> None:
@@ -184,13 +285,46 @@ class InferdServer:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
         await self.start()
+        if self.settings.exit_on_error:
+            await self.manager.settle()
+            failed = self._startup_failures()
+            if failed:
+                log.error("stopping: a model failed to load at start-up (--exit-on-error=true)")
+                await self.stop()
+                raise StartupFailed("failed to load " + "; ".join(failed) + " (--exit-on-error=false serves the rest)")
         await stop.wait()
         log.info("shutting down (a second signal forces exit)")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _force_exit)
         await self.stop()
         log.info("stopped")
+
+    def _startup_failures(self) -> list[str]:
+        """'model <name>: <reason>' for every model requested at start-up that did not load."""
+        out = []
+        requested = set(self._startup_names)
+        for entry in self.manager.index():
+            if entry.state == UNAVAILABLE and entry.name in requested:
+                version = f" version {entry.version}" if entry.version else ""
+                out.append(f"model '{entry.name}'{version}: {entry.reason}")
+        return out
+
+
+def _address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _latency_reader(observer: RequestObserver) -> LatencyReader:
+    """(upper bound s, count) buckets of a version's request durations, for the status page."""
+
+    def read(stats: ModelStats) -> list[tuple[float, int]] | None:
+        h = observer.series(stats).histograms.get("inferd_request_duration_seconds")
+        return None if h is None else list(zip([*h.bounds, float("inf")], h.counts))
+
+    return read
 
 
 def _force_exit() -> None:

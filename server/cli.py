@@ -11,7 +11,11 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from ..backends import framework_logs
+from .limit_flags import add_limit_arguments, limit_settings
+from .log_settings import LogControl
+from .operator_flags import add_operator_arguments, operator_settings
 from .settings import Settings
+from .triton_flags import add_refused_flags, add_triton_arguments, triton_settings
 
 
 def _bool(text: str) -> bool:
@@ -139,6 +143,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--http-max-body-bytes",
+        "--http-max-input-size",
         type=int,
         default=d.http_max_body_bytes,
         help="largest HTTP request body (default %(default)s = 64 MiB)",
@@ -216,6 +221,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="how long in-flight requests may finish at shutdown",
     )
     p.add_argument("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_operator_arguments(p)  # TLS, restricted APIs, tracing (operator_flags.py)
+    add_triton_arguments(p)  # Triton's repository, address, log and metrics flags (triton_flags.py)
+    add_limit_arguments(p)  # what one request or connection may cost (limit_flags.py)
+    add_refused_flags(p)  # last: every other Triton flag, refused by name
 
 
 def settings_from_args(a: argparse.Namespace) -> Settings:
@@ -247,6 +256,9 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         strict_readiness=a.strict_readiness,
         exit_timeout_secs=a.exit_timeout_secs,
         log_level=a.log_level,
+        **operator_settings(a),
+        **triton_settings(a),
+        **limit_settings(a),
     )
 
 
@@ -273,10 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    framework_logs.quiet_frameworks(settings.log_level)
+    logs = LogControl(settings.log_state())
+    try:
+        logs.install()  # the process's log: Triton's switches, --log-file, --log-format
+    except OSError as e:
+        print(f"inferd: cannot open the log file: {e}", file=sys.stderr)
+        return 2
+    framework_logs.quiet_frameworks(logs.state.level_name())
     from . import event_loop
-    from .app import InferdServer
+    from .app import InferdServer, StartupFailed
 
     try:
         kind = event_loop.resolve(settings.event_loop)
@@ -284,11 +301,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inferd: {e}", file=sys.stderr)
         return 2
     logging.getLogger("inferd").info("event loop: %s", kind)
+    server = InferdServer(settings)
+    server.core.logs = logs  # the installed one: /v2/logging and LogSettings change it
     try:
-        event_loop.run(InferdServer(settings).serve_forever(), kind)
+        event_loop.run(server.serve_forever(), kind)
     except OSError as e:  # no repository folder, a port in use
         print(f"inferd: {e}", file=sys.stderr)
         return 2
+    except StartupFailed as e:  # --exit-on-error: a model failed at start-up
+        print(f"inferd: {e}", file=sys.stderr)
+        return 1
+    finally:
+        logs.close()
     return 0
 
 

@@ -7,6 +7,7 @@ generated ``ModelConfig`` message, which stays the source of truth (the ModelCon
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,10 @@ class Signature:
     outputs: dict[str, TensorSpec]
 
 
-def read_config(model_dir: Path) -> tuple[mc.ModelConfig, bool]:
-    """Parse ``<model_dir>/config.pbtxt``; returns (config, whether the file existed)."""
-    path = model_dir / CONFIG_FILE
+def read_config(model_dir: Path, filename: str = CONFIG_FILE) -> tuple[mc.ModelConfig, bool]:
+    """Parse ``<model_dir>/<filename>`` (``config.pbtxt``, or ``configs/<name>.pbtxt`` with
+    ``--model-config-name``); returns (config, whether the file existed)."""
+    path = model_dir / filename
     config = mc.ModelConfig()
     if not path.is_file():
         return config, False
@@ -52,6 +54,20 @@ def read_config(model_dir: Path) -> tuple[mc.ModelConfig, bool]:
     except (OSError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path}: cannot read: {e}") from None
     return config, True
+
+
+_LABEL_NAME = re.compile(r"[a-zA-Z0-9_]+\Z")
+
+
+def check_metric_tags(config: mc.ModelConfig, source: str) -> None:
+    """Each ``metric_tags`` key becomes the label ``_<key>`` (Triton's naming), so it must make a
+    valid Prometheus label name, and not one Prometheus reserves (``__`` at the start)."""
+    for key in config.metric_tags:
+        if not _LABEL_NAME.match(key) or key.startswith("_"):
+            raise ModelLoadError(
+                f"{source}: metric_tags key '{key}' cannot make the label '_{key}': use letters, digits and "
+                "underscores, not starting with '_'"
+            )
 
 
 def check_name(config: mc.ModelConfig, folder_name: str, source: str) -> None:

@@ -256,8 +256,13 @@ FIELDS: dict[str, Rule] = {
     "instance_group.host_policy": _w("NUMA host policies place memory only; inferd has none"),
     "default_model_filename": _h("the model file's name in each version folder"),
     "cc_model_filenames": _r("per-compute-capability model files are not supported"),
-    "metric_tags": _r("extra metric labels per model are not supported yet"),
-    "parameters": _h("passed to the backend (each backend refuses the keys it cannot honour)"),
+    "metric_tags": _h(
+        "each tag is a label '_<key>' on the model's metrics, as in Triton (keys must make valid Prometheus label names)"
+    ),
+    "parameters": _h(
+        "passed to the backend (each backend refuses the keys it cannot honour); the server reads `traffic`, "
+        "`traffic_bake_secs` and `drift` itself (Rolling out a new version)"
+    ),
     "parameters.string_value": _h("passed to the backend"),
     "model_warmup": _WARMUP,
     "model_warmup.name": _WARMUP,

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from ..protocol.errors import InvalidArgument, ModelLoadError, NotFound, Unavailable
+from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import (
     InferRequest,
@@ -21,12 +21,15 @@ from ..protocol.types import (
 )
 from .classification import classify
 from .config import TensorSpec
+from .log_settings import LogControl, SettingValue
 from .manager import ModelManager
 from .model import ModelVersion
 from .model_files import DEFAULT_MAX_BYTES, check_files
 from .repository import check_model_name
 from .shm import RegionStatus, SharedMemoryRegistry, write_outputs
 from .stats import ModelStats
+from .tracing import RequestTrace, Tracer
+from .traffic import policy_from_json
 
 SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"
@@ -41,6 +44,8 @@ EXTENSIONS = [
     "binary_tensor_data",
     "classification",
     "parameters",
+    "logging",
+    "trace",
 ]
 
 
@@ -55,6 +60,7 @@ class InferenceCore:
         strict_readiness: bool = True,
         model_control_mode: str = "explicit",
         shared_memory: SharedMemoryRegistry | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.manager = manager
         self.strict_readiness = strict_readiness
@@ -65,6 +71,13 @@ class InferenceCore:
         # Clients' system shared memory regions (off unless --allow-client-shm=true); front ends
         # resolve the regions a request names through it.
         self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry(enabled=False)
+        # Trace settings and spans (tracing.py); requests test ``tracer.active`` and nothing
+        # else while every trace level is OFF.
+        self.tracer = tracer if tracer is not None else Tracer()
+        # The log's settings, read and changed through the logging extension (log_settings.py).
+        self.logs = LogControl()
+        # ServerMetadata's name (Triton's --id).
+        self.server_name = SERVER_NAME
 
     # --- inference ----------------------------------------------------------------------
     # Both hand back the manager's own coroutine or iterator, so the facade adds no frame to
@@ -81,15 +94,61 @@ class InferenceCore:
         than ``--max-buffered-responses`` behind) is raised, after the responses sent before
         it. Closing the iteration early (``aclose()``, or cancelling the task that iterates)
         cancels the request: the model sees ``is_cancelled()`` and what it sends is dropped."""
+        if self.tracer.active:
+            return self._stream_traced(request)
         if request.output_regions or request.classification:
             return self._stream_extended(request)
         return self.manager.infer_stream(request)
 
     def infer(self, request: InferRequest) -> Coroutine[Any, Any, InferResponse]:
         """The unary path: exactly one response (refused for decoupled models)."""
+        if self.tracer.active:
+            return self._infer_traced(request)
         if request.output_regions or request.classification:
             return self._infer_extended(request)
         return self.manager.infer(request)
+
+    # Tracing on: the request is traced when the tracer samples it (or its caller's trace
+    # continues); the span ends with the core's answer.
+    def _start_trace(self, request: InferRequest) -> RequestTrace | None:
+        trace = self.tracer.start(
+            request.model_name, request.model_version, request.id, request.traceparent, request.inputs
+        )
+        request.trace = trace
+        return trace
+
+    async def _infer_traced(self, request: InferRequest) -> InferResponse:
+        trace = self._start_trace(request)
+        extended = request.output_regions or request.classification
+        call = self._infer_extended(request) if extended else self.manager.infer(request)
+        if trace is None:
+            return await call
+        try:
+            response = await call
+        except BaseException as e:
+            trace.end(error=e.message if isinstance(e, InferdError) else type(e).__name__)
+            raise
+        trace.end(response.model_version, response.outputs)
+        return response
+
+    async def _stream_traced(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        trace = self._start_trace(request)
+        extended = request.output_regions or request.classification
+        stream = self._stream_extended(request) if extended else self.manager.infer_stream(request)
+        version = ""
+        try:
+            async with aclosing(stream) as responses:
+                async for response in responses:
+                    version = response.model_version
+                    if trace is not None and response.error is None:
+                        trace.tensor_outputs(response.outputs)
+                    yield response
+        except BaseException as e:
+            if trace is not None:
+                trace.end(version, error=e.message if isinstance(e, InferdError) else type(e).__name__)
+            raise
+        if trace is not None:
+            trace.end(version)
 
     # Per-output extensions, applied to the model's answer: classification, then shared memory.
     async def _infer_extended(self, request: InferRequest) -> InferResponse:
@@ -147,7 +206,15 @@ class InferenceCore:
         extensions = list(EXTENSIONS)
         if self.shared_memory.enabled:
             extensions.append("system_shared_memory")
-        return ServerMetadata(SERVER_NAME, SERVER_VERSION, extensions)
+        return ServerMetadata(self.server_name, SERVER_VERSION, extensions)
+
+    # --- logging extension --------------------------------------------------------------
+    def log_settings(self) -> dict[str, SettingValue]:
+        return self.logs.settings()
+
+    def update_log_settings(self, changes: Mapping[str, object]) -> dict[str, SettingValue]:
+        """Change the named log settings (InvalidArgument names a bad one; nothing changes)."""
+        return self.logs.update(changes)
 
     def model(self, name: str, version: str = "") -> ModelVersion:
         return self.manager.get(name, version)
@@ -184,6 +251,19 @@ class InferenceCore:
         if not models:
             raise NotFound(f"model '{name}' has no loaded version")
         return [m.stats for m in models]
+
+    # --- trace settings (Triton's trace extension) ---------------------------------------
+    def trace_settings(self, model: str = "") -> dict[str, list[str]]:
+        if model:
+            self.manager.get(model)  # an unknown model is NOT_FOUND, as for its other settings
+        return self.tracer.settings(model)
+
+    def update_trace_settings(self, model: str, changes: Mapping[str, list[str] | None]) -> dict[str, list[str]]:
+        """``changes``: setting -> its new values, or None to clear it (a model's then follows
+        the global setting)."""
+        if model:
+            self.manager.get(model)
+        return self.tracer.update(model, changes)
 
     # --- repository ---------------------------------------------------------------------
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
@@ -228,6 +308,42 @@ class InferenceCore:
         check_model_name(name)
         self._check_explicit()
         await self.manager.unload(name, unload_dependents)
+
+    # --- rollouts: traffic policies, shadow, drift (rollout.py) ------------------------------
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The model's traffic policy, live shares, canary, shadow and drift figures."""
+        check_model_name(name)
+        return self.manager.traffic(name)
+
+    async def set_traffic(self, name: str, doc: Any) -> dict[str, Any]:
+        """A new policy as JSON: ``{"weights": {"1": 90, "2": 10}, "sticky": "user", "shadow":
+        {"version": "3", "share": 0.5}, "canary": {...}}``; InvalidArgument (and the policy in
+        force stays) when it is malformed or points at a version that does not serve."""
+        check_model_name(name)
+        return await self.manager.set_traffic(name, policy_from_json(doc, f"traffic policy of model '{name}'"))
+
+    async def promote(self, name: str, doc: Any) -> dict[str, Any]:
+        """``{"version": "2"[, "bake_s": 600]}``: all traffic to that version; the policy before
+        stays the rollback target, its versions loaded for the bake period."""
+        check_model_name(name)
+        if not isinstance(doc, Mapping) or not isinstance(doc.get("version"), str | int):
+            raise InvalidArgument(f"promote model '{name}': the body must be an object with a 'version'")
+        version = str(doc["version"]).strip()
+        if not (version.isascii() and version.isdigit()) or int(version) < 1:
+            raise InvalidArgument(f"promote model '{name}': version '{version}' is not an integer > 0")
+        bake = doc.get("bake_s")
+        if bake is not None and (isinstance(bake, bool) or not isinstance(bake, int | float) or not 0 <= bake < 1e9):
+            raise InvalidArgument(f"promote model '{name}': 'bake_s' must be a number of seconds >= 0")
+        return await self.manager.promote(name, int(version), None if bake is None else float(bake))
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        """Back to the policy before the last change (InvalidArgument when there is none)."""
+        check_model_name(name)
+        return await self.manager.rollback(name)
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        """Every model with a traffic policy or drift statistics: its figures, by name."""
+        return {name: rollout.figures() for name, rollout in self.manager.rollouts().items()}
 
     def _check_explicit(self) -> None:
         if self.model_control_mode != "explicit":

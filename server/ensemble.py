@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -201,6 +202,10 @@ class EnsembleScheduler(Scheduler):
         waiting = list(self.plan.steps)
         running: dict[asyncio.Future[InferResponse], Step] = {}
         params = {"priority": work.priority} if work.priority else {}
+        trace = work.trace
+        step_traces: dict[int, Any] = {}  # each step's child span, while tracing this request
+        if trace is not None:
+            trace.composite = True
         try:
             while waiting or running:
                 if waiting and work.deadline_ns is not None and time.monotonic_ns() >= work.deadline_ns:
@@ -215,6 +220,10 @@ class EnsembleScheduler(Scheduler):
                         parameters=dict(params),
                         deadline_ns=work.deadline_ns,
                     )
+                    if trace is not None:
+                        request.trace = step_traces[step.index] = trace.step(
+                            step.model_name, step.model_version, step.index
+                        )
                     if step is self.streamed and work.info is not None and work.info.responses is not None:
                         call = self._stream(step, request, work.info.responses, work.outputs)
                     else:
@@ -228,12 +237,18 @@ class EnsembleScheduler(Scheduler):
                     try:
                         response = task.result()
                     except InferdError as e:
+                        if trace is not None:
+                            step_traces.pop(step.index).end(error=e.message)
                         raise type(e)(f"{self.label}: {step.label} failed: {e.message}", e.code) from None
+                    if trace is not None:
+                        step_traces.pop(step.index).end(response.model_version, response.outputs)
                     for model_output, tensor in step.outputs.items():
                         tensors[tensor] = response.outputs[model_output]
         finally:
             for task in running:
                 task.cancel()  # a failed or cancelled request schedules no further steps
+            for step_trace in step_traces.values():
+                step_trace.end(error="cancelled: the ensemble request ended first")
         outputs = {} if self.streamed is not None else {name: tensors[name] for name in work.outputs}
         elapsed = time.monotonic_ns() - started
         times = ExecutionTimes(work.batch_size, 0, elapsed, 0)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..backends import common as backend_common
 from ..backends import registry
 from ..backends.base import Backend, Instance, LoadContext
 from ..backends.python_metrics import CustomMetrics
@@ -23,6 +24,7 @@ from ..protocol.model_spec import InstanceGroup, ModelSpec, model_spec
 from ..protocol.pb import model_config_pb2 as mc
 from . import config as cfg
 from . import config_fields, sequence_config
+from .backend_config import BackendSettings
 from .classification import read_labels
 from .ensemble import EnsemblePlan, plan_ensemble
 from .repository import Repository
@@ -53,6 +55,8 @@ class ModelPlan:
     warnings: tuple[str, ...] = ()
     # Each output's classification labels (its label_filename), read once at load.
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Parameters every instance gets unless the config sets its own (--backend-config).
+    default_parameters: dict[str, str] = field(default_factory=dict)
     # The typed view of the completed config that schedulers, backends and versions read.
     spec: ModelSpec = field(init=False)
     # Where the model's folder is: the server's repository, or a load's own files (model_files).
@@ -62,17 +66,42 @@ class ModelPlan:
         self.spec = model_spec(self.config)
 
 
-def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = None) -> ModelPlan:
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the server plans every model (Triton's repository flags)."""
+
+    config_name: str = ""  # --model-config-name: configs/<name>.pbtxt where a model has one
+    auto_complete: bool = True  # false: --disable-auto-complete-config / --strict-model-config=true
+    backends: BackendSettings = field(default_factory=BackendSettings)  # --backend-config
+
+    def config_file(self, model_dir: Path) -> str:
+        """The config file a model is read from, relative to its folder."""
+        if self.config_name:
+            custom = f"configs/{self.config_name}.pbtxt"
+            if (model_dir / custom).is_file():
+                return custom
+        return cfg.CONFIG_FILE
+
+
+def plan_model(
+    repo: Repository, name: str, override: mc.ModelConfig | None = None, options: LoadOptions = LoadOptions()
+) -> ModelPlan:
     model_dir = repo.model_dir(name)
-    source = str(model_dir / cfg.CONFIG_FILE)
+    filename = options.config_file(model_dir)
+    source = str(model_dir / filename)
     if override is not None:
         config = mc.ModelConfig()
         config.CopyFrom(override)
         source = f"config override for model '{name}'"
     else:
-        repo.check_config_file(model_dir, cfg.CONFIG_FILE)
-        config, _ = cfg.read_config(model_dir)
+        repo.check_config_file(model_dir, filename)
+        config, found = cfg.read_config(model_dir, filename)
+        if not found and not options.auto_complete:
+            raise ModelLoadError(
+                f"{source}: no model configuration, and auto-complete is off (--disable-auto-complete-config)"
+            )
     cfg.check_name(config, name, source)
+    cfg.check_metric_tags(config, source)
     run_agents(config, model_dir, source)
     versions = repo.select_versions(config, model_dir)
     failed: dict[int, str] = {}
@@ -84,7 +113,13 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
     else:
         backend_name = registry.backend_name(config, model_dir / str(versions[-1]), source)
         backend_cls = registry.resolve(backend_name)
-        config, failed = _auto_complete(repo, model_dir, config, backend_cls, versions)
+        if options.auto_complete:
+            default_batch = options.backends.default_max_batch_size(backend_name, backend_common.DEFAULT_MAX_BATCH_SIZE)
+            token = backend_common.AUTO_COMPLETE_MAX_BATCH.set(default_batch)
+            try:
+                config, failed = _auto_complete(repo, model_dir, config, backend_cls, versions)
+            finally:
+                backend_common.AUTO_COMPLETE_MAX_BATCH.reset(token)
         if not config.backend and not config.platform:
             config.backend = backend_name
     _complete_instance_groups(config)
@@ -102,6 +137,7 @@ def plan_model(repo: Repository, name: str, override: mc.ModelConfig | None = No
         raise
     plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed, ensemble=ensemble)
     plan.warnings = findings.warned
+    plan.default_parameters = dict(options.backends.parameters.get(backend_name, {}))
     if plan.spec.sequence_batching is not None:  # its initial state files, read now to refuse bad ones
         sequence_config.initial_states(plan.spec.sequence_batching, config.max_batch_size > 0, model_dir, source)
     plan.labels = read_labels(model_dir, config, source)
@@ -280,7 +316,7 @@ def load_workers(
     filename = plan.config.default_model_filename or plan.backend.default_filename
     model_path = repo.model_file(version_dir, filename)
     spec = plan.spec
-    params = dict(spec.parameters)
+    params = {**plan.default_parameters, **dict(spec.parameters)}
     workers: list[InstanceWorker] = []
     placed = instances(spec.instance_group)
     inline = inline_execution(plan, placed, params)

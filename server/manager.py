@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +39,15 @@ from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
 from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
 from .cache import ResponseCache, version_cache
 from .ensemble import EnsembleScheduler, check_types, streamed_step
-from .loader import LoadLimits, ModelPlan, describe_instances, load_workers, plan_model
+from .loader import LoadLimits, LoadOptions, ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
 from .model_files import ModelFolders
 from .repository import Repository, check_model_name
+from .rollout import Rollout, RolloutConfig, plan_rollout, tapped
 from .scheduling import make_scheduler
 from .scheduling.worker import InstanceWorker
 from .stats import ModelStats, Observer
+from .traffic import Router, TrafficPolicy
 from .warmup import build_samples, run_samples
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,9 @@ class ModelRecord:
     load_seconds: float = 0.0
     files_root: Path | None = None  # the private folder of a load from 'file:' parameters
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set while a traffic policy routes the requests that name no version (rollout.py).
+    traffic: Router | None = None
+    rollout: Rollout | None = None  # set while the model has a policy or drift statistics
 
     def serving(self) -> list[int]:
         return [v for v, s in self.versions.items() if s.model is not None]
@@ -112,6 +118,10 @@ class ModelManager:
         self.max_buffered_responses = DEFAULT_BUFFERED_RESPONSES
         # Custom metrics of Python models (pb_utils.MetricFamily), read by the metrics endpoint.
         self.custom_metrics = CustomMetrics()
+        # How models are planned (--model-config-name, auto-complete, --backend-config).
+        self.load_options = LoadOptions()
+        # Model loads that may read and build models at once (--model-load-thread-count).
+        self.load_slots = asyncio.Semaphore(4)
 
     # --- the request path -----------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -123,7 +133,10 @@ class ModelManager:
                 f"inference without streaming doesn't support models with decoupled transaction policy: "
                 f"{model.label} sends 0..N responses per request; use the streaming API (gRPC ModelStreamInfer)"
             )
-        outputs = await model.infer(request)
+        if model.tap is None:
+            outputs = await model.infer(request)
+        else:
+            outputs = await tapped(model.tap, model, request)  # type: ignore[assignment]
         if type(outputs) is dict:
             return InferResponse(model.name, str(model.version), outputs, request.id)
         return _with_parameters(model, outputs, request.id)
@@ -139,7 +152,10 @@ class ModelManager:
                 async for response in responses:
                     yield response
             return
-        outputs = await model.infer(request)
+        if model.tap is None:
+            outputs = await model.infer(request)
+        else:
+            outputs = await tapped(model.tap, model, request)  # type: ignore[assignment]
         if type(outputs) is dict:
             yield InferResponse(model.name, str(model.version), outputs, request.id)
         else:
@@ -148,10 +164,13 @@ class ModelManager:
     def _model_for(self, request: InferRequest) -> ModelVersion:
         if self._shutting_down:
             raise Unavailable("server is shutting down")
-        return self.get(request.model_name, request.model_version)
+        return self.get(request.model_name, request.model_version, request)
 
     # --- lookup -------------------------------------------------------------------------
-    def get(self, name: str, version: str = "") -> ModelVersion:
+    def get(self, name: str, version: str = "", request: InferRequest | None = None) -> ModelVersion:
+        """The version ``version`` names; without one, the version the model's traffic policy
+        picks for ``request`` (its heaviest version for lookups without a request), or else
+        the newest serving version."""
         record = self.models.get(name)
         if record is None:
             raise NotFound(f"{UNKNOWN_MODEL}'{name}' is not found")
@@ -169,6 +188,10 @@ class ModelManager:
                     f"{UNKNOWN_MODEL}'{name}' version {version} is not at ready state: {slot.state} {slot.reason}".rstrip()
                 )
             return slot.model
+        if record.traffic is not None:
+            routed = record.versions.get(record.traffic.pick(request))
+            if routed is not None and routed.model is not None:
+                return routed.model
         if len(record.versions) == 1:  # the usual case, without building the serving list
             (slot,) = record.versions.values()
             if slot.model is not None:
@@ -220,10 +243,13 @@ class ModelManager:
             serving = record.serving()
             if not ready_only and (not record.versions or (record.reason and not serving)):
                 entries.append(ModelIndexEntry(name, "", record.state, record.reason))
+            notes = _traffic_notes(record)
             for v, slot in sorted(record.versions.items()):
                 state, reason = slot.state, slot.reason
                 if slot.model is not None and (missing := self.missing_dependency(slot.model)):
                     state, reason = UNAVAILABLE, missing
+                elif state == READY and v in notes:
+                    reason = f"{reason}; {notes[v]}" if reason else notes[v]
                 if not ready_only or state == READY:
                     entries.append(ModelIndexEntry(name, str(v), state, reason))
         return entries
@@ -249,6 +275,12 @@ class ModelManager:
         return [s.model for _, s in sorted(record.versions.items()) if s.model is not None]
 
     # --- lifecycle ----------------------------------------------------------------------
+    async def settle(self) -> None:
+        """Wait for every load in progress and the ensemble reloads they set off (an ensemble
+        that failed for want of a composing model loads again once that model is ready)."""
+        while self._loads or self._reloads:
+            await asyncio.gather(*self._loads, *self._reloads, return_exceptions=True)
+
     def require(self, names: Iterable[str]) -> None:
         """Make strict readiness wait for ``names`` (the models requested at start-up)."""
         self._required.update(names)
@@ -306,7 +338,10 @@ class ModelManager:
                 if files is not None:
                     files_root = await loop.run_in_executor(None, self.model_folders.write, name, files)
                     repository = Repository(files_root)
-                plan = await loop.run_in_executor(None, plan_model, repository, name, override)
+                async with self.load_slots:
+                    plan = await loop.run_in_executor(None, plan_model, repository, name, override, self.load_options)
+                rollout = await loop.run_in_executor(None, plan_rollout, name, plan.spec.parameters, plan.model_dir)
+                self._check_protected(record, plan.versions)
                 planned = time.monotonic() - started  # shared by the versions: part of each one's time
             except Exception as e:
                 if files_root is not None:
@@ -344,6 +379,7 @@ class ModelManager:
                     self.model_folders.remove(files_root)
             else:
                 self._commit(record, plan, loaded, errors)
+                self._configure_rollout(record, rollout)
                 # The folder of the load now in service; the one before it serves no more.
                 if record.files_root is not None and record.files_root != files_root:
                     self.model_folders.remove(record.files_root)
@@ -353,6 +389,107 @@ class ModelManager:
             record.load_seconds = time.monotonic() - started
             if errors:
                 raise ModelLoadError("; ".join(f"version {v}: {m}" for v, m in sorted(errors.items())))
+
+    def _check_protected(self, record: ModelRecord, versions: list[int]) -> None:
+        """Refuse a reload that would unload a version the traffic policy points at (or, during
+        the bake period, one the policy before it pointed at)."""
+        rollout = record.rollout
+        if rollout is None:
+            return
+        dropped = sorted(v for v in rollout.protected() if v not in versions and v in record.serving())
+        if not dropped:
+            return
+        policy = rollout.policy
+        in_policy = policy is not None and any(v in policy.pointed_at() for v in dropped)
+        if not in_policy:
+            rollout.reload_refused = True  # tried again when the bake period ends
+        which = ", ".join(map(str, dropped))
+        if in_policy and policy is not None:
+            why = f"its traffic policy ({policy.describe()}) points at it"
+        else:
+            why = f"the bake period keeps the previous policy's versions loaded {rollout.bake_remaining():.0f} s more"
+        raise ModelLoadError(
+            f"reload refused: it would unload version {which} of model '{record.name}', and {why}; change the "
+            f"traffic policy first (POST /v2/models/{record.name}/traffic)"
+        )
+
+    def _configure_rollout(self, record: ModelRecord, config: RolloutConfig) -> None:
+        """Apply the config's rollout parameters after a committed load."""
+        if record.rollout is None:
+            if config.empty:
+                return
+            record.rollout = self._new_rollout(record)
+        record.rollout.configure(config)
+        self._retap(record)
+
+    def _new_rollout(self, record: ModelRecord) -> Rollout:
+        name = record.name
+
+        def reload() -> None:
+            task = asyncio.get_running_loop().create_task(self.load(name))
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+            task.add_done_callback(_log_failure)
+
+        return Rollout(
+            name,
+            lambda: sorted(record.serving()),
+            lambda model, version: self.get(model, str(version)),
+            lambda: self._retap(record),
+            reload,
+        )
+
+    def _retap(self, record: ModelRecord) -> None:
+        """Point the request path at the rollout's router and taps (or at nothing)."""
+        rollout = record.rollout
+        record.traffic = rollout.router if rollout is not None else None
+        for v, slot in record.versions.items():
+            if slot.model is not None:
+                slot.model.tap = rollout.tap(v) if rollout is not None else None
+
+    # --- traffic policies (rollout.py) ----------------------------------------------------
+    def _rollout_of(self, name: str) -> Rollout:
+        record = self.models.get(name)
+        if record is None or not record.serving():
+            raise NotFound(f"{UNKNOWN_MODEL}'{name}' is not loaded")
+        if record.rollout is None:
+            record.rollout = self._new_rollout(record)
+        return record.rollout
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The model's policy, live shares, canary, shadow, drift and recent events."""
+        record = self.models.get(name)
+        if record is None or not record.serving():
+            raise NotFound(f"{UNKNOWN_MODEL}'{name}' is not loaded")
+        serving = [str(v) for v in sorted(record.serving())]
+        if record.rollout is None:
+            return {"model": name, "policy": None, "effective": "", "serving": serving}
+        return {**record.rollout.figures(), "serving": serving}
+
+    async def set_traffic(self, name: str, policy: TrafficPolicy) -> dict[str, Any]:
+        """Put ``policy`` in force (InvalidArgument, nothing changed, when it does not fit)."""
+        rollout = self._rollout_of(name)
+        async with self.models[name].lock:  # not while a reload changes the serving versions
+            rollout.set_policy(policy, "set over the API")
+        return self.traffic(name)
+
+    async def promote(self, name: str, version: int, bake_s: float | None = None) -> dict[str, Any]:
+        """All traffic to ``version``; the policy before stays the rollback target."""
+        rollout = self._rollout_of(name)
+        async with self.models[name].lock:
+            rollout.promote(version, bake_s)
+        return self.traffic(name)
+
+    async def rollback(self, name: str) -> dict[str, Any]:
+        """Back to the policy before the last change."""
+        rollout = self._rollout_of(name)
+        async with self.models[name].lock:
+            rollout.rollback()
+        return self.traffic(name)
+
+    def rollouts(self) -> dict[str, Rollout]:
+        """The models that have a rollout, by name."""
+        return {n: r.rollout for n, r in sorted(self.models.items()) if r.rollout is not None}
 
     def _plan_failed(self, record: ModelRecord, message: str) -> None:
         log.error("failed to load model '%s': %s", record.name, message)
@@ -416,17 +553,18 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         # Python models call other models from their instance threads, through this loop.
         caller = ThreadCaller(self, loop)
-        workers = await loop.run_in_executor(
-            None,
-            load_workers,
-            plan.repository,
-            plan,
-            version,
-            caller,
-            self.instance_nice,
-            self.limits,
-            self.custom_metrics,
-        )
+        async with self.load_slots:
+            workers = await loop.run_in_executor(
+                None,
+                load_workers,
+                plan.repository,
+                plan,
+                version,
+                caller,
+                self.instance_nice,
+                self.limits,
+                self.custom_metrics,
+            )
         label = f"model '{plan.name}' version {version}"
         try:
             if plan.config.model_warmup:
@@ -543,6 +681,10 @@ class ModelManager:
             self.repository.model_dirs(name)  # NotFound for names the repository does not have
             return
         async with record.lock:
+            if record.rollout is not None:  # unloaded on purpose: its policy goes with it
+                record.rollout.close()
+                record.rollout = None
+                record.traffic = None
             drains = [t for v in list(record.versions) if (t := self._unload_slot(record, v)) is not None]
             record.state = UNAVAILABLE
             record.reason = "" if record.versions else UNLOADED
@@ -625,6 +767,20 @@ def _log_loaded(
     serving = sorted(record.serving())
     if serving != sorted(loaded):
         log.info("model '%s': serving versions %s", plan.name, ", ".join(map(str, serving)))
+
+
+def _traffic_notes(record: ModelRecord) -> dict[int, str]:
+    """What the index says of each version's part in the model's traffic policy."""
+    policy = record.rollout.policy if record.rollout is not None else None
+    if policy is None:
+        return {}
+    total = sum(w for _, w in policy.weights)
+    notes = {v: f"traffic {100 * w / total:g}% ({policy.describe()})" for v, w in policy.weights}
+    if policy.shadow is not None and not policy.shadow.model:
+        notes[policy.shadow.version] = f"shadow of {100 * policy.shadow.share:g}% of the traffic"
+    if policy.canary is not None:
+        notes[policy.canary.version] += "; canary"
+    return notes
 
 
 def _with_parameters(model: ModelVersion, outputs: dict[str, np.ndarray], request_id: str) -> InferResponse:

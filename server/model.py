@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ class ModelVersion:
     label: str = field(init=False)
     # 0..N responses per request: from the config, or (an ensemble) from its decoupled step.
     decoupled: bool = False
+    # Set by the manager while the model has a rollout (rollout.Tap: traffic windows, shadow,
+    # drift); None keeps the request path as it is without one.
+    tap: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.label = f"model '{self.name}' version {self.version}"
@@ -77,6 +81,8 @@ class ModelVersion:
                 self._apply_timeout(work, request.parameters)
             if request.id or request.parameters or responses is not None:
                 work.info = RequestInfo(request.id, request.parameters, responses=responses)
+            if request.trace is not None:
+                work.trace = request.trace
             reshaper = self._reshaper
             if reshaper is not None:
                 work.inputs = reshaper.to_model(work.inputs)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
-from .loader import LoadLimits
+from .frontends.access import Restriction
+from .frontends.request_limits import RequestLimits
+from .loader import LoadLimits, LoadOptions
+from .log_settings import LogState, state_from_level
+from .metrics_config import MetricsOptions
+from .tls import TlsFiles
+from .tracing import TraceConfig
 
 # The bundled repository sits beside this package, both in a checkout and in an installed wheel.
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -57,6 +64,46 @@ class Settings:
     strict_readiness: bool = True
     exit_timeout_secs: float = 30.0
     log_level: str = "INFO"
+    # Triton's operational flags (triton_flags.py). Addresses: None binds --host; the metrics
+    # port defaults to the HTTP address, as in Triton.
+    server_id: str = "inferd"
+    http_address: str | None = None
+    grpc_address: str | None = None
+    metrics_address: str | None = None
+    # A model failing at start-up stops `inferd serve` (Triton's default); in-process servers
+    # (InferdServer.start) always serve what loaded.
+    exit_on_error: bool = True
+    load_options: LoadOptions = field(default_factory=LoadOptions)
+    model_load_threads: int = 4
+    # grpc core channel arguments from --grpc-keepalive-* and --grpc-max-connection-age*.
+    grpc_channel_options: tuple[tuple[str, int], ...] = ()
+    # Triton's log switches, file and format; None: from log_level.
+    log: LogState | None = None
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    # Transport security and access control (tls.py, frontends/access.py): TLS per port (None:
+    # plaintext) and, per API category, the header a request needs (none: open).
+    grpc_tls: TlsFiles | None = None
+    http_tls: TlsFiles | None = None
+    metrics_tls: TlsFiles | None = None
+    grpc_restrictions: Mapping[str, Restriction] = field(default_factory=dict)
+    http_restrictions: Mapping[str, Restriction] = field(default_factory=dict)
+    # --trace-config (tracing.py): every level OFF by default.
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    # What one request or connection may cost: decoded elements, HTTP timeouts and connection
+    # cap, gRPC handshake timeout and streams (frontends/request_limits.py, limit_flags.py).
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
+
+    def log_state(self) -> LogState:
+        return self.log if self.log is not None else state_from_level(self.log_level)
+
+    def grpc_host(self) -> str:
+        return self.grpc_address or self.host
+
+    def http_host(self) -> str:
+        return self.http_address or self.host
+
+    def metrics_host(self) -> str:
+        return self.metrics_address or self.http_host()
 
     def __post_init__(self) -> None:
         # One folder may be given as it is; the server always works with the tuple.

@@ -82,7 +82,6 @@ def plan(tmp_path: Path, extra: str, backend_model: bool = True, name: str = "m"
         ),
         ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
         ("model_operations { op_library_filename: 'libcustom.so' }", "model_operations.op_library_filename"),
-        ("metric_tags { key: 'team' value: 'a' }", "metric_tags"),
         ("cc_model_filenames { key: '8.0' value: 'a.onnx' }", "cc_model_filenames"),
         ("instance_group [ { kind: KIND_CPU passive: true } ]", "instance_group.passive"),
         ("instance_group [ { kind: KIND_CPU profile: '0' } ]", "instance_group.profile"),
@@ -93,6 +92,15 @@ def test_refused_fields_name_themselves(tmp_path: Path, extra: str, field: str) 
     with pytest.raises(ModelLoadError) as e:
         plan(tmp_path, extra)
     assert f"field '{field}' is not supported by inferd" in e.value.message
+
+
+def test_metric_tags_are_honoured_and_their_keys_checked(tmp_path: Path) -> None:
+    tagged = plan(tmp_path, "metric_tags { key: 'team' value: 'search' }")
+    assert dict(tagged.config.metric_tags) == {"team": "search"}
+    for key in ("_private", "has-dash", "with space"):
+        with pytest.raises(ModelLoadError) as e:
+            plan(tmp_path, f"metric_tags {{ key: '{key}' value: 'a' }}")
+        assert f"metric_tags key '{key}'" in e.value.message
 
 
 def test_checksum_agent_checks_the_files(tmp_path: Path) -> None:

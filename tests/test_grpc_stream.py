@@ -30,6 +30,7 @@ class RecordingCore:
     """Stands in for InferenceCore: records what the front end hands it and echoes the inputs."""
 
     shared_memory = None  # the front ends refuse shared-memory parameters with no registry
+    tracer = types.SimpleNamespace(active=False)  # tracing off: front ends read no traceparent
 
     def __init__(self) -> None:
         self.requests: list[InferRequest] = []

@@ -30,11 +30,20 @@ def own(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def scrape(running: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample by the name it has on the wire."""
     text = httpx.get(f"http://{running.metrics_url}/metrics", timeout=10).text
+    return samples_of(text)
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     samples = {}
     for family in text_string_to_metric_families(text):
+        # The parser names the samples of a counter typed without "_total" (Triton's counters)
+        # "<name>_total"; on the wire they are "<name>".
+        triton_style = family.type == "counter" and f"# TYPE {family.name} counter" in text
         for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            name = s.name.removesuffix("_total") if triton_style else s.name
+            samples[(name, tuple(sorted(s.labels.items())))] = s.value
     return samples
 
 

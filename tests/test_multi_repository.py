@@ -161,7 +161,7 @@ def test_every_repository_must_be_a_folder(repos: tuple[Path, Path]) -> None:
 
 def test_model_store_flag_adds_a_repository(repos: tuple[Path, Path]) -> None:
     a, b = repos
-    proc, url = start(a, "--model-store", str(b))
+    proc, url = start(a, "--model-store", str(b), "--exit-on-error=false")  # twin fails on purpose
     try:
         client = grpcclient.InferenceServerClient(url)
         wait_for(lambda: client.is_model_ready("add_sub") and client.is_model_ready("add_int"), timeout=60)
@@ -172,3 +172,16 @@ def test_model_store_flag_adds_a_repository(repos: tuple[Path, Path]) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_name_in_two_repositories_stops_the_server_by_default(repos: tuple[Path, Path]) -> None:
+    """--exit-on-error is true by default, as in Triton: the twin's reason names both folders."""
+    a, b = repos
+    result = subprocess.run(
+        serve_argv("--model-repository", str(a), "--model-repository", str(b), "--model-control-mode=none"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"model 'twin' is in two model repositories: {a.resolve()} and {b.resolve()}" in result.stderr

@@ -21,9 +21,11 @@ NAMES = {
     "http-vs-grpc",
     "kserve",
     "protocol",
+    "rollout",
     "shm",
     "swap",
     "tools",
+    "tracing",
     "triton",
 }
 

@@ -153,12 +153,16 @@ def own(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def scrape(running: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample by the name it has on the wire (the parser adds "_total" to the samples of
+    counters typed without it, as Triton's are)."""
     text = httpx.get(f"http://{running.metrics_url}/metrics", timeout=10).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    out = {}
+    for family in text_string_to_metric_families(text):
+        triton_style = family.type == "counter" and f"# TYPE {family.name} counter" in text
+        for s in family.samples:
+            name = s.name.removesuffix("_total") if triton_style else s.name
+            out[(name, tuple(sorted(s.labels.items())))] = s.value
+    return out
 
 
 def ids(model: str) -> tuple[tuple[str, str], ...]:

@@ -66,7 +66,8 @@ def serve_until_started(repo: Path, log: Path, *extra: str) -> str:
 
 @pytest.fixture(scope="module")
 def output(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return serve_until_started(repo, tmp_path_factory.mktemp("log") / "inferd.log")
+    # "broken" fails on purpose: the server serves the rest instead of stopping (Triton's default).
+    return serve_until_started(repo, tmp_path_factory.mktemp("log") / "inferd.log", "--exit-on-error=false")
 
 
 def table_rows(text: str) -> dict[str, tuple[str, str]]:
@@ -153,3 +154,17 @@ def test_debug_quiets_nothing(clean_env: pytest.MonkeyPatch) -> None:
 )
 def test_banner_lines(line: str, banner: bool) -> None:
     assert framework_logs.is_banner(line) is banner
+
+
+def test_a_model_failing_at_start_up_stops_the_server_with_its_reason(repo: Path, tmp_path: Path) -> None:
+    """--exit-on-error is true by default, as in Triton: status 1 and the model's reason."""
+    done = subprocess.run(
+        serve_argv("--model-repository", str(repo), "--model-control-mode=none"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("inferd: failed to load model 'broken' version 1: ") and "model file not found" in last
+    assert "--exit-on-error=false" in last

@@ -13,10 +13,14 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+
+from .http_connections import guarded_protocol
+from .request_limits import Refusals, RequestLimits
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -45,7 +49,18 @@ def _quiet_uvicorn_lifecycle() -> None:
 class AsgiServer:
     """One uvicorn server for ``app`` on ``host:port``; ``port`` is the bound port once started."""
 
-    def __init__(self, app: Any, host: str, port: int, graceful_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        graceful_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: RequestLimits | None = None,
+        refusals: Refusals | None = None,
+    ) -> None:
+        """``limits`` time out slow connections and cap how many are open (http_connections.py),
+        counting what they close in ``refusals``."""
         self.host = host
         self.port = port
         self._config = uvicorn.Config(
@@ -59,6 +74,9 @@ class AsgiServer:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=math.ceil(graceful_timeout_s),
+            # TLS (tls.py): the server's own live context, so that a reload reaches new handshakes.
+            ssl_context_factory=(lambda config, default: ssl_context) if ssl_context is not None else None,
+            http=guarded_protocol(limits or RequestLimits(), refusals or Refusals()),
         )
         self._server = _EmbeddedServer(self._config)
         _quiet_uvicorn_lifecycle()

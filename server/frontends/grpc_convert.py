@@ -21,9 +21,10 @@ from ...protocol.fields import CONTENTS_FIELD
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.types import InferRequest, InferResponse, Scalar
 from ..shm import SharedMemoryRegistry
-from . import tensor_parameters
+from . import grpc_cost, tensor_parameters
 from .grpc_params import PbParameters
 from .grpc_wire import FINAL_RESPONSE, InferWire
+from .request_limits import DEFAULT_MAX_ELEMENTS, ElementBudget
 
 # The request parameter with which a streaming client asks for empty final responses.
 ENABLE_EMPTY_FINAL = "triton_enable_empty_final_response"
@@ -33,9 +34,14 @@ class InferCodec:
     """Decode and encode for one server; it holds the wire-level caches (per server, not global,
     so tests and servers do not share them)."""
 
-    def __init__(self, regions: SharedMemoryRegistry | None = None) -> None:
+    def __init__(self, regions: SharedMemoryRegistry | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         self._wire = InferWire()
         self._regions = regions  # shared memory (tensor_parameters); None: refused
+        self.max_elements = max_elements  # values decoded one by one (request_limits)
+
+    def fit(self, data: bytes, remaining_s: float | None = None) -> InferRequest | None:
+        """The request if ``data`` fits a learnt layout (cheap at any size), else None."""
+        return self._wire.fit(data, remaining_s)
 
     def decode(self, data: bytes, remaining_s: float | None = None) -> InferRequest:
         """A serialized ModelInferRequest as the core's request; ``remaining_s`` is the client's
@@ -43,11 +49,12 @@ class InferCodec:
         request = self._wire.fit(data, remaining_s)
         if request is not None:
             return request
+        grpc_cost.check(data, self.max_elements)  # before parsing can expand it
         try:
             msg = pb.ModelInferRequest.FromString(data)
         except Exception as e:  # upb raises DecodeError; any failure is the client's bytes
             raise InvalidArgument(f"ModelInfer: the request is not a valid ModelInferRequest message ({e})") from None
-        request = request_from_pb(msg, remaining_s, self._regions)
+        request = request_from_pb(msg, remaining_s, self._regions, ElementBudget(self.max_elements))
         # (an input in shared memory has no raw bytes to template; a template keeps no output parameters)
         if request.output_regions is None and request.classification is None:
             self._wire.learn(data, request)
@@ -67,13 +74,14 @@ def stream_error(message: str, data: bytes) -> bytes:
     id and model name so that the client can tell which one (parsed only on this rare path)."""
     error = pb.ModelStreamInferResponse(error_message=message)
     error.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+    # Read at the wire level: parsing a message refused for its cost would pay that cost.
+    fields = grpc_cost.top_level_strings(data)
     try:
-        msg = pb.ModelInferRequest.FromString(data)
-    except Exception:  # the error being reported is that the bytes are not a message
-        return error.SerializeToString()
-    error.infer_response.id = msg.id
-    error.infer_response.model_name = msg.model_name
-    error.infer_response.model_version = msg.model_version
+        error.infer_response.model_name = fields.get(1, b"").decode()
+        error.infer_response.model_version = fields.get(2, b"").decode()
+        error.infer_response.id = fields.get(3, b"").decode()
+    except UnicodeDecodeError:
+        pass  # the error being reported is that the bytes are not a valid message
     return error.SerializeToString()
 
 
@@ -112,9 +120,14 @@ def wants_empty_final(request: InferRequest) -> bool:
 
 
 def request_from_pb(
-    msg: pb.ModelInferRequest, remaining_s: float | None = None, regions: SharedMemoryRegistry | None = None
+    msg: pb.ModelInferRequest,
+    remaining_s: float | None = None,
+    regions: SharedMemoryRegistry | None = None,
+    budget: ElementBudget | None = None,
 ) -> InferRequest:
-    """The message path of ``InferCodec.decode``."""
+    """The message path of ``InferCodec.decode``; ``budget`` bounds the BYTES elements and
+    ``contents`` values decoded one by one."""
+    budget = budget or ElementBudget(DEFAULT_MAX_ELEMENTS)
     model = msg.model_name
     raw = msg.raw_input_contents
     tensors = list(msg.inputs)  # one wrapper per tensor, made once (upb makes one per access)
@@ -154,11 +167,14 @@ def request_from_pb(
         shape = tuple(t.shape[:])  # slicing first is cheaper than iterating the repeated field
         what = f"model '{model}' input '{name}'"
         if not raw:
-            inputs[name] = _from_contents(t, dt, shape, what)
+            inputs[name] = _from_contents(t, dt, shape, what, budget)
         elif t.HasField("contents"):
             raise InvalidArgument(_contents_beside_raw(name, model))
         else:
-            inputs[name] = codec.from_raw(raw[r], dt, shape, what)
+            data = raw[r]
+            if not dt.itemsize and (count := codec.element_count(shape, what)) <= len(data) // 4:
+                budget.take(count, what)  # (more elements than the bytes can hold: from_raw says so)
+            inputs[name] = codec.from_raw(data, dt, shape, what)
             r += 1
     outputs, regions_out, classes = _requested_outputs(msg, regions) if len(msg.outputs) else (None, None, None)
     params: Mapping[str, Scalar] = PbParameters(msg.parameters) if len(msg.parameters) else {}
@@ -191,7 +207,7 @@ def _requested_outputs(
     return names, targets, classes
 
 
-def _from_contents(t: Any, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _from_contents(t: Any, dt: codec.DataType, shape: tuple[int, ...], what: str, budget: ElementBudget) -> np.ndarray:
     count = codec.element_count(shape, what)
     field = CONTENTS_FIELD.get(dt.name)
     if field is None:
@@ -199,11 +215,14 @@ def _from_contents(t: Any, dt: codec.DataType, shape: tuple[int, ...], what: str
     values = getattr(t.contents, field)
     if len(values) != count:
         raise InvalidArgument(f"{what}: {len(values)} values in contents.{field} but shape {list(shape)} needs {count}")
+    budget.take(count, what)
     if dt.itemsize == 0:
         out = np.empty(count, dtype=object)
         out[:] = list(values)
         return out.reshape(shape)
     try:
-        return np.array(values, dtype=dt.dtype).reshape(shape)
+        # fromiter converts value by value; np.array would first build a list of Python numbers
+        # (32 bytes each) beside the array.
+        return np.fromiter(values, dtype=dt.dtype, count=count).reshape(shape)
     except OverflowError:
         raise InvalidArgument(f"{what}: a value in contents.{field} does not fit {dt.name}") from None

@@ -3,6 +3,7 @@ configuration, statistics and the repository index (``http_metadata`` has their 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ...protocol.pb import grpc_service_pb2 as pb
@@ -80,3 +81,25 @@ def repository_index_pb(entries: list[ModelIndexEntry]) -> pb.RepositoryIndexRes
     return pb.RepositoryIndexResponse(
         models=[M(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries]
     )
+
+
+def log_settings_changes(request: pb.LogSettingsRequest) -> dict[str, object]:
+    """A LogSettings request's settings as plain values (an unset oneof is None, refused by the core)."""
+    changes: dict[str, object] = {}
+    for key, value in request.settings.items():
+        choice = value.WhichOneof("parameter_choice")
+        changes[key] = None if choice is None else getattr(value, choice)
+    return changes
+
+
+def log_settings_pb(settings: Mapping[str, bool | int | str]) -> pb.LogSettingsResponse:
+    response = pb.LogSettingsResponse()
+    for key, value in settings.items():
+        entry = response.settings[key]
+        if isinstance(value, bool):
+            entry.bool_param = value
+        elif isinstance(value, int):
+            entry.uint32_param = value
+        else:
+            entry.string_param = value
+    return response

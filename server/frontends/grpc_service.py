@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from ...protocol.pb import health_pb2, health_pb2_grpc
 from ...protocol.types import InferRequest
 from ..core import InferenceCore
 from . import grpc_metadata as meta
+from .access import Restrictions, guard_handlers
 from .grpc_convert import (
     InferCodec,
     empty_final_response,
@@ -31,11 +33,15 @@ from .grpc_convert import (
     stream_error_response,
     wants_empty_final,
 )
+from .request_limits import Refusals, RequestLimits, TooManyElements
 
 log = logging.getLogger(__name__)
 
 # Encoded responses of one ModelStreamInfer call waiting for the client to read them.
 STREAM_QUEUE = 16
+# Requests bigger than this are decoded on a worker thread (unless they fit a learnt layout,
+# which is a few byte comparisons): BYTES or `contents` tensors take ~1 s per million values.
+OFF_LOOP_BYTES = 1 << 20
 
 STATUS = {
     Code.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -80,9 +86,26 @@ def _refused(message: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(
+        self, core: InferenceCore, limits: RequestLimits | None = None, refusals: Refusals | None = None
+    ) -> None:
         self.core = core
-        self.codec = InferCodec(core.shared_memory)
+        self.limits = limits or RequestLimits()
+        self.refusals = refusals or Refusals()
+        self.codec = InferCodec(core.shared_memory, self.limits.max_elements)
+
+    async def _decode(self, data: bytes, remaining_s: float | None = None) -> InferRequest:
+        """``codec.decode``, on a worker thread for a big message that fits no learnt layout."""
+        try:
+            if len(data) <= OFF_LOOP_BYTES:
+                return self.codec.decode(data, remaining_s)
+            request = self.codec.fit(data, remaining_s)
+            if request is not None:
+                return request
+            return await asyncio.to_thread(self.codec.decode, data, remaining_s)
+        except TooManyElements:
+            self.refusals.count("grpc", "too_many_elements")
+            raise
 
     @_status
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -114,7 +137,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status
     async def ModelInfer(self, request: bytes, context: Any) -> bytes:
-        core_request = self.codec.decode(request, context.time_remaining())
+        core_request = await self._decode(request, context.time_remaining())
+        if self.core.tracer.active:
+            core_request.traceparent = _traceparent(context)
         return self.codec.encode(await self.core.infer(core_request))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
@@ -128,16 +153,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         The responses waiting for the client are bounded (STREAM_QUEUE): a client that reads
         slowly holds the requests back, so a decoupled request's responses wait in its own
         bounded channel, and fail it past ``--max-buffered-responses``. A client that cancels
-        or goes away cancels every request of the stream."""
+        or goes away cancels every request of the stream.
+
+        At most ``grpc_stream_max_inflight`` requests of the stream are decoded or running at
+        once; the stream is not read further until one finishes, so HTTP/2 flow control holds
+        a client that sends faster than the server answers."""
         out: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
+        inflight = asyncio.Semaphore(self.limits.grpc_stream_max_inflight)
+        traceparent = _traceparent(context) if self.core.tracer.active else None
 
         async def one(data: bytes, turn: asyncio.Future[None], done: asyncio.Future[None]) -> None:
             # As in Triton, a model that is not decoupled answers in the order the requests
             # came (its requests run concurrently; only the writing waits for ``turn``).
             try:
-                request = self.codec.decode(data)
+                request = await self._decode(data)
+                if traceparent is not None:
+                    request.traceparent = traceparent
                 if self._decoupled(request):
                     done.set_result(None)
                 empty_final = wants_empty_final(request)
@@ -158,11 +191,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 if not done.done():
                     done.set_result(None)
+                inflight.release()
 
         async def read() -> None:
             turn: asyncio.Future[None] = loop.create_future()
             turn.set_result(None)
             async for data in requests:
+                await inflight.acquire()
                 done: asyncio.Future[None] = loop.create_future()
                 task = asyncio.ensure_future(one(data, turn, done))
                 turn = done
@@ -252,8 +287,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.core.unregister_cuda_shared_memory(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
-    TraceSetting = _unsupported("tracing")
-    LogSettings = _unsupported("changing log settings over the API")
+    @_status
+    async def TraceSetting(self, request: Any, context: Any) -> pb.TraceSettingResponse:
+        """Triton's trace extension: the settings named in the request change (an empty value
+        list clears one); none named is a read."""
+        changes = {key: list(v.value) or None for key, v in request.settings.items()}
+        model = request.model_name
+        settings = self.core.update_trace_settings(model, changes) if changes else self.core.trace_settings(model)
+        response = pb.TraceSettingResponse()
+        for key, values in settings.items():
+            response.settings[key].value.extend(values)
+        return response
+
+    @_status
+    async def LogSettings(self, request: Any, context: Any) -> pb.LogSettingsResponse:
+        """Triton's logging extension: the settings named in the request change (none: a read)."""
+        changes = meta.log_settings_changes(request)
+        settings = self.core.update_log_settings(changes) if changes else self.core.log_settings()
+        return meta.log_settings_pb(settings)
+
+
+def _traceparent(context: Any) -> str | None:
+    """The W3C traceparent the caller sent as metadata (read only while tracing is on)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return str(value)
+    return None
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -284,28 +343,115 @@ class _Collect:
         self.handlers[service] = dict(handlers)
 
 
-def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server, restrictions: Restrictions) -> None:
     collect = _Collect()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, collect)
     ((service, handlers),) = collect.handlers.items()
     # Raw bytes both ways: InferCodec reads and writes the messages itself.
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
+    _register(server, service, guard_handlers(service, _lenient(handlers), restrictions))
+
+
+def _register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
 
 
-def build_server(core: InferenceCore, address: str, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """Create the grpc.aio server bound to ``address``; returns it and the bound port."""
+def _add_health_service(servicer: HealthServicer, server: grpc.aio.Server, restrictions: Restrictions) -> None:
+    collect = _Collect()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, collect)
+    ((service, handlers),) = collect.handlers.items()
+    _register(server, service, guard_handlers(service, _lenient(handlers), restrictions))
+
+
+class _Malformed:
+    """What a request that is not a valid message deserializes to (see ``_lenient``)."""
+
+
+def _lenient(handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, grpc.RpcMethodHandler]:
+    """``handlers`` whose requests that are not valid messages get INVALID_ARGUMENT. grpc.aio
+    answers a deserializer's exception with UNKNOWN and the exception's text (a server fault,
+    in Python's words, for the client's bytes)."""
+    out = dict(handlers)
+    for name, handler in handlers.items():
+        parse = handler.request_deserializer
+        behavior = handler.unary_unary or handler.unary_stream
+        if parse is None or behavior is None:
+            continue  # ModelInfer/ModelStreamInfer read bytes themselves (grpc_convert)
+        message = f"{name}: the request is not a valid message"
+        if handler.unary_unary:
+            out[name] = handler._replace(
+                request_deserializer=_lenient_parse(parse), unary_unary=_refuse(behavior, message)
+            )
+        else:  # an async generator, or a coroutine that writes or aborts (Health.Watch here)
+            wrap = _refuse_stream if inspect.isasyncgenfunction(behavior) else _refuse
+            out[name] = handler._replace(
+                request_deserializer=_lenient_parse(parse), unary_stream=wrap(behavior, message)
+            )
+    return out
+
+
+def _lenient_parse(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # upb's DecodeError, or any other failure: the client's bytes
+            return _Malformed()
+
+    return lenient
+
+
+def _refuse(behavior: Callable[[Any, Any], Awaitable[Any]], message: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def rpc(request: Any, context: Any) -> Any:
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return await behavior(request, context)
+
+    return rpc
+
+
+def _refuse_stream(
+    behavior: Callable[[Any, Any], AsyncIterator[Any]], message: str
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def rpc(request: Any, context: Any) -> AsyncIterator[Any]:
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        async for item in behavior(request, context):
+            yield item
+
+    return rpc
+
+
+def build_server(
+    core: InferenceCore,
+    address: str,
+    max_message_bytes: int,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    restrictions: Restrictions | None = None,
+    channel_options: Sequence[tuple[str, int]] = (),
+    limits: RequestLimits | None = None,
+    refusals: Refusals | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Create the grpc.aio server bound to ``address``; returns it and the bound port. With
+    ``credentials`` the port serves TLS only (tls.py); ``restrictions`` guard API categories
+    (access.py); ``limits`` bound connections and what one request may cost (request_limits.py)
+    and ``refusals`` counts what they refuse."""
+    limits = limits or RequestLimits()
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # A connection that has not finished the HTTP/2 (and TLS) handshake by then is closed.
+        ("grpc.server_handshake_timeout_ms", int(limits.grpc_handshake_timeout_s * 1000)),
+        ("grpc.max_concurrent_streams", limits.grpc_max_concurrent_streams),
+        *channel_options,  # keepalive and connection age (Triton's --grpc-keepalive-*, --grpc-max-connection-age*)
     ]
     server = grpc.aio.server(options=options)
-    _add_inference_service(InferenceServicer(core), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(core), server)
-    port = server.add_insecure_port(address)
+    _add_inference_service(InferenceServicer(core, limits, refusals), server, restrictions or {})
+    _add_health_service(HealthServicer(core), server, restrictions or {})
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind the gRPC port at {address}")
     return server, port

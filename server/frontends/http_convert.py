@@ -20,6 +20,7 @@ from ...protocol.errors import InvalidArgument
 from ...protocol.types import InferRequest, InferResponse, Scalar
 from ..shm import SharedMemoryRegistry
 from . import tensor_parameters
+from .request_limits import DEFAULT_MAX_ELEMENTS, ElementBudget, too_many_elements
 
 # Deep enough for any tensor rank numpy supports inside {"inputs": [{"data": ...}]}, shallow
 # enough that no parser recursion can be driven by a request.
@@ -63,18 +64,23 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def split_body(body: memoryview, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
+def split_body(
+    body: memoryview, header_length: int | None, max_values: int = DEFAULT_MAX_ELEMENTS
+) -> tuple[dict[str, Any], memoryview]:
     """The leading JSON object and the binary data after it."""
     n = len(body) if header_length is None else header_length
     if n > len(body):
         raise InvalidArgument(
             f"Inference-Header-Content-Length {n} is larger than the request body ({len(body)} bytes)"
         )
-    return parse_json(body[:n]), body[n:]
+    return parse_json(body[:n], max_values), body[n:]
 
 
-def parse_json(data: bytes | memoryview) -> dict[str, Any]:
+def parse_json(data: bytes | memoryview, max_values: int = DEFAULT_MAX_ELEMENTS) -> dict[str, Any]:
+    """A JSON object of at most MAX_JSON_DEPTH levels and ``max_values`` values, both
+    checked before the parser builds anything."""
     text = bytes(data)
+    check_values(text, max_values)  # first: it bounds the brackets check_depth counts
     check_depth(text)
     try:
         doc = json.loads(text)
@@ -85,12 +91,23 @@ def parse_json(data: bytes | memoryview) -> dict[str, Any]:
     return doc
 
 
+def check_values(text: bytes, limit: int) -> None:
+    """Refuse JSON that could hold more than ``limit`` values, before the parser makes a
+    Python object of each (an empty list costs 64 bytes, 21x its 3 bytes of text). Every value
+    but the first follows a ',' or ':' or opens a container, so their count bounds the values
+    (strings' commas count too: an overestimate). Texts shorter than ``limit`` cannot exceed it."""
+    if len(text) <= limit:
+        return
+    if text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{") >= limit:
+        raise too_many_elements(limit, "the JSON body")
+
+
 def check_depth(text: bytes, limit: int = MAX_JSON_DEPTH) -> None:
     """Refuse JSON nested deeper than ``limit``, before any parser sees it (C-speed scan)."""
     if text.count(b"[") + text.count(b"{") <= limit:
         return
     steps = _STRING.sub(b'""', text).translate(_BRACKETS, _NOT_BRACKETS)
-    depth = np.cumsum(np.frombuffer(steps, dtype=np.int8), dtype=np.int64)
+    depth = np.cumsum(np.frombuffer(steps, dtype=np.int8), dtype=np.int32)
     if depth.size and int(depth.max()) > limit:
         raise InvalidArgument(f"JSON nesting is deeper than {limit} levels")
 
@@ -101,11 +118,13 @@ def decode_request(
     body: memoryview,
     header_length: int | None,
     regions: SharedMemoryRegistry | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> tuple[InferRequest, OutputFormat]:
     """A whole infer request body: JSON, or JSON then binary tensor data; tensors may name
-    shared-memory ``regions`` instead (refused when None)."""
-    doc, binary = split_body(body, header_length)
-    return request_from_json(model, version, doc, binary, regions)
+    shared-memory ``regions`` instead (refused when None). At most ``max_elements`` JSON values,
+    and as many BYTES elements in binary data (request_limits)."""
+    doc, binary = split_body(body, header_length, max_elements)
+    return request_from_json(model, version, doc, binary, regions, max_elements)
 
 
 def request_from_json(
@@ -114,6 +133,7 @@ def request_from_json(
     doc: dict[str, Any],
     binary: memoryview,
     regions: SharedMemoryRegistry | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> tuple[InferRequest, OutputFormat]:
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
@@ -122,7 +142,7 @@ def request_from_json(
     default_binary = params.pop("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidArgument(f"model '{model}': parameter 'binary_data_output' must be true or false")
-    inputs = _inputs(model, doc.get("inputs"), binary, regions)
+    inputs = _inputs(model, doc.get("inputs"), binary, regions, ElementBudget(max_elements))
     fmt = OutputFormat(default_binary)
     outputs, targets, classes = _requested_outputs(model, doc.get("outputs"), fmt, regions)
     if targets:
@@ -153,7 +173,9 @@ def _name(t: Any, what: str) -> str:
     return name
 
 
-def _inputs(model: str, value: Any, binary: memoryview, regions: SharedMemoryRegistry | None) -> dict[str, np.ndarray]:
+def _inputs(
+    model: str, value: Any, binary: memoryview, regions: SharedMemoryRegistry | None, budget: ElementBudget
+) -> dict[str, np.ndarray]:
     if not isinstance(value, list):
         raise InvalidArgument(f"model '{model}': 'inputs' must be a list of tensors")
     inputs: dict[str, np.ndarray] = {}
@@ -197,6 +219,10 @@ def _inputs(model: str, value: Any, binary: memoryview, regions: SharedMemoryReg
             raise InvalidArgument(
                 f"{what}: binary_data_size {size} is more than the {left} bytes of binary data left in the body"
             )
+        # BYTES: one object per element (JSON's are bounded by check_values); more elements than
+        # the bytes can hold is the client's error, which _from_binary reports.
+        if not dt.itemsize and (count := codec.element_count(shape, what)) <= size // 4:
+            budget.take(count, what)
         inputs[name] = _from_binary(binary[offset : offset + size], dt, shape, what)
         offset += size
     if offset != len(binary):
@@ -285,12 +311,13 @@ def _strings(data: list[Any], count: int, shape: tuple[int, ...], what: str) -> 
 
 
 def _flatten_strings(data: list[Any], out: list[bytes], what: str) -> None:
-    for e in data:
+    for i, e in enumerate(data):
         if isinstance(e, str):
             try:
                 out.append(e.encode("utf-8"))
             except UnicodeEncodeError:
                 raise InvalidArgument(f"{what}: a string is not valid Unicode (lone surrogate)") from None
+            data[i] = None  # the parsed document's copy goes as its bytes come: one copy at a time
         elif isinstance(e, list):
             _flatten_strings(e, out, what)  # depth is bounded by check_depth
         else:

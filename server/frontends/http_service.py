@@ -25,10 +25,14 @@ from ...protocol.messages import message_to_dict
 from ..core import InferenceCore
 from . import http_convert as conv
 from . import http_metadata as meta
+from .access import Restrictions, guard_routes
 from .http_body import read_body
 from .http_generate import GenerateApi
 from .http_origin import OriginGuard
+from .http_traffic import traffic_routes
 from .openai_service import build_openai_app
+from .request_limits import Refusals, RequestLimits, TooManyElements
+from .status_page import LatencyReader, status_routes
 
 STATUS = {
     Code.INVALID_ARGUMENT: 400,
@@ -109,9 +113,17 @@ def _compress(body: bytes, accept: str) -> tuple[bytes, str | None]:
 
 
 class HttpApi:
-    def __init__(self, core: InferenceCore, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        max_body_bytes: int,
+        limits: RequestLimits | None = None,
+        refusals: Refusals | None = None,
+    ) -> None:
         self.core = core
         self.max_body_bytes = max_body_bytes
+        self.max_elements = (limits or RequestLimits()).max_elements
+        self.refusals = refusals or Refusals()
 
     async def _body(self, request: Request, header_length: int | None = None) -> memoryview:
         h = request.headers
@@ -157,9 +169,22 @@ class HttpApi:
         header_length = conv.parse_header_length(request.headers.get("inference-header-content-length"))
         body = await self._body(request, header_length)
         json_size = len(body) if header_length is None else header_length
-        core_request, fmt = await _off_loop(
-            json_size, conv.decode_request, model, version, body, header_length, self.core.shared_memory
-        )
+        try:
+            core_request, fmt = await _off_loop(
+                json_size,
+                conv.decode_request,
+                model,
+                version,
+                body,
+                header_length,
+                self.core.shared_memory,
+                self.max_elements,
+            )
+        except TooManyElements:
+            self.refusals.count("http", "too_many_elements")
+            raise
+        if self.core.tracer.active:
+            core_request.traceparent = request.headers.get("traceparent")
         self._check_json_outputs(model, version, core_request.outputs, fmt)
         response = await self.core.infer(core_request)
         # JSON text is a few times the size of the numbers it holds.
@@ -223,6 +248,39 @@ class HttpApi:
         self.core.unregister_cuda_shared_memory(request.path_params.get("region", ""))
         return Response(status_code=200)
 
+    # --- logging extension ----------------------------------------------------------------
+    async def logging_settings(self, request: Request) -> Response:
+        """GET reads Triton's log settings; POST changes those its JSON object names."""
+        if request.method == "GET":
+            return _json(self.core.log_settings())
+        doc = await self._optional_json(request)
+        if not isinstance(doc, dict):
+            raise InvalidArgument("the log settings request must be a JSON object")
+        return _json(self.core.update_log_settings(doc))
+
+    # --- trace extension -----------------------------------------------------------------
+    async def trace_settings(self, request: Request) -> Response:
+        """GET reads the global (or a model's) trace settings; POST changes those its JSON
+        object names (null clears one)."""
+        model = request.path_params.get("model", "")
+        if request.method == "GET":
+            return _json(_trace_json(self.core.trace_settings(model)))
+        doc = await self._optional_json(request)
+        if not isinstance(doc, dict):
+            raise InvalidArgument("the trace setting request must be a JSON object")
+        changes: dict[str, list[str] | None] = {}
+        for key, value in doc.items():
+            if value is None:
+                changes[key] = None
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                changes[key] = value
+            elif isinstance(value, (str, int)) and not isinstance(value, bool):
+                changes[key] = [str(value)]
+            else:
+                raise InvalidArgument(f"trace setting '{key}' must be a string, a list of strings or null")
+        settings = self.core.update_trace_settings(model, changes) if changes else self.core.trace_settings(model)
+        return _json(_trace_json(settings))
+
     # --- repository ---------------------------------------------------------------------
     async def repository_index(self, request: Request) -> Response:
         doc = await self._optional_json(request)
@@ -255,6 +313,11 @@ class HttpApi:
             raise InvalidArgument("parameter 'unload_dependents' must be true or false")
         await self.core.unload_model(request.path_params["model"], dependents)
         return Response(status_code=200)
+
+
+def _trace_json(settings: dict[str, list[str]]) -> dict[str, Any]:
+    """Triton's JSON: trace_level is a list, every other setting one string."""
+    return {k: v if k == "trace_level" else ",".join(v) for k, v in settings.items()}
 
 
 def _unimplemented(what: str) -> Callable[[Request], Awaitable[Response]]:
@@ -302,22 +365,32 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
         Route("/v2/cudasharedmemory/unregister", api.cuda_unregister, methods=post),
         Route("/v2/cudasharedmemory/region/{region}/unregister", api.cuda_unregister, methods=post),
     ]
-    for path, what in [
-        ("/v2/trace/setting", "tracing"),
-        ("/v2/models/{model}/trace/setting", "tracing"),
-        ("/v2/logging", "changing log settings over the API"),
-    ]:
-        routes.append(Route(path, _unimplemented(what), methods=["GET", "POST"]))
+    routes.append(Route("/v2/trace/setting", api.trace_settings, methods=["GET", "POST"]))
+    routes.append(Route("/v2/models/{model}/trace/setting", api.trace_settings, methods=["GET", "POST"]))
+    routes.append(Route("/v2/logging", api.logging_settings, methods=["GET", "POST"]))
     return routes
 
 
 def build_app(
-    core: InferenceCore, max_body_bytes: int, allowed_origins: Iterable[str] = (), openai: bool = False
+    core: InferenceCore,
+    max_body_bytes: int,
+    allowed_origins: Iterable[str] = (),
+    openai: bool = False,
+    restrictions: Restrictions | None = None,
+    status_latency: LatencyReader | None = None,
+    limits: RequestLimits | None = None,
+    refusals: Refusals | None = None,
 ) -> OriginGuard:
     """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``;
     only ``allowed_origins`` may call it from web pages (http_origin.py). With ``openai``, the
-    OpenAI-compatible text API is mounted at /v1 (openai_service.py)."""
-    routes = _routes(HttpApi(core, max_body_bytes))
+    OpenAI-compatible text API is mounted at /v1 (openai_service.py). ``restrictions`` guard
+    API categories with a header (access.py). The rollout routes (http_traffic.py) and the
+    status page at / (status_page.py, latency percentiles from ``status_latency``) are their
+    own modules. ``limits`` bound what one request may cost (request_limits.py), counted in
+    ``refusals``."""
+    routes = _routes(HttpApi(core, max_body_bytes, limits, refusals))
+    routes += traffic_routes(core, max_body_bytes)
+    routes += status_routes(core, status_latency)
     if openai:
         routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes)))
     app = Starlette(
@@ -329,4 +402,5 @@ def build_app(
             Exception: _internal_error,
         },
     )
+    guard_routes(app.routes, restrictions or {})
     return OriginGuard(app, allowed_origins)

@@ -42,6 +42,8 @@ class Scheduler(ABC):
 
     def record_success(self, work: Work, times: ExecutionTimes, started_ns: int) -> None:
         self.stats.record_success(time.monotonic_ns() - work.enqueue_ns, started_ns - work.enqueue_ns, times)
+        if work.trace is not None:  # the spans reuse the timestamps the statistics took
+            work.trace.compute(work.enqueue_ns, started_ns, times)
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop taking requests and wait for queued and running ones; True if all finished."""

@@ -1,0 +1,106 @@
+"""Time limits and a cap on HTTP connections, as a subclass of uvicorn's own HTTP protocol.
+
+uvicorn times out only the idle gap between two requests of a keep-alive connection (5 s); a
+connection that never sends a byte, sends its headers a byte at a time, or stops in the middle
+of its body is held forever, each holding a socket and its buffers. The protocol here closes:
+
+- a connection whose request headers are not complete ``http_header_timeout_s`` after it
+  opened or after its previous response was sent (``header_timeout``);
+- a connection whose request body has received no byte for ``http_body_timeout_s``
+  (``body_timeout``; a slow but moving upload goes on);
+- a new connection beyond ``http_max_connections`` open at once, at once (``too_many_connections``).
+
+Each is counted in ``inferd_refused_total{protocol="http", reason}``. Nothing is timed while the
+app handles a request: a long inference is not a slow client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .request_limits import Refusals, RequestLimits
+
+_HEADERS, _BODY, _APP = "headers", "body", "app"
+
+
+def _uvicorn_protocol() -> type[Any]:
+    """The protocol uvicorn's "auto" picks: httptools when installed, else h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+    except ImportError:  # httptools is an optional dependency of uvicorn
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
+
+
+def guarded_protocol(limits: RequestLimits, refusals: Refusals) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class with the time limits and connection cap of ``limits``."""
+    base = _uvicorn_protocol()
+    h11_based = base.__name__ == "H11Protocol"
+
+    class GuardedProtocol(base):  # type: ignore[misc, valid-type]
+        _timer: asyncio.TimerHandle | None = None
+        _phase = _HEADERS
+
+        def _arm(self, phase: str) -> None:
+            self._phase = phase
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if phase == _HEADERS:
+                self._timer = self.loop.call_later(limits.http_header_timeout_s, self._expire, "header_timeout")
+            elif phase == _BODY:
+                self._timer = self.loop.call_later(limits.http_body_timeout_s, self._expire, "body_timeout")
+
+        def _expire(self, reason: str) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                refusals.count("http", reason)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.http_max_connections:
+                refusals.count("http", "too_many_connections")
+                transport.close()
+                return
+            self._arm(_HEADERS)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._arm(_APP)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if h11_based:
+                self._follow_h11()
+            elif self._phase == _BODY:
+                self._arm(_BODY)  # a byte came: the body's idle time starts again
+
+        def _follow_h11(self) -> None:
+            import h11
+
+            state = self.conn.their_state
+            if state is h11.SEND_BODY:
+                self._arm(_BODY)
+            elif state is not h11.IDLE and self._phase != _APP:
+                self._arm(_APP)
+
+        # httptools' parser callbacks (h11 has none: its states are read after each chunk).
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._arm(_BODY)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._arm(_APP)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm(_HEADERS)  # the next request's headers are timed from now
+
+    return GuardedProtocol
