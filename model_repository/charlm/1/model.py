@@ -1,8 +1,9 @@
 """charlm: a character-level GRU language model that streams its text one character at a time.
 
-Decoupled (``model_transaction_policy { decoupled: true }``): each request is generated on a
-thread of its own, which sends one response per piece of text through the request's response
-sender and the last one with ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``. The same file also
+Decoupled (``model_transaction_policy { decoupled: true }``): every live request is generated
+by one engine thread that steps them all together (continuous batching), sending one response
+per piece of text through each request's response sender and the last one with
+``TRITONSERVER_RESPONSE_COMPLETE_FINAL``. The same file also
 serves the model when its config is not decoupled: one response with the whole text.
 
 Each step runs ``step.onnx`` (built by ``model_repository/build.py``; the same bytes as the
@@ -28,8 +29,9 @@ Outputs: ``text_output`` (this response's piece of text); the last response also
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ import triton_python_backend_utils as pb_utils
 DEFAULT_MAX_TOKENS = 64
 MAX_TOKENS_LIMIT = 4096
 MAX_STOPS = 16
-# Requests generated at once; more wait for a thread (their first token comes later).
+# Streams stepped together; more wait for one to finish (their first token comes later).
 MAX_STREAMS = 64
 
 
@@ -100,34 +102,51 @@ class Completion:
         self.prompt_tokens = len(self.tokens)
         self.completion_tokens = 0
         self.finish_reason = "length"
+        self.pending = list(self.tokens) or [generator.index["\n"]]  # tokens still to feed
+        self.text = ""  # generated so far
+        self.sent = 0  # how much of it went out
+        self.done = False
 
     def __iter__(self) -> Iterator[str]:
+        """The pieces of text, stepping this one completion alone."""
+        state = np.zeros((1, self.generator.hidden), np.float32)
+        while not self.done:
+            logits, state = self.generator.step(self.next_token(), state)
+            yield from self.advance(logits)
+
+    def next_token(self) -> int:
+        """The token the next step consumes: the prompt's, then each sampled one."""
+        return self.pending[0]
+
+    def advance(self, logits: np.ndarray) -> list[str]:
+        """After a step that consumed ``next_token()`` and gave ``logits``: the text that can go
+        out now (a stop string's possible start is held back), and ``done`` once it has ended."""
+        self.pending.pop(0)
+        if self.pending:  # still reading the prompt
+            return []
         g = self.generator
-        state = np.zeros((1, g.hidden), np.float32)
-        logits = np.zeros(len(g.vocabulary), np.float32)
-        for token in self.tokens or [g.index["\n"]]:
-            logits, state = g.step(token, state)
-        text, sent = "", 0  # generated so far; how much of it went out
-        while self.completion_tokens < self.max_tokens:
-            token = self._sample(logits)
-            text += g.vocabulary[token]
-            self.completion_tokens += 1
-            ended = [s for s in self.stop if text.endswith(s)]
-            if ended:
-                self.finish_reason = "stop"
-                end = len(text) - max(len(s) for s in ended)
-                if end > sent:
-                    yield text[sent:end]
-                return
-            # Hold back what may be the start of a stop string.
-            end = len(text) - self._held(text)
-            if end > sent:
-                yield text[sent:end]
-                sent = end
-            if self.completion_tokens < self.max_tokens:
-                logits, state = g.step(token, state)
-        if len(text) > sent:
-            yield text[sent:]
+        token = self._sample(logits)
+        self.text += g.vocabulary[token]
+        self.completion_tokens += 1
+        text, pieces = self.text, []
+        ended = [s for s in self.stop if text.endswith(s)]
+        if ended:
+            self.finish_reason = "stop"
+            self.done = True
+            end = len(text) - max(len(s) for s in ended)
+            return [text[self.sent : end]] if end > self.sent else []
+        end = len(text) - self._held(text)
+        if end > self.sent:
+            pieces.append(text[self.sent : end])
+            self.sent = end
+        if self.completion_tokens < self.max_tokens:
+            self.pending.append(token)
+        else:
+            self.done = True
+            if len(text) > self.sent:
+                pieces.append(text[self.sent :])
+                self.sent = len(text)
+        return pieces
 
     def _held(self, text: str) -> int:
         held = 0
@@ -228,19 +247,124 @@ def _last(piece: str, completion: Completion) -> pb_utils.InferenceResponse:
     )
 
 
+class Stream:
+    """One streamed request in the engine: its completion, state row, and what it owes the client."""
+
+    def __init__(self, request: pb_utils.InferenceRequest, completion: Completion, streams: bool) -> None:
+        self.request = request
+        self.sender = request.get_response_sender()
+        self.completion = completion
+        self.streams = streams
+        self.state = np.zeros((1, completion.generator.hidden), np.float32)
+        self.held: str | None = None  # each piece goes out once the next exists: the last carries the totals
+        self.whole: list[str] = []  # the text of a request that does not stream
+
+    def emit(self, pieces: list[str]) -> None:
+        for piece in pieces:
+            if not self.streams:
+                self.whole.append(piece)
+                continue
+            if self.held is not None:
+                self.sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("text_output", _strings(self.held))]))
+            self.held = piece
+
+    def finish(self) -> None:
+        text = "".join(self.whole) if not self.streams else (self.held or "")
+        self.sender.send(_last(text, self.completion), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def fail(self, error: pb_utils.TritonError) -> None:
+        self.sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+class Engine:
+    """Continuous batching: one thread steps every live stream together, one row each, in a
+    single call of the step model; a new request joins at the next step and a finished one
+    leaves, so N streams cost about one step each instead of N (the GRU's rows are
+    independent, so prompt tokens and sampled tokens share a batch)."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self.incoming: queue.SimpleQueue[Stream | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="charlm-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, stream: Stream) -> None:
+        self.incoming.put(stream)
+
+    def close(self) -> None:
+        self.incoming.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        live: list[Stream] = []
+        while True:
+            try:
+                while True:  # wait only when nothing is live
+                    item = self.incoming.get(block=not live)
+                    if item is None:
+                        for stream in live:
+                            stream.fail(
+                                pb_utils.TritonError("the model is unloading", pb_utils.TritonError.UNAVAILABLE)
+                            )
+                        return
+                    if len(live) < MAX_STREAMS:
+                        live.append(item)
+                    else:  # full: back of the line, stepped once a stream leaves
+                        self.incoming.put(item)
+                        break
+            except queue.Empty:
+                pass
+            live = self._step(live)
+
+    def _step(self, live: list[Stream]) -> list[Stream]:
+        kept = []
+        for stream in live:
+            if stream.request.is_cancelled():
+                stream.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                kept.append(stream)
+        if not kept:
+            return kept
+        tokens = np.array([[s.completion.next_token()] for s in kept], np.int64)
+        states = np.concatenate([s.state for s in kept])
+        try:
+            logits, states = self.generator.session.run(None, {"TOKEN": tokens, "STATE_IN": states})
+        except Exception as e:  # a failure of the model itself: every live stream gets its message
+            for stream in kept:
+                stream.fail(pb_utils.TritonError(f"{type(e).__name__}: {e}"))
+            return []
+        still = []
+        for i, stream in enumerate(kept):
+            stream.state = states[i : i + 1]
+            stream.emit(stream.completion.advance(logits[i]))
+            if stream.completion.done:
+                stream.finish()
+            else:
+                still.append(stream)
+        return still
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
         folder = Path(args["model_repository"]) / args["model_version"]
         self.generator = Generator(folder / "step.onnx")
-        self.pool = ThreadPoolExecutor(MAX_STREAMS, thread_name_prefix="charlm") if self.decoupled else None
+        self.engine = Engine(self.generator) if self.decoupled else None
 
     def execute(self, requests: list[pb_utils.InferenceRequest]) -> list[pb_utils.InferenceResponse] | None:
-        if self.pool is None:
+        if self.engine is None:
             return [self._whole(r) for r in requests]
         for request in requests:
-            self.pool.submit(self._stream, request)
+            try:
+                completion = self.generator.complete(**_arguments(request))  # type: ignore[arg-type]
+                streams = _streams(request)
+            except pb_utils.TritonError as e:
+                request.get_response_sender().send(
+                    pb_utils.InferenceResponse(error=e), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                )
+                continue
+            self.engine.submit(Stream(request, completion, streams))
         return None
 
     def _whole(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
@@ -250,29 +374,6 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(error=e)
         return _last("".join(completion), completion)
 
-    def _stream(self, request: pb_utils.InferenceRequest) -> None:
-        sender = request.get_response_sender()
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        try:
-            completion = self.generator.complete(**_arguments(request))  # type: ignore[arg-type]
-            if not _streams(request):
-                sender.send(_last("".join(completion), completion), flags=final)
-                return
-            # Each piece goes out once the next one exists, so that the last carries the totals.
-            previous: str | None = None
-            for piece in completion:
-                if request.is_cancelled():
-                    sender.send(flags=final)
-                    return
-                if previous is not None:
-                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("text_output", _strings(previous))]))
-                previous = piece
-            sender.send(_last(previous or "", completion), flags=final)
-        except pb_utils.TritonError as e:
-            sender.send(pb_utils.InferenceResponse(error=e), flags=final)
-        except Exception as e:  # a failure of the model itself: the client gets its message
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}")), flags=final)
-
     def finalize(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.close()
