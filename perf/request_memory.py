@@ -25,7 +25,8 @@ HTTP_LIMIT = 64 << 20
 ELEMENTS = 4 << 20
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf varint."""
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -34,33 +35,34 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+def wire_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, written by hand so it can say anything."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def _tensor(datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
-    t = _field(1, b"INPUT0") + _field(2, datatype.encode()) + _field(3, b"".join(_varint(d) for d in shape))
-    return _field(5, t + (_field(5, contents) if contents else b""))
+    t = wire_field(1, b"INPUT0") + wire_field(2, datatype.encode()) + wire_field(3, b"".join(varint(d) for d in shape))
+    return wire_field(5, t + (wire_field(5, contents) if contents else b""))
 
 
 def _grpc_cases() -> dict[str, bytes]:
     n = GRPC_LIMIT - 4096
     k = ELEMENTS - 16
     return {
-        "raw FP32 tensor at the message limit": _field(1, b"m")
+        "raw FP32 tensor at the message limit": wire_field(1, b"m")
         + _tensor("FP32", [n // 4])
-        + _field(7, bytes(n // 4 * 4)),
-        "raw BYTES, 1-byte elements, at the element limit": _field(1, b"m")
+        + wire_field(7, bytes(n // 4 * 4)),
+        "raw BYTES, 1-byte elements, at the element limit": wire_field(1, b"m")
         + _tensor("BYTES", [k])
-        + _field(7, (struct.pack("<I", 1) + b"a") * k),
-        "bytes_contents, 2-byte elements, at the element limit": _field(1, b"m")
+        + wire_field(7, (struct.pack("<I", 1) + b"a") * k),
+        "bytes_contents, 2-byte elements, at the element limit": wire_field(1, b"m")
         + _tensor("BYTES", [k], b"\x42\x02ab" * k),
-        "int64_contents, 1-byte varints, at the element limit": _field(1, b"m")
-        + _tensor("INT64", [k], _field(3, b"\x01" * k)),
-        "fp32_contents at the element limit": _field(1, b"m") + _tensor("FP32", [k], _field(6, bytes(4 * k))),
-        "empty inputs up to the message limit (refused)": _field(1, b"m") + b"\x2a\x00" * (n // 2),
-        "int64_contents up to the message limit (refused)": _field(1, b"m")
-        + _tensor("INT64", [n], _field(3, bytes(n - 64))),
+        "int64_contents, 1-byte varints, at the element limit": wire_field(1, b"m")
+        + _tensor("INT64", [k], wire_field(3, b"\x01" * k)),
+        "fp32_contents at the element limit": wire_field(1, b"m") + _tensor("FP32", [k], wire_field(6, bytes(4 * k))),
+        "empty inputs up to the message limit (refused)": wire_field(1, b"m") + b"\x2a\x00" * (n // 2),
+        "int64_contents up to the message limit (refused)": wire_field(1, b"m")
+        + _tensor("INT64", [n], wire_field(3, bytes(n - 64))),
     }
 
 

@@ -12,6 +12,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from inferd.perf.request_memory import varint, wire_field
 from inferd.protocol.errors import InvalidArgument, ResourceExhausted
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.server.frontends import grpc_cost
@@ -24,26 +25,13 @@ from .conftest import start_server, test_settings
 LIMIT = 1000
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _tensor(datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
-    t = _field(1, b"INPUT0") + _field(2, datatype.encode()) + _field(3, b"".join(_varint(d) for d in shape))
-    return t + (_field(5, contents) if contents else b"")
+    t = wire_field(1, b"INPUT0") + wire_field(2, datatype.encode()) + wire_field(3, b"".join(varint(d) for d in shape))
+    return t + (wire_field(5, contents) if contents else b"")
 
 
 def _request(*fields: bytes) -> bytes:
-    return _field(1, b"add_sub") + b"".join(fields)
+    return wire_field(1, b"add_sub") + b"".join(fields)
 
 
 # --- gRPC: expansion refused before protobuf parses ---------------------------------------------
@@ -51,13 +39,15 @@ EXPANDING = {
     # 2-byte fields that each become a message and a Python wrapper (~500 bytes)
     "empty inputs": _request(b"\x2a\x00" * 70000),
     "empty outputs": _request(b"\x32\x00" * 70000),
-    "empty raw entries": _request(_field(5, _tensor("FP32", [1, 16])), b"\x3a\x00" * 70000),
+    "empty raw entries": _request(wire_field(5, _tensor("FP32", [1, 16])), b"\x3a\x00" * 70000),
     # 1-byte varints that become 8-byte int64s, twice (protobuf's array, then numpy's)
-    "int64 contents": _request(_field(5, _tensor("INT64", [1, 100000], _field(3, bytes(100000))))),
-    "shape dims": _request(_field(5, _field(1, b"INPUT0") + _field(2, b"FP32") + _field(3, b"\x01" * 100000))),
+    "int64 contents": _request(wire_field(5, _tensor("INT64", [1, 100000], wire_field(3, bytes(100000))))),
+    "shape dims": _request(
+        wire_field(5, wire_field(1, b"INPUT0") + wire_field(2, b"FP32") + wire_field(3, b"\x01" * 100000))
+    ),
     # 4-byte entries that become a 16-byte view and then a Python bytes object each
-    "bytes contents": _request(_field(5, _tensor("BYTES", [1, 30000], b"\x42\x02ab" * 30000))),
-    "fp32 contents": _request(_field(5, _tensor("FP32", [1, 30000], _field(6, bytes(120000))))),
+    "bytes contents": _request(wire_field(5, _tensor("BYTES", [1, 30000], b"\x42\x02ab" * 30000))),
+    "fp32 contents": _request(wire_field(5, _tensor("FP32", [1, 30000], wire_field(6, bytes(120000))))),
 }
 
 
@@ -73,8 +63,8 @@ def test_expanding_grpc_messages_refused_before_parsing(case: str) -> None:
 
 def test_cost_check_counts_values_exactly() -> None:
     """A message at the limit passes the check; one value more is refused."""
-    contents = _field(3, b"\x01" * (LIMIT - 2 - 1) + b"\x80\x01")  # varints: 998 one-byte, 1 two-byte
-    data = _request(_field(5, _tensor("INT64", [1, LIMIT - 2], contents)), b"\x00" * grpc_cost.SCAN_MIN_BYTES)
+    contents = wire_field(3, b"\x01" * (LIMIT - 2 - 1) + b"\x80\x01")  # varints: 998 one-byte, 1 two-byte
+    data = _request(wire_field(5, _tensor("INT64", [1, LIMIT - 2], contents)), b"\x00" * grpc_cost.SCAN_MIN_BYTES)
     # fields of the tensor: name, datatype (1 each), shape (2 dims), contents (LIMIT - 2 values)
     grpc_cost.check(data, LIMIT + 2)
     with pytest.raises(ResourceExhausted):
@@ -282,7 +272,7 @@ def test_stream_with_one_request_in_flight_answers_all_in_order(limited) -> None
 
 
 def test_stream_error_for_a_refused_message_names_its_request(limited) -> None:  # type: ignore[no-untyped-def]
-    data = _field(3, b"req-7") + EXPANDING["empty raw entries"]
+    data = wire_field(3, b"req-7") + EXPANDING["empty raw entries"]
     with grpc.insecure_channel(limited.grpc_url, options=[("grpc.max_send_message_length", 1 << 24)]) as channel:
         (answer,) = list(
             channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(iter([data]), timeout=30)

@@ -71,25 +71,14 @@ class GenerateApi:
                 if delivered(response):
                     answers.append(response)
         finally:
-            await _close(stream)
+            await close_stream(stream)
         if len(answers) != 1:
             raise Internal(NOT_ONE)
         return Response(dumps(encode_generate(answers[0])), media_type=JSON_TYPE)
 
     async def generate_stream(self, request: Request) -> Response:
         stream = await self._stream(request)
-        # The first response decides the status: an error before it is an ordinary JSON error.
-        first: InferResponse | None = None
-        try:
-            async for response in stream:
-                if response.error is not None:
-                    raise response.error
-                if delivered(response):
-                    first = response
-                    break
-        except BaseException:
-            await _close(stream)
-            raise
+        first = await first_delivered(stream)
         return StreamingResponse(_events(first, stream), media_type=SSE_TYPE)
 
 
@@ -109,10 +98,25 @@ async def _events(first: InferResponse | None, stream: AsyncIterator[InferRespon
         yield sse({"error": f"internal error: {type(e).__name__}: {e}"})
     finally:
         # Also when the client went away (Starlette cancels this generator): the model stops.
-        await _close(stream)
+        await close_stream(stream)
 
 
-async def _close(stream: AsyncIterator[InferResponse]) -> None:
+async def first_delivered(stream: AsyncIterator[InferResponse]) -> InferResponse | None:
+    """The stream's first response with something to send (None if it ends first). It decides
+    the HTTP status: an error before it is an ordinary JSON error, and closes the stream."""
+    try:
+        async for response in stream:
+            if response.error is not None:
+                raise response.error
+            if delivered(response):
+                return response
+    except BaseException:
+        await close_stream(stream)
+        raise
+    return None
+
+
+async def close_stream(stream: AsyncIterator[InferResponse]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()

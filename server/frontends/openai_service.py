@@ -29,7 +29,7 @@ from ..core import InferenceCore
 from . import openai_convert as oc
 from .http_body import read_body
 from .http_convert import dumps, parse_json
-from .http_generate import delivered, sse
+from .http_generate import close_stream, first_delivered, sse
 
 log = logging.getLogger(__name__)
 
@@ -152,20 +152,10 @@ class OpenAIApi:
                         raise response.error
                     pieces.append(progress.piece(response))
             finally:
-                await _close(stream)
+                await close_stream(stream)
             return Response(dumps(oc.whole(text_request, "".join(pieces), progress)), media_type=JSON_TYPE)
         # An error before the model's first response is an ordinary error answer.
-        first: InferResponse | None = None
-        try:
-            async for response in stream:
-                if response.error is not None:
-                    raise response.error
-                if delivered(response):
-                    first = response
-                    break
-        except BaseException:
-            await _close(stream)
-            raise
+        first = await first_delivered(stream)
         return StreamingResponse(_events(text_request, progress, first, stream), media_type=SSE_TYPE)
 
 
@@ -194,14 +184,8 @@ async def _events(
         log.exception("OpenAI stream failed")
         yield sse(error_doc(f"internal error: {type(e).__name__}: {e}", 500))
     finally:
-        await _close(stream)
+        await close_stream(stream)
     yield DONE
-
-
-async def _close(stream: AsyncIterator[InferResponse]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def build_openai_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
