@@ -25,6 +25,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,11 @@ def load_generator(path: Path = MODEL_FILE) -> Any:
     return generator
 
 
-def in_process(generator: Any, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
+def _drive(
+    where: str, streams: int, seconds: float, warmup: float, generate: Callable[[int, Callable[[], None]], None]
+) -> Point:
+    """``streams`` threads, each generating request after request: ``generate(seed, piece)``
+    runs one request to its end, calling ``piece()`` as each piece of text comes."""
     start = time.perf_counter()
     begin, end = start + warmup, start + warmup + seconds
     counts = [0] * streams
@@ -85,13 +90,17 @@ def in_process(generator: Any, streams: int, seconds: float, warmup: float, prom
         while time.perf_counter() < end:
             sent = time.perf_counter()
             first = True
-            for _ in generator.complete(prompt, max_tokens, 0.8, 1.0, seed):
+
+            def piece(sent: float = sent) -> None:  # called only while this request runs
+                nonlocal first
                 now = time.perf_counter()
                 if first and begin <= sent:
                     ttfts[i].append(now - sent)
                 first = False
                 if begin <= now < end:
                     counts[i] += 1
+
+            generate(seed, piece)
             seed += streams
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
@@ -99,7 +108,17 @@ def in_process(generator: Any, streams: int, seconds: float, warmup: float, prom
         t.start()
     for t in threads:
         t.join()
-    return Point("in-process", streams, sum(counts), seconds, [x for t in ttfts for x in t])
+    return Point(where, streams, sum(counts), seconds, [x for t in ttfts for x in t])
+
+
+def in_process(generator: Any, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
+    """The step loop alone, one thread per stream."""
+
+    def generate(seed: int, piece: Callable[[], None]) -> None:
+        for _ in generator.complete(prompt, max_tokens, 0.8, 1.0, seed):
+            piece()
+
+    return _drive("in-process", streams, seconds, warmup, generate)
 
 
 class _Request:
@@ -107,7 +126,7 @@ class _Request:
 
     FINAL = 1
 
-    def __init__(self, on_piece: Any) -> None:
+    def __init__(self, on_piece: Callable[[], None]) -> None:
         self.on_piece = on_piece
         self.finished = threading.Event()
 
@@ -130,38 +149,16 @@ def in_process_batched(
     """The served model's own engine (every live stream stepped together), driven in-process."""
     module = generator.module
     engine = module.Engine(generator)
-    start = time.perf_counter()
-    begin, end = start + warmup, start + warmup + seconds
-    counts = [0] * streams
-    ttfts: list[list[float]] = [[] for _ in range(streams)]
 
-    def client(i: int) -> None:
-        seed = i
-        while time.perf_counter() < end:
-            sent = time.perf_counter()
-            first = [True]
+    def generate(seed: int, piece: Callable[[], None]) -> None:
+        request = _Request(piece)
+        engine.submit(module.Stream(request, generator.complete(prompt, max_tokens, 0.8, 1.0, seed), True))
+        request.finished.wait()
 
-            def piece(i: int = i, sent: float = sent, first: list[bool] = first) -> None:
-                now = time.perf_counter()
-                if first[0] and begin <= sent:
-                    ttfts[i].append(now - sent)
-                first[0] = False
-                if begin <= now < end:
-                    counts[i] += 1
-
-            request = _Request(piece)
-            completion = generator.complete(prompt, max_tokens, 0.8, 1.0, seed)
-            engine.submit(module.Stream(request, completion, True))
-            request.finished.wait()
-            seed += streams
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    engine.close()
-    return Point("in-process batched", streams, sum(counts), seconds, [x for t in ttfts for x in t])
+    try:
+        return _drive("in-process batched", streams, seconds, warmup, generate)
+    finally:
+        engine.close()
 
 
 # --- served ---------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 
 from ..protocol.pb import grpc_service_pb2 as pb
+from ..server.frontends.grpc_wire import encode_varint
 
 SERVE_LIMITS = [
     "--grpc-max-message-bytes",
@@ -303,25 +304,16 @@ def grpc_case(rng: random.Random) -> tuple[str, bytes]:
             return INFER, b"\x0a\x07add_sub" + b"\x3a\x00" * rng.randrange(40000, 70000)
         if choice == 1:
             body = b"\x1a\x08" + struct.pack("<Q", 0)
-            return INFER, b"\x0a\x07add_sub\x2a" + _len(len(body) + 900000) + body + b"\x00" * 900000
+            return INFER, b"\x0a\x07add_sub\x2a" + encode_varint(len(body) + 900000) + body + b"\x00" * 900000
         return INFER, os.urandom((1 << 20) + rng.randrange(100))
     if k < 85:
         return f"/inference.GRPCInferenceService/{rng.choice(OTHER_RPCS)}", _mutate(rng, _other_message(rng))
     return STREAM, _mutate(rng, _valid_pb(rng).SerializeToString()) if rng.random() < 0.5 else _random_pb(rng)
 
 
-def _len(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _other_message(rng: random.Random) -> bytes:
     name = rng.choice(MODELS).encode()
-    return b"\x0a" + _len(len(name)) + name + (b"\x12\x011" if rng.random() < 0.5 else b"")
+    return b"\x0a" + encode_varint(len(name)) + name + (b"\x12\x011" if rng.random() < 0.5 else b"")
 
 
 def _valid_json() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import httpx
 
+from ..server.frontends.grpc_wire import encode_varint
 from .fuzz import Server
 
 GRPC_LIMIT = 256 << 20
@@ -25,23 +26,17 @@ HTTP_LIMIT = 64 << 20
 ELEMENTS = 4 << 20
 
 
-def varint(n: int) -> bytes:
-    """A protobuf varint."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def wire_field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field, written by hand so it can say anything."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def _tensor(datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
-    t = wire_field(1, b"INPUT0") + wire_field(2, datatype.encode()) + wire_field(3, b"".join(varint(d) for d in shape))
+    t = (
+        wire_field(1, b"INPUT0")
+        + wire_field(2, datatype.encode())
+        + wire_field(3, b"".join(encode_varint(d) for d in shape))
+    )
     return wire_field(5, t + (wire_field(5, contents) if contents else b""))
 
 

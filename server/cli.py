@@ -11,19 +11,12 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from ..backends import framework_logs
+from .flag_values import parse_bool
 from .limit_flags import add_limit_arguments, limit_settings
 from .log_settings import LogControl
 from .operator_flags import add_operator_arguments, operator_settings
 from .settings import Settings
 from .triton_flags import add_refused_flags, add_triton_arguments, triton_settings
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def _nice(text: str) -> int:
@@ -93,12 +86,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="gRPC port; 0 = any free port")
     p.add_argument("--http-port", type=int, default=d.http_port, help="HTTP/REST port")
     p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="Prometheus metrics port")
-    p.add_argument("--allow-grpc", type=_bool, default=d.allow_grpc, metavar="BOOL")
-    p.add_argument("--allow-http", type=_bool, default=d.allow_http, metavar="BOOL")
-    p.add_argument("--allow-metrics", type=_bool, default=d.allow_metrics, metavar="BOOL")
+    p.add_argument("--allow-grpc", type=parse_bool, default=d.allow_grpc, metavar="BOOL")
+    p.add_argument("--allow-http", type=parse_bool, default=d.allow_http, metavar="BOOL")
+    p.add_argument("--allow-metrics", type=parse_bool, default=d.allow_metrics, metavar="BOOL")
     p.add_argument(
         "--allow-openai",
-        type=_bool,
+        type=parse_bool,
         default=d.allow_openai,
         metavar="BOOL",
         help="serve the OpenAI-compatible text API (/v1/models, /v1/completions, /v1/chat/completions) on the "
@@ -106,7 +99,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--allow-client-shm",
-        type=_bool,
+        type=parse_bool,
         default=d.allow_client_shm,
         metavar="BOOL",
         help="let clients on this host register system shared memory regions and pass tensors through them "
@@ -209,7 +202,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--strict-readiness",
-        type=_bool,
+        type=parse_bool,
         default=d.strict_readiness,
         metavar="BOOL",
         help="ready only when every requested model is ready (default true)",

@@ -22,7 +22,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -133,13 +133,7 @@ class ModelManager:
                 f"inference without streaming doesn't support models with decoupled transaction policy: "
                 f"{model.label} sends 0..N responses per request; use the streaming API (gRPC ModelStreamInfer)"
             )
-        if model.tap is None:
-            outputs = await model.infer(request)
-        else:
-            outputs = await tapped(model.tap, model, request)  # type: ignore[assignment]
-        if type(outputs) is dict:
-            return InferResponse(model.name, str(model.version), outputs, request.id)
-        return _with_parameters(model, outputs, request.id)
+        return _response(model, await _outputs(model, request), request.id)
 
     async def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Responses for one request as a stream: one item for ordinary models, 0..N for
@@ -152,14 +146,7 @@ class ModelManager:
                 async for response in responses:
                     yield response
             return
-        if model.tap is None:
-            outputs = await model.infer(request)
-        else:
-            outputs = await tapped(model.tap, model, request)  # type: ignore[assignment]
-        if type(outputs) is dict:
-            yield InferResponse(model.name, str(model.version), outputs, request.id)
-        else:
-            yield _with_parameters(model, outputs, request.id)
+        yield _response(model, await _outputs(model, request), request.id)
 
     def _model_for(self, request: InferRequest) -> ModelVersion:
         if self._shutting_down:
@@ -783,8 +770,17 @@ def _traffic_notes(record: ModelRecord) -> dict[int, str]:
     return notes
 
 
-def _with_parameters(model: ModelVersion, outputs: dict[str, np.ndarray], request_id: str) -> InferResponse:
-    """The response of a model that set response parameters (a Python model, ModelOutputs)."""
+def _outputs(model: ModelVersion, request: InferRequest) -> Coroutine[Any, Any, dict[str, np.ndarray]]:
+    """The model's own coroutine (no frame of ours on every request), or the rollout tap's."""
+    if model.tap is None:
+        return model.infer(request)
+    return tapped(model.tap, model, request)  # type: ignore[return-value]
+
+
+def _response(model: ModelVersion, outputs: dict[str, np.ndarray], request_id: str) -> InferResponse:
+    if type(outputs) is dict:
+        return InferResponse(model.name, str(model.version), outputs, request_id)
+    # A model that set response parameters (a Python model, ModelOutputs).
     parameters = getattr(outputs, "parameters", {})
     return InferResponse(model.name, str(model.version), dict(outputs), request_id, parameters)
 

@@ -9,19 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .flag_values import parse_bool
 from .frontends.access import build_restrictions, parse_restriction
 from .tls import TlsError, TlsFiles, check_files
 from .tracing import parse_trace_config
 
 PORTS = ("grpc", "http", "metrics")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def _restriction(flag: str) -> Any:
@@ -40,14 +33,14 @@ def add_operator_arguments(p: argparse.ArgumentParser) -> None:
         beyond = "" if port == "grpc" else " (inferd's, in the style of Triton's --grpc-* flags)"
         p.add_argument(
             f"--{port}-use-ssl",
-            type=_bool,
+            type=parse_bool,
             default=False,
             metavar="BOOL",
             help=f"serve the {what} port over TLS only, with --{port}-server-cert and --{port}-server-key{beyond}",
         )
         p.add_argument(
             f"--{port}-use-ssl-mutual",
-            type=_bool,
+            type=parse_bool,
             default=False,
             metavar="BOOL",
             help=f"TLS on the {what} port, and clients must present a certificate signed by --{port}-root-cert",

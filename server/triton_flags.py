@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import backend_config, metrics_config
+from .flag_values import parse_bool
 from .loader import LoadOptions
 from .log_settings import FORMATS, LogState, state_from_level
 
@@ -227,13 +228,6 @@ def implemented(p: argparse.ArgumentParser) -> dict[str, bool]:
 
 
 # --- the flags inferd implements -----------------------------------------------------------------
-def _bool(text: str) -> bool:
-    # Triton's ParseOption<bool>: true/on/1 and false/off/0, any case.
-    if text.strip().lower() in ("true", "on", "1", "yes"):
-        return True
-    if text.strip().lower() in ("false", "off", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid value for bool option: {text}")
 
 
 def _int_at_least(least: int) -> Callable[[str], int]:
@@ -332,7 +326,7 @@ def add_triton_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--exit-on-error",
-        type=_bool,
+        type=parse_bool,
         default=True,
         metavar="BOOL",
         help="stop the server, with the reason, when a model fails to load at start-up (default true, as in "
@@ -345,7 +339,7 @@ def add_triton_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--strict-model-config",
-        type=_bool,
+        type=parse_bool,
         default=None,
         metavar="BOOL",
         help="Triton's older spelling: true is --disable-auto-complete-config",
@@ -375,7 +369,7 @@ def add_triton_arguments(p: argparse.ArgumentParser) -> None:
     for flag, _ in GRPC_OPTIONS.items():
         option = "--" + flag.replace("_", "-")
         if flag == "grpc_keepalive_permit_without_calls":
-            g.add_argument(option, type=_bool, default=None, metavar="BOOL", help="grpc core's default unless set")
+            g.add_argument(option, type=parse_bool, default=None, metavar="BOOL", help="grpc core's default unless set")
         else:
             g.add_argument(
                 option, type=_int_at_least(0), default=None, metavar="N", help="grpc core's default unless set"
@@ -384,7 +378,9 @@ def add_triton_arguments(p: argparse.ArgumentParser) -> None:
         "--log-verbose", type=_verbose, default=None, metavar="LEVEL", help="1 or more: verbose (DEBUG) lines"
     )
     for level in ("info", "warning", "error"):
-        g.add_argument(f"--log-{level}", type=_bool, default=None, metavar="BOOL", help=f"{level} lines (default true)")
+        g.add_argument(
+            f"--log-{level}", type=parse_bool, default=None, metavar="BOOL", help=f"{level} lines (default true)"
+        )
     g.add_argument(
         "--log-format",
         type=_log_format,
@@ -395,7 +391,7 @@ def add_triton_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-file", default="", metavar="PATH", help="append the log to PATH instead of stderr")
     g.add_argument(
         "--allow-cpu-metrics",
-        type=_bool,
+        type=parse_bool,
         default=True,
         metavar="BOOL",
         help="nv_cpu_utilization, nv_cpu_memory_total_bytes, nv_cpu_memory_used_bytes (default true)",

@@ -12,12 +12,13 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from inferd.perf.request_memory import varint, wire_field
+from inferd.perf.request_memory import wire_field
 from inferd.protocol.errors import InvalidArgument, ResourceExhausted
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.server.frontends import grpc_cost
 from inferd.server.frontends import http_convert as conv
 from inferd.server.frontends.grpc_convert import InferCodec
+from inferd.server.frontends.grpc_wire import encode_varint
 from inferd.server.frontends.request_limits import RequestLimits
 
 from .conftest import start_server, test_settings
@@ -26,7 +27,11 @@ LIMIT = 1000
 
 
 def _tensor(datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
-    t = wire_field(1, b"INPUT0") + wire_field(2, datatype.encode()) + wire_field(3, b"".join(varint(d) for d in shape))
+    t = (
+        wire_field(1, b"INPUT0")
+        + wire_field(2, datatype.encode())
+        + wire_field(3, b"".join(encode_varint(d) for d in shape))
+    )
     return t + (wire_field(5, contents) if contents else b"")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...protocol.errors import InvalidArgument, ResourceExhausted
+from .grpc_wire import read_varint
 from .request_limits import too_many_elements
 
 SCAN_MIN_BYTES = 64 * 1024
@@ -28,17 +29,6 @@ _PACKED = {1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 4, 7: 8}
 _INPUTS, _OUTPUTS = 5, 6
 _SHAPE, _CONTENTS = 3, 5
 _BYTES_TAG = 8 << 3 | 2  # InferTensorContents.bytes_contents
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = data[pos]  # IndexError past the end: the caller leaves the message to the parser
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
 
 
 def _count_varints(data: bytes, start: int, stop: int) -> int:
@@ -65,10 +55,10 @@ class _Walk:
         """The payload span of a field of ``wire`` type at ``pos``; raises for groups and
         invalid wire types, which no ModelInferRequest contains."""
         if wire == 2:
-            size, pos = _varint(self.data, pos)
+            size, pos = read_varint(self.data, pos)
             end = pos + size
         elif wire == 0:
-            _, end = _varint(self.data, pos)
+            _, end = read_varint(self.data, pos)
         elif wire == 1:
             end = pos + 8
         elif wire == 5:
@@ -83,7 +73,7 @@ class _Walk:
         data = self.data
         pos, stop, fields = 0, len(data), 0
         while pos < stop:
-            tag, pos = _varint(data, pos)
+            tag, pos = read_varint(data, pos)
             fields += 1
             if fields > MAX_FIELDS:
                 raise ResourceExhausted(
@@ -96,7 +86,7 @@ class _Walk:
     def tensor(self, pos: int, stop: int) -> None:
         data = self.data
         while pos < stop:
-            tag, pos = _varint(data, pos)
+            tag, pos = read_varint(data, pos)
             number, wire = tag >> 3, tag & 7
             start, pos = self.skip(wire, pos, stop)
             if number == _SHAPE and wire == 2:
@@ -122,7 +112,7 @@ class _Walk:
             if n:
                 self.add(n)
                 left, n = self.limit - self.values, 0
-            tag, pos = _varint(data, pos)
+            tag, pos = read_varint(data, pos)
             number, wire = tag >> 3, tag & 7
             start, pos = self.skip(wire, pos, stop)
             width = _PACKED.get(number)
@@ -158,7 +148,7 @@ def top_level_strings(data: bytes) -> dict[int, bytes]:
         for _ in range(MAX_FIELDS):
             if pos >= stop or len(found) == 3:
                 break
-            tag, pos = _varint(data, pos)
+            tag, pos = read_varint(data, pos)
             start, pos = walk.skip(tag & 7, pos, stop)
             if tag & 7 == 2 and 1 <= tag >> 3 <= 3 and pos - start <= 1024:
                 found.setdefault(tag >> 3, data[start:pos])

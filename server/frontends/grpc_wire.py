@@ -75,7 +75,7 @@ class _Template:
     parameters: object  # the parameters of the request it was learnt from (read-only mapping)
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(buf):
@@ -88,7 +88,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
     out = bytearray()
@@ -100,7 +100,7 @@ def _encode_varint(n: int) -> bytes:
 
 
 def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _encode_varint(len(payload)) + payload
+    return bytes((tag,)) + encode_varint(len(payload)) + payload
 
 
 class InferWire:
@@ -208,7 +208,7 @@ class InferWire:
             tag = data[pos]
             if tag & 7 != 2 or tag >= 0x80:
                 return None
-            size, start = _varint(data, pos + 1)
+            size, start = read_varint(data, pos + 1)
             end = start + size
             if end > len(data):
                 return None
@@ -263,10 +263,10 @@ class InferWire:
                 parts.append(bytes((_RAW_OUTPUT, 0)))
                 continue
             data = codec.to_raw(array)
-            parts.append(bytes((_RAW_OUTPUT,)) + _encode_varint(len(data)))
+            parts.append(bytes((_RAW_OUTPUT,)) + encode_varint(len(data)))
             parts.append(data)
         if stream:
-            parts.insert(0, bytes((_STREAM_RESPONSE,)) + _encode_varint(sum(map(len, parts))))
+            parts.insert(0, bytes((_STREAM_RESPONSE,)) + encode_varint(sum(map(len, parts))))
         return b"".join(parts)
 
     @staticmethod
