@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from .cache import ResponseCache
 from .core import InferenceCore
 from .frontends.asgi_server import AsgiServer
-from .frontends.grpc_service import build_server
+from .frontends.grpc_native import NativeServer, choose_grpc_frontend
+from .frontends.grpc_service import build_server, channel_arguments, service_handlers
 from .frontends.http_service import build_app
 from .frontends.io_threads import apply_io_policy
 from .frontends.request_limits import Refusals
@@ -92,7 +93,8 @@ class InferdServer:
         self.core.server_name = settings.server_id
         self.core.logs = LogControl(settings.log_state())  # `inferd serve` installs its own
         self.watcher: RepositoryWatcher | None = None
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: grpc.aio.Server | NativeServer | None = None
+        self.grpc_frontend: str | None = None  # "native" or "aio", once started
         self.grpc_port: int | None = None
         self.http_server: AsgiServer | None = None
         self.http_port: int | None = None
@@ -120,16 +122,28 @@ class InferdServer:
                 self.tls[port] = TlsEndpoint(files)
         if s.allow_grpc:
             grpc_tls = self.tls.get("grpc")
-            self.grpc_server, self.grpc_port = build_server(
-                self.core,
-                _address(s.grpc_host(), s.grpc_port),
-                s.grpc_max_message_bytes,
-                channel_options=s.grpc_channel_options,
-                credentials=grpc_tls.grpc_credentials() if grpc_tls is not None else None,
-                restrictions=s.grpc_restrictions,
-                limits=s.request_limits,
-                refusals=self.refusals,
-            )
+            frontend = choose_grpc_frontend(s.grpc_frontend, tls=grpc_tls is not None)
+            self.grpc_frontend = frontend
+            if frontend == "native":
+                limits = s.request_limits
+                self.grpc_server = NativeServer(
+                    service_handlers(self.core, s.grpc_restrictions, limits, self.refusals),
+                    _address(s.grpc_host(), s.grpc_port),
+                    s.grpc_max_message_bytes,
+                    channel_arguments(s.grpc_max_message_bytes, limits, s.grpc_channel_options),
+                )
+                self.grpc_port = self.grpc_server.port
+            else:
+                self.grpc_server, self.grpc_port = build_server(
+                    self.core,
+                    _address(s.grpc_host(), s.grpc_port),
+                    s.grpc_max_message_bytes,
+                    channel_options=s.grpc_channel_options,
+                    credentials=grpc_tls.grpc_credentials() if grpc_tls is not None else None,
+                    restrictions=s.grpc_restrictions,
+                    limits=s.request_limits,
+                    refusals=self.refusals,
+                )
             await self.grpc_server.start()
             if s.grpc_io_sched != "other":
                 apply_io_policy(s.grpc_io_sched)

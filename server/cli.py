@@ -112,6 +112,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="largest gRPC message accepted or sent (default %(default)s = 256 MiB)",
     )
     p.add_argument(
+        "--grpc-frontend",
+        choices=["auto", "native", "aio"],
+        default=d.grpc_frontend,
+        help="what serves the gRPC port: native (grpc++, built when libgrpc++-dev is installed), aio "
+        "(grpc.aio, pure Python) or auto (default: native where built, except with TLS)",
+    )
+    p.add_argument(
         "--grpc-io-sched",
         choices=["batch", "other"],
         default=d.grpc_io_sched,
@@ -234,6 +241,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         allow_client_shm=a.allow_client_shm,
         grpc_max_message_bytes=a.grpc_max_message_bytes,
         grpc_io_sched=a.grpc_io_sched,
+        grpc_frontend=a.grpc_frontend,
         instance_nice=a.instance_nice,
         event_loop=a.event_loop,
         http_max_body_bytes=a.http_max_body_bytes,
@@ -287,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     framework_logs.quiet_frameworks(logs.state.level_name())
     from . import event_loop
     from .app import InferdServer, StartupFailed
+    from .frontends.grpc_native import FrontendRefused
 
     try:
         kind = event_loop.resolve(settings.event_loop)
@@ -299,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         event_loop.run(server.serve_forever(), kind)
     except OSError as e:  # no repository folder, a port in use
+        print(f"inferd: {e}", file=sys.stderr)
+        return 2
+    except FrontendRefused as e:  # --grpc-frontend native where it cannot serve
         print(f"inferd: {e}", file=sys.stderr)
         return 2
     except StartupFailed as e:  # --exit-on-error: a model failed at start-up

@@ -110,6 +110,9 @@ class ModelManager:
         # has been READY since, until it is unloaded. A new model that never loaded does not
         # take the whole server out of rotation; a serving model that breaks does.
         self._required: set[str] = set()
+        # Until the start-up's models are known (require), the server is not ready: a client
+        # polling readiness as soon as the port opens must not see an empty set as all ready.
+        self._requirements_known = False
         self._loads: set[asyncio.Task[None]] = set()
         self._reloads: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
@@ -206,7 +209,7 @@ class ModelManager:
 
     def required_ready(self) -> bool:
         """Whether every model strict readiness waits for is ready."""
-        return all(self.is_ready(name) for name in self._required)
+        return self._requirements_known and all(self.is_ready(name) for name in self._required)
 
     def missing_dependency(self, model: ModelVersion) -> str | None:
         """Why an ensemble cannot serve (a composing model is not ready), or None."""
@@ -271,6 +274,7 @@ class ModelManager:
     def require(self, names: Iterable[str]) -> None:
         """Make strict readiness wait for ``names`` (the models requested at start-up)."""
         self._required.update(names)
+        self._requirements_known = True
 
     async def load(
         self, name: str, override: mc.ModelConfig | None = None, files: Mapping[PurePosixPath, bytes] | None = None

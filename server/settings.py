@@ -42,6 +42,8 @@ class Settings:
     # Linux scheduling policy of grpc's I/O helper threads (frontends/io_threads.py): "batch"
     # keeps them from preempting the event loop on a shared CPU; "other" is the kernel default.
     grpc_io_sched: str = "batch"
+    # Which gRPC front end serves the port (frontends/grpc_native.py): auto | native | aio.
+    grpc_frontend: str = "auto"
     # Nice steps that model instance threads run below the event loop (scheduling/thread_priority.py;
     # 0 = off). At +19 a thread contending with the loop for a CPU gets about 1.5% of it.
     instance_nice: int = 19

@@ -16,6 +16,7 @@ from inferd.server.app import InferdServer
 from inferd.server.settings import Settings
 
 from .models import build_repository
+from .serving import GRPC_FRONTEND
 
 
 @dataclass
@@ -68,7 +69,14 @@ async def _make(settings: Settings) -> InferdServer:
 
 def test_settings(repo: Path, **overrides: object) -> Settings:
     """Settings for a test server: loopback, ephemeral ports, no polling unless asked."""
-    s = Settings(model_repository=(repo,), grpc_port=0, http_port=0, metrics_port=0, model_control_mode="none")
+    s = Settings(
+        model_repository=(repo,),
+        grpc_port=0,
+        http_port=0,
+        metrics_port=0,
+        model_control_mode="none",
+        grpc_frontend=GRPC_FRONTEND,
+    )
     for k, v in overrides.items():
         setattr(s, k, v)
     return s

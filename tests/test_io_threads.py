@@ -29,12 +29,24 @@ def _policies() -> dict[int, int]:
     return out
 
 
+def _name(tid: int) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def test_helpers_found_and_batched(server: RunningServer) -> None:
     # A thread grpc adds later gets the policy at the server's next rescan (every 2 s).
     deadline = time.monotonic() + 10
     while set((policies := _policies()).values()) != {os.SCHED_BATCH} and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _poller_ids() & set(policies), "grpc.aio's completion-queue poller thread was not found"
+    if server.server.grpc_frontend == "aio":
+        assert _poller_ids() & set(policies), "grpc.aio's completion-queue poller thread was not found"
+    else:
+        names = {_name(tid) for tid in policies}
+        assert {"nexting_thread", "default-executo"} <= names, f"grpc++'s threads were not found: {names}"
     assert len(policies) >= 2, "grpc core's EventEngine threads were not found"
     assert set(policies.values()) == {os.SCHED_BATCH}
     # Nothing of ours is touched: the loop thread and this one stay under the default policy.

@@ -343,26 +343,38 @@ class _Collect:
         self.handlers[service] = dict(handlers)
 
 
-def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server, restrictions: Restrictions) -> None:
+def _inference_handlers(servicer: InferenceServicer, restrictions: Restrictions) -> tuple[str, dict[str, Any]]:
     collect = _Collect()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, collect)
     ((service, handlers),) = collect.handlers.items()
     # Raw bytes both ways: InferCodec reads and writes the messages itself.
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
-    _register(server, service, guard_handlers(service, _lenient(handlers), restrictions))
+    return service, guard_handlers(service, _lenient(handlers), restrictions)
 
 
-def _register(server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
-
-
-def _add_health_service(servicer: HealthServicer, server: grpc.aio.Server, restrictions: Restrictions) -> None:
+def _health_handlers(servicer: HealthServicer, restrictions: Restrictions) -> tuple[str, dict[str, Any]]:
     collect = _Collect()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, collect)
     ((service, handlers),) = collect.handlers.items()
-    _register(server, service, guard_handlers(service, _lenient(handlers), restrictions))
+    return service, guard_handlers(service, _lenient(handlers), restrictions)
+
+
+def service_handlers(
+    core: InferenceCore,
+    restrictions: Restrictions | None = None,
+    limits: RequestLimits | None = None,
+    refusals: Refusals | None = None,
+) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    """Every RPC the gRPC port serves, by service and method name; both front ends (grpc.aio
+    here, grpc++ in grpc_native.py) run these same handlers."""
+    inference = InferenceServicer(core, limits, refusals)
+    return dict(
+        (
+            _inference_handlers(inference, restrictions or {}),
+            _health_handlers(HealthServicer(core), restrictions or {}),
+        )
+    )
 
 
 class _Malformed:
@@ -423,6 +435,21 @@ def _refuse_stream(
     return rpc
 
 
+def channel_arguments(
+    max_message_bytes: int, limits: RequestLimits, channel_options: Sequence[tuple[str, int]] = ()
+) -> list[tuple[str, int]]:
+    """grpc core's channel arguments of the gRPC port, the same for both front ends."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # A connection that has not finished the HTTP/2 (and TLS) handshake by then is closed.
+        ("grpc.server_handshake_timeout_ms", int(limits.grpc_handshake_timeout_s * 1000)),
+        ("grpc.max_concurrent_streams", limits.grpc_max_concurrent_streams),
+        *channel_options,  # keepalive and connection age (Triton's --grpc-keepalive-*, --grpc-max-connection-age*)
+    ]
+
+
 def build_server(
     core: InferenceCore,
     address: str,
@@ -439,18 +466,11 @@ def build_server(
     (access.py); ``limits`` bound connections and what one request may cost (request_limits.py)
     and ``refusals`` counts what they refuse."""
     limits = limits or RequestLimits()
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-        # A connection that has not finished the HTTP/2 (and TLS) handshake by then is closed.
-        ("grpc.server_handshake_timeout_ms", int(limits.grpc_handshake_timeout_s * 1000)),
-        ("grpc.max_concurrent_streams", limits.grpc_max_concurrent_streams),
-        *channel_options,  # keepalive and connection age (Triton's --grpc-keepalive-*, --grpc-max-connection-age*)
-    ]
+    options = channel_arguments(max_message_bytes, limits, channel_options)
     server = grpc.aio.server(options=options)
-    _add_inference_service(InferenceServicer(core, limits, refusals), server, restrictions or {})
-    _add_health_service(HealthServicer(core), server, restrictions or {})
+    for service, handlers in service_handlers(core, restrictions, limits, refusals).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_registered_method_handlers(service, handlers)
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind the gRPC port at {address}")

@@ -19,8 +19,18 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# Thread names (as /proc shows them) of grpc core's helpers; the poller is a Python thread.
-GRPC_HELPER_NAMES = ("event_engine", "grpc_global_tim", "lifeguard")
+# Thread names (as /proc shows them, cut at 15 characters) of grpc core's helpers, grpcio's
+# and grpc++'s (the native front end: its executor and the callback queue's "nexting" threads);
+# grpc.aio's poller is a Python thread, found by its target.
+GRPC_HELPER_NAMES = (
+    "event_engine",
+    "grpc_global_tim",
+    "lifeguard",
+    "default-executo",
+    "nexting_thread",
+    "resolver-execut",
+    "timer_manager",
+)
 POLICIES = ("batch", "other")
 
 
