@@ -9,6 +9,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 ARGS ?=
+# auto: build the native gRPC front end (native/), installing grpc++ with apt-get where that
+# needs no password; no: skip it (gRPC is then served by grpc.aio).
+NATIVE ?= auto
 # CPU builds for the torch and TensorFlow examples and backend tests (torch 2.13.0 is the CPU
 # build kept on disk on this project's machines).
 FRAMEWORK_PACKAGES ?= torch==2.13.0 tensorflow-cpu
@@ -24,13 +27,14 @@ FW_STAMP := $(VENV)/.installed-frameworks
 serve: FRAMEWORKS ?= none
 test: FRAMEWORKS ?= all
 
-.PHONY: serve test lint proto models clean test-protobuf-oldest
+.PHONY: serve test lint proto models clean test-protobuf-oldest test-grpc-aio
 
 $(VENV)/bin/python:
 	@echo "[inferd] creating $(VENV) (first run only)"
 	@$(PYTHON) -m venv $(VENV)
 
-$(SERVE_STAMP): pyproject.toml | $(VENV)/bin/python
+$(SERVE_STAMP): pyproject.toml setup.py native/grpc_frontend.cc | $(VENV)/bin/python
+	@bash native/ensure-grpcpp.sh $(NATIVE)
 	@echo "[inferd] installing inferd with ONNX Runtime and tritonclient into $(VENV) (about 250 MB, first run only)"
 	@$(PIP) -e '.[onnx,client]'
 	@touch $@
@@ -59,6 +63,13 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 # The stubs under the oldest protobuf this project supports (the newest is what `make test` has).
+# The gRPC tests again on the pure-Python front end (grpc.aio), where grpc++ serves by default.
+GRPC_TESTS := tests/test_grpc_infer.py tests/test_grpc_errors.py tests/test_grpc_native.py tests/test_decoupled.py \
+	tests/test_access.py tests/test_request_limits.py tests/test_triton_examples.py tests/test_e2e_serve.py \
+	tests/test_io_threads.py tests/test_client.py tests/test_perf_analyzer.py tests/test_sequence_batching.py
+test-grpc-aio: $(TEST_STAMP)
+	INFERD_TEST_GRPC_FRONTEND=aio $(PY) -m pytest -q $(GRPC_TESTS) $(ARGS)
+
 test-protobuf-oldest: $(TEST_STAMP)
 	$(PY) tests/protobuf_runtime.py --oldest -- -m pytest -q tests/test_proto_stubs.py tests/test_client.py tests/test_grpc_infer.py tests/test_grpc_wire.py
 

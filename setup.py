@@ -50,7 +50,7 @@ def _extensions() -> list[Extension]:
             ["native/grpc_frontend.cc"],
             include_dirs=[pybind11.get_include()],
             language="c++",
-            extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", *cflags],
+            extra_compile_args=["-std=c++17", "-O2", "-g0", "-fvisibility=hidden", *cflags],
             extra_link_args=libs,
         )
     ]

@@ -14,5 +14,6 @@ def serve_argv(*args: str) -> list[str]:
     """``inferd serve`` in this Python on ephemeral ports (the server logs the ones it took);
     ``args`` add flags such as ``--model-repository``."""
     ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
-    frontend = [] if GRPC_FRONTEND == "auto" or "--grpc-frontend" in args else ["--grpc-frontend", GRPC_FRONTEND]
+    chosen = GRPC_FRONTEND == "auto" or any(a.startswith("--grpc-frontend") for a in args)
+    frontend = [] if chosen else ["--grpc-frontend", GRPC_FRONTEND]
     return [sys.executable, "-m", "inferd.server.cli", "serve", *ports, *frontend, *args]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import functools
 import inspect
 import logging
 import time
-import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any
 
@@ -77,25 +77,43 @@ class NativeContext:
         return str(self._frontend.peer(self._id))
 
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, Any, Any]:
-    """Carry on, inside a Task, a coroutine that was stepped by hand and is ``waiting`` on a future."""
-    while True:
-        try:
-            sent = yield waiting
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as e:  # noqa: BLE001 - a cancellation, passed on
-            try:
-                waiting = coro.throw(e)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                waiting = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """Carries on, inside a Task, a coroutine that was stepped by hand and is ``waiting`` on a
+    future. The Task's first step hands it that future; anything thrown in, even before that
+    first step (a call cancelled at once), reaches the coroutine where it waits."""
+
+    __slots__ = ("_coro", "_waiting", "_started")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            waiting, self._waiting = self._waiting, None
+            return waiting
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
+        if not self._started:
+            self._started = True
+            waiting, self._waiting = self._waiting, None
+            if isinstance(typ, asyncio.CancelledError) and isinstance(waiting, asyncio.Future) and waiting.cancel():
+                # Cancelled before the Task's first step: cancel what the coroutine waits on and
+                # let it see that, as a Task cancelling it would have (its handlers rely on it).
+                return waiting
+        return self._coro.throw(typ) if val is None and tb is None else self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self  # type: ignore[return-value]
+
+    def __next__(self) -> Any:
+        return self.send(None)
 
 
 class _Requests:
@@ -177,6 +195,10 @@ class NativeServer:
         self._calls: dict[int, Any] = {}  # a unary call's Task, or a _Stream
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def calls_in_flight(self) -> int:
+        """Calls grpc++ has handed over that Python has not ended yet."""
+        return int(self._frontend.active())
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._frontend.fd, self._on_events)
@@ -231,7 +253,7 @@ class NativeServer:
             self._fail(call_id, e)
             return
         assert self._loop is not None
-        task = self._loop.create_task(_resume(coro, waiting))
+        task = self._loop.create_task(_Resume(coro, waiting))
         self._calls[call_id] = task
         task.add_done_callback(functools.partial(self._unary_done, call_id, handler.response_serializer))
 

@@ -1,0 +1,191 @@
+"""The native gRPC front end (grpc++, frontends/grpc_native.py): which front end serves, and the
+call lifecycle that grpc.aio handled by itself: deadlines, cancellations, unknown methods, and no
+call left behind. The rest of the suite runs its gRPC tests on whichever front end is the
+default here (`make test-grpc-aio` runs them on grpc.aio too)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
+from inferd.server.frontends import grpc_native
+from inferd.server.frontends.grpc_native import FrontendRefused, NativeServer, choose_grpc_frontend
+from tritonclient.utils import InferenceServerException
+
+from .conftest import RunningServer, start_server, test_settings
+from .models import bundled, write
+from .serving import serve_argv
+from .tls_certs import make_certificates
+
+needs_native = pytest.mark.skipif(not grpc_native.available(), reason=str(grpc_native.UNAVAILABLE_REASON))
+
+# A request waits 0.5 s in the batcher: long enough to cancel it or let its deadline pass.
+SLOW_ADD_SUB = bundled.ADD_SUB_CONFIG.replace(
+    "instance_group", "dynamic_batching { max_queue_delay_microseconds: 500000 }\ninstance_group"
+)
+
+
+def test_built_where_required() -> None:
+    """CI installs grpc++ (INFERD_REQUIRE_NATIVE_GRPC=1): there a missing build fails the run."""
+    if os.environ.get("INFERD_REQUIRE_NATIVE_GRPC") != "1":
+        pytest.skip("INFERD_REQUIRE_NATIVE_GRPC is not set")
+    assert grpc_native.available(), grpc_native.UNAVAILABLE_REASON
+
+
+def test_choice_of_front_end() -> None:
+    assert choose_grpc_frontend("aio", tls=False) == "aio"
+    assert choose_grpc_frontend("auto", tls=True) == "aio"  # TLS and its reload are grpc.aio's
+    assert choose_grpc_frontend("auto", tls=False) == ("native" if grpc_native.available() else "aio")
+    with pytest.raises(FrontendRefused, match="--grpc-use-ssl"):
+        choose_grpc_frontend("native", tls=True)
+
+
+@needs_native
+def test_native_with_tls_does_not_start(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    argv = serve_argv(
+        "--grpc-frontend=native",
+        "--grpc-use-ssl=true",
+        f"--grpc-server-cert={certs.server.cert}",
+        f"--grpc-server-key={certs.server.key}",
+        f"--model-repository={tmp_path}",
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--grpc-frontend native does not serve TLS yet" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    if not grpc_native.available():
+        pytest.skip(str(grpc_native.UNAVAILABLE_REASON))
+    root = tmp_path_factory.mktemp("slow")
+    write(root, "add_sub", SLOW_ADD_SUB, bundled.add_sub_model())
+    running = start_server(test_settings(root, grpc_frontend="native"))
+    yield running
+    running.stop()
+
+
+def _inputs() -> list[grpcclient.InferInput]:
+    a = np.arange(16, dtype=np.float32).reshape(1, 16)
+    out = []
+    for name in ("INPUT0", "INPUT1"):
+        i = grpcclient.InferInput(name, [1, 16], "FP32")
+        i.set_data_from_numpy(a)
+        out.append(i)
+    return out
+
+
+def _calls_end(running: RunningServer, timeout: float = 10) -> None:
+    """Every call the native front end took has ended (grpc++ and Python let go of it)."""
+    server = running.server.grpc_server
+    assert isinstance(server, NativeServer)
+    deadline = time.monotonic() + timeout
+    while server.calls_in_flight() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.calls_in_flight() == 0
+
+
+def test_deadline_passes_and_the_call_ends(slow: RunningServer) -> None:
+    client = grpcclient.InferenceServerClient(slow.grpc_url)
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+        client.infer("add_sub", _inputs(), client_timeout=0.1)
+    _calls_end(slow)
+    out = client.infer("add_sub", _inputs()).as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(out, 2 * np.arange(16, dtype=np.float32).reshape(1, 16))
+
+
+def test_cancelled_calls_end(slow: RunningServer) -> None:
+    with grpc.insecure_channel(slow.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="add_sub")
+        for name in ("INPUT0", "INPUT1"):
+            t = request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+            t.contents.fp32_contents.extend([1.0] * 16)
+        unary = [stub.ModelInfer.future(request) for _ in range(20)]
+        stream = stub.ModelStreamInfer(iter([request] * 3))
+        time.sleep(0.1)
+        for f in unary:
+            f.cancel()
+        stream.cancel()
+        # Full batches (8) ran at once; the rest waited in the batcher and were cancelled there.
+        assert sum(f.cancelled() for f in unary) >= 4
+    _calls_end(slow)
+
+
+def test_unknown_methods_are_unimplemented(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        for method in ("/inference.GRPCInferenceService/NoSuchMethod", "/no.Such/Service"):
+            with pytest.raises(grpc.RpcError) as e:
+                channel.unary_unary(method)(b"")
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_many_calls_some_cancelled_all_answered(server: RunningServer) -> None:
+    if not isinstance(server.server.grpc_server, NativeServer):
+        pytest.skip("the suite's server runs on grpc.aio here")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="add_sub")
+        for name in ("INPUT0", "INPUT1"):
+            t = request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+            t.contents.fp32_contents.extend(range(16))
+        futures = [stub.ModelInfer.future(request) for _ in range(600)]
+        for f in futures[::3]:
+            f.cancel()
+        answered = 0
+        for f in futures:
+            if f.cancelled():
+                continue
+            response = f.result(timeout=30)
+            out = np.frombuffer(response.raw_output_contents[0], np.float32)
+            np.testing.assert_array_equal(out, 2 * np.arange(16, dtype=np.float32))
+            answered += 1
+        assert answered >= 400
+    _calls_end(server)
+
+
+async def test_a_call_cancelled_before_its_task_starts_sees_its_future_cancelled() -> None:
+    """A unary handler stepped by hand and cancelled before its Task's first step gets what a
+    Task would give it: the future it waits on cancelled, then CancelledError where it waits."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[int] = loop.create_future()
+    seen: list[str] = []
+
+    async def handler() -> int:
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            seen.append("cancelled" if fut.cancelled() else "pending")
+            raise
+
+    coro = handler()
+    waiting = coro.send(None)
+    assert waiting is fut
+    task = loop.create_task(grpc_native._Resume(coro, waiting))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"]
+
+    # Not cancelled: the Task carries the coroutine on to its result.
+    fut2: asyncio.Future[int] = loop.create_future()
+
+    async def handler2() -> int:
+        return await fut2 + 1
+
+    coro2 = handler2()
+    task2 = loop.create_task(grpc_native._Resume(coro2, coro2.send(None)))
+    fut2.set_result(41)
+    assert await task2 == 42
