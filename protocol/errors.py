@@ -7,6 +7,7 @@ status once (gRPC status codes, HTTP status numbers), so the core never imports 
 from __future__ import annotations
 
 import enum
+import logging
 
 
 class Code(enum.Enum):
@@ -79,3 +80,15 @@ class ModelLoadError(InferdError):
     """A model could not be loaded; the message is shown as the model's reason."""
 
     code = Code.INVALID_ARGUMENT
+
+
+# What a client is told of a server fault (any exception that is not an InferdError).
+INTERNAL_ERROR = "internal error"
+_faults = logging.getLogger("inferd.server.faults")
+
+
+def internal_error(exc: BaseException, where: str) -> str:
+    """Log ``exc``, a server fault, with its traceback, once, naming ``where`` it happened; the
+    message its client gets, which never carries the exception's type, text or a server path."""
+    _faults.error("%s: %s", where, INTERNAL_ERROR, exc_info=exc)
+    return INTERNAL_ERROR

@@ -33,7 +33,15 @@ import numpy as np
 from ..backends.python_metrics import CustomMetrics
 from ..backends.registry import platform_of
 from ..protocol.caller import ThreadCaller
-from ..protocol.errors import InferdError, InvalidArgument, ModelLoadError, NotFound, Unavailable, Unimplemented
+from ..protocol.errors import (
+    InferdError,
+    InvalidArgument,
+    ModelLoadError,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+    internal_error,
+)
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
 from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
@@ -337,7 +345,7 @@ class ModelManager:
             except Exception as e:
                 if files_root is not None:
                     self.model_folders.remove(files_root)
-                error = _as_load_error(e)
+                error = _as_load_error(e, f"model '{name}'")
                 self._plan_failed(record, error.message)
                 raise error from None
             for warning in plan.warnings:
@@ -361,7 +369,7 @@ class ModelManager:
                 try:
                     loaded[v] = await self._load_version(plan, v)
                 except Exception as e:
-                    errors[v] = _as_load_error(e).message
+                    errors[v] = _as_load_error(e, f"model '{name}' version {v}").message
                     log.error("failed to load model '%s' version %d: %s", name, v, errors[v])
                 seconds[v] = planned + time.monotonic() - version_started
             if errors and record.serving():
@@ -789,12 +797,12 @@ def _response(model: ModelVersion, outputs: dict[str, np.ndarray], request_id: s
     return InferResponse(model.name, str(model.version), dict(outputs), request_id, parameters)
 
 
-def _as_load_error(e: Exception) -> InferdError:
-    """Any failure while loading becomes the model's reason; unexpected ones are logged in full."""
+def _as_load_error(e: Exception, where: str) -> InferdError:
+    """Any failure while loading becomes the model's reason; unexpected ones (server faults) are
+    logged in full and give the reason "internal error"."""
     if isinstance(e, InferdError):
         return ModelLoadError(e.message, e.code)
-    log.error("unexpected error while loading a model", exc_info=e)
-    return ModelLoadError(f"{type(e).__name__}: {e}")
+    return ModelLoadError(internal_error(e, f"loading {where}"))
 
 
 def _unchanged(slot: VersionSlot | None, fingerprint: str) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol.errors import Cancelled, Code, InferdError, Internal, InvalidArgument
+from ..protocol.errors import Cancelled, Code, InferdError, Internal, InvalidArgument, internal_error
 from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.streaming import ResponseChannel
@@ -164,8 +164,10 @@ def _executed(channel: ResponseChannel, run: asyncio.Future[dict[str, np.ndarray
     """A decoupled request's execute returned: a failure ends its response stream."""
     if run.cancelled():
         channel.fail(Cancelled(f"{channel.label}: the request was cancelled"))
-    elif (e := run.exception()) is not None:
-        channel.fail(e if isinstance(e, InferdError) else Internal(f"{channel.label}: {type(e).__name__}: {e}"))
+    elif isinstance(e := run.exception(), InferdError):
+        channel.fail(e)
+    elif e is not None:  # a server fault: logged, and the client reads only "internal error"
+        channel.fail(Internal(f"{channel.label}: {internal_error(e, channel.label)}"))
 
 
 def _reason(e: InferdError) -> str:

@@ -26,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from .internal_error import internal_error
+
 log = logging.getLogger(__name__)
 
 try:
@@ -38,7 +40,7 @@ except ImportError as e:  # not built: no grpc++ at install time (setup.py)
 
 # Messages of one stream queued in grpc++ and not yet written before the handler waits.
 STREAM_WINDOW = 16
-_OK, _CANCELLED, _UNKNOWN, _INTERNAL, _UNIMPLEMENTED = 0, 1, 2, 13, 12
+_OK, _CANCELLED, _INTERNAL, _UNIMPLEMENTED = 0, 1, 13, 12
 
 
 def available() -> bool:
@@ -282,8 +284,7 @@ class NativeServer:
         elif isinstance(error, asyncio.CancelledError):
             self._frontend.finish(call_id, _CANCELLED, "Cancelled")
         else:
-            log.error("gRPC handler failed", exc_info=error)
-            self._frontend.finish(call_id, _UNKNOWN, "internal error")
+            self._frontend.finish(call_id, _INTERNAL, internal_error(error, "gRPC call"))
 
     def _begin_stream(self, call_id: int, handler: Any, context: NativeContext, first: bytes | None) -> None:
         requests = _Requests(self._frontend, call_id, handler.request_deserializer)
@@ -292,6 +293,13 @@ class NativeServer:
         self._calls[call_id] = stream
         assert self._loop is not None
         stream.task = self._loop.create_task(self._serve_stream(call_id, handler, context, stream))
+        stream.task.add_done_callback(functools.partial(self._stream_done, call_id))
+
+    def _stream_done(self, call_id: int, task: asyncio.Task[None]) -> None:
+        # A Task cancelled before its first step never ran its body: the call still needs its
+        # end (after one already sent, finish does nothing).
+        self._calls.pop(call_id, None)
+        self._frontend.finish(call_id, _CANCELLED, "Cancelled")
 
     async def _serve_stream(self, call_id: int, handler: Any, context: NativeContext, stream: _Stream) -> None:
         frontend = self._frontend
@@ -317,8 +325,6 @@ class NativeServer:
             self._fail(call_id, e)
             if not isinstance(e, Exception | asyncio.CancelledError):
                 raise
-        finally:
-            self._calls.pop(call_id, None)
 
     async def _write_all(
         self, call_id: int, responses: AsyncIterator[Any], serialize: Callable[[Any], bytes] | None, stream: _Stream

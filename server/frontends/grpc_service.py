@@ -33,6 +33,7 @@ from .grpc_convert import (
     stream_error_response,
     wants_empty_final,
 )
+from .internal_error import internal_error
 from .request_limits import Refusals, RequestLimits, TooManyElements
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def _status(method: Callable[[Servicer, Req, Any], Awaitable[Resp]]) -> Callable
             return await method(self, request, context)
         except InferdError as e:
             await context.abort(STATUS[e.code], e.message)
-            raise AssertionError("unreachable") from None  # context.abort always raises
+        except Exception as e:  # a server fault: logged; the client reads only "internal error"
+            await context.abort(grpc.StatusCode.INTERNAL, internal_error(e, f"gRPC {method.__name__}"))
+        raise AssertionError("unreachable")  # context.abort always raises
 
     return rpc
 
@@ -188,6 +191,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not done.done():
                     await turn
                 await out.put(stream_error(e.message, data))
+            except Exception as e:  # a server fault: answered, so the request is not left without one
+                message = internal_error(e, "gRPC ModelStreamInfer")
+                if not done.done():
+                    await turn
+                await out.put(stream_error(message, data))
             finally:
                 if not done.done():
                     done.set_result(None)
@@ -321,6 +329,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
 
+    @_status
     async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
         S = health_pb2.HealthCheckResponse
         ready = self.core.server_ready() if not request.service else self.core.model_ready(request.service)

@@ -11,7 +11,6 @@ disconnects, the request is cancelled: a decoupled model sees ``is_cancelled()``
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,8 +23,7 @@ from ..core import InferenceCore
 from .generate_convert import decode_generate, encode_generate
 from .http_body import read_body
 from .http_convert import dumps, parse_json
-
-log = logging.getLogger(__name__)
+from .internal_error import internal_error
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream; charset=utf-8"
@@ -79,10 +77,13 @@ class GenerateApi:
     async def generate_stream(self, request: Request) -> Response:
         stream = await self._stream(request)
         first = await first_delivered(stream)
-        return StreamingResponse(_events(first, stream), media_type=SSE_TYPE)
+        where = f"generate_stream of model {request.path_params['model']!r}"
+        return StreamingResponse(_events(first, stream, where), media_type=SSE_TYPE)
 
 
-async def _events(first: InferResponse | None, stream: AsyncIterator[InferResponse]) -> AsyncIterator[bytes]:
+async def _events(
+    first: InferResponse | None, stream: AsyncIterator[InferResponse], where: str
+) -> AsyncIterator[bytes]:
     try:
         if first is not None:
             yield sse(encode_generate(first))
@@ -94,8 +95,7 @@ async def _events(first: InferResponse | None, stream: AsyncIterator[InferRespon
     except InferdError as e:
         yield sse({"error": e.message})
     except Exception as e:  # the status is sent already: the client learns it from the stream
-        log.exception("generate_stream failed")
-        yield sse({"error": f"internal error: {type(e).__name__}: {e}"})
+        yield sse({"error": internal_error(e, where)})
     finally:
         # Also when the client went away (Starlette cancels this generator): the model stops.
         await close_stream(stream)

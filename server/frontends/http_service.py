@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -30,6 +31,7 @@ from .http_body import read_body
 from .http_generate import GenerateApi
 from .http_origin import OriginGuard
 from .http_traffic import traffic_routes
+from .internal_error import InternalErrors
 from .openai_service import build_openai_app
 from .request_limits import Refusals, RequestLimits, TooManyElements
 from .status_page import LatencyReader, status_routes
@@ -86,9 +88,8 @@ async def _disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)  # nobody reads it: the client has gone
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    # Starlette re-raises after this answer, so uvicorn logs the traceback.
-    return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
+def _internal_error(message: str) -> Response:
+    return _error(message, 500)
 
 
 async def _off_loop(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -395,11 +396,12 @@ def build_app(
         routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes)))
     app = Starlette(
         routes=routes,
+        # Any other exception is a server fault: logged, and answered "internal error".
+        middleware=[Middleware(InternalErrors, respond=_internal_error)],
         exception_handlers={
             InferdError: _inferd_error,
             HTTPException: _http_error,
             ClientDisconnect: _disconnected,
-            Exception: _internal_error,
         },
     )
     guard_routes(app.routes, restrictions or {})

@@ -11,7 +11,6 @@ never ignored. An error after a stream started is an event ``data: {"error": {..
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -30,8 +30,7 @@ from . import openai_convert as oc
 from .http_body import read_body
 from .http_convert import dumps, parse_json
 from .http_generate import close_stream, first_delivered, sse
-
-log = logging.getLogger(__name__)
+from .internal_error import InternalErrors, internal_error
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream; charset=utf-8"
@@ -74,8 +73,8 @@ async def _disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)  # nobody reads it: the client has gone
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+def _internal_error(message: str) -> Response:
+    return _error_response(message, 500)
 
 
 class OpenAIApi:
@@ -181,8 +180,7 @@ async def _events(
     except InferdError as e:
         yield sse(error_doc(*_of(e)))
     except Exception as e:  # the status is sent already: the client learns it from the stream
-        log.exception("OpenAI stream failed")
-        yield sse(error_doc(f"internal error: {type(e).__name__}: {e}", 500))
+        yield sse(error_doc(internal_error(e, f"OpenAI {request.kind} stream of model {request.model!r}"), 500))
     finally:
         await close_stream(stream)
     yield DONE
@@ -198,10 +196,10 @@ def build_openai_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
             Route("/completions", api.completions, methods=["POST"]),
             Route("/chat/completions", api.chat_completions, methods=["POST"]),
         ],
+        middleware=[Middleware(InternalErrors, respond=_internal_error)],  # any other exception
         exception_handlers={
             InferdError: _inferd_error,
             HTTPException: _http_error,
             ClientDisconnect: _disconnected,
-            Exception: _internal_error,
         },
     )
