@@ -16,7 +16,7 @@ NATIVE ?= auto
 # build kept on disk on this project's machines).
 FRAMEWORK_PACKAGES ?= torch==2.13.0 tensorflow-cpu
 FRAMEWORKS_REPOSITORY := examples/frameworks
-SOURCES := protocol clients server backends perf tests proto model_repository
+SOURCES := protocol clients server backends perf tests proto model_repository setup.py
 
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test

@@ -217,7 +217,11 @@ class NativeServer:
         calls = self._calls
         for kind, call_id, method, payload, deadline in frontend.drain():
             if method is not None:
-                self._begin(call_id, method, payload, deadline)
+                try:
+                    self._begin(call_id, method, payload, deadline)
+                except Exception as e:  # a fault here must not lose the other events of the drain
+                    calls.pop(call_id, None)
+                    frontend.finish(call_id, _INTERNAL, internal_error(e, f"gRPC {method}"))
                 continue
             call = calls.get(call_id)
             if call is None:
@@ -253,6 +257,8 @@ class NativeServer:
             return
         except BaseException as e:  # noqa: BLE001 - answered, like a Task's exception
             self._fail(call_id, e)
+            if isinstance(e, KeyboardInterrupt | SystemExit):
+                raise
             return
         assert self._loop is not None
         task = self._loop.create_task(_Resume(coro, waiting))
@@ -323,7 +329,7 @@ class NativeServer:
             frontend.finish(call_id, _INTERNAL, "the call carried no request message")
         except BaseException as e:  # noqa: BLE001 - every end answers the call
             self._fail(call_id, e)
-            if not isinstance(e, Exception | asyncio.CancelledError):
+            if isinstance(e, KeyboardInterrupt | SystemExit):
                 raise
 
     async def _write_all(
