@@ -87,11 +87,19 @@ def _model_class(module: ModuleType, path: Path) -> type:
     return cls
 
 
+_AST_LOCK = threading.Lock()
+
+
 def calls_other_models(path: Path) -> bool:
     """Whether model.py builds InferenceRequests, the only way a Python model calls another
     model (BLS): such a model waits on the server while it runs, so never on the event loop."""
     try:
-        tree = ast.parse(path.read_bytes())
+        source = path.read_bytes()
+        # CPython 3.11 keeps ast.parse's recursion count per interpreter: two loads parsing at
+        # once (a collection switching threads mid-parse) fail with "AST constructor recursion
+        # depth mismatch".
+        with _AST_LOCK:
+            tree = ast.parse(source)
     except (OSError, SyntaxError, ValueError):
         return True
     for node in ast.walk(tree):
