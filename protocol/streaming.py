@@ -15,6 +15,7 @@ consumer reads the responses already buffered and then the error.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -31,6 +32,7 @@ from .types import InferResponse, Scalar
 RESPONSE_COMPLETE_FINAL = 1
 # The default per-request bound of responses waiting for a slow consumer.
 DEFAULT_BUFFERED_RESPONSES = 1024
+_yield_cpu = getattr(os, "sched_yield", None)  # releases the GIL while it yields (POSIX only)
 
 
 class Streamed(dict):  # type: ignore[type-arg]
@@ -65,6 +67,7 @@ class ResponseChannel:
         label: str = "",
     ) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident() if loop is not None else 0
         self.model_name = model_name
         self.model_version = model_version
         self.request_id = request_id
@@ -78,6 +81,7 @@ class ResponseChannel:
         self._cancelled = False  # the model should stop: the consumer left, or it fell too far behind
         self._failure: InferdError | None = None  # raised to the consumer after the buffered responses
         self._sent_final_response = False  # the final flag came on a response, not alone
+        self._first = True  # no response sent yet
         ResponseChannel._alive.add(self)
 
     @classmethod
@@ -137,7 +141,14 @@ class ResponseChannel:
                 self._sent_final_response = final
             if final:
                 self._ended = True
-            self._wake()
+            first, self._first = self._first, False
+            woke = self._wake()
+        if woke and (first or final) and _yield_cpu is not None and threading.get_ident() != self._loop_thread:
+            # The consumer's loop waits for the GIL, which this thread would otherwise keep up
+            # to the switch interval (5 ms): hand it over now for the first response (time to
+            # first token) and the last (the client's next request). Not for every response:
+            # the others are written together when the loop gets its turn.
+            _yield_cpu()
 
     def fail(self, error: InferdError) -> None:
         """End the request with ``error`` unless its final flag was already sent (execute
@@ -152,12 +163,14 @@ class ResponseChannel:
             self._failure = error
             self._wake()
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
         # With the lock held. The consumer registers its waiter under the same lock, so a
         # wake-up is never lost; it is scheduled only while the consumer actually waits.
         waiter, self._waiter = self._waiter, None
         if waiter is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(_resolve, waiter)
+            return True
+        return False
 
     # --- the consumer's side (the event loop) -------------------------------------------
     async def get(self) -> tuple[InferResponse, int] | None:
@@ -165,8 +178,11 @@ class ResponseChannel:
         complete. Raises the request's failure after the responses sent before it."""
         while True:
             with self._lock:
-                if self._items:
-                    return self._items.popleft()
+                items = self._items
+                if items:
+                    item = items.popleft()
+                    item[0].more = bool(items)
+                    return item
                 if self._ended:
                     if self._failure is not None:
                         raise self._failure

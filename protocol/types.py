@@ -73,6 +73,9 @@ class InferResponse:
     # the model sent as an error (its outputs are empty). Ordinary responses keep the defaults.
     final: bool = True
     error: InferdError | None = None
+    # Set when the next response of the same stream was already waiting as this one was taken:
+    # a front end may hold this one back and write both together.
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ def test_fault_while_loading_is_an_internal_error_reason(
 def test_generate_stream_fault_is_an_error_event(
     http: httpx.Client, faults: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_generate, "encode_generate", boom)
+    monkeypatch.setattr(http_generate.Frames, "event", boom)  # the stream's encoder
     with http.stream("POST", "/v2/models/charlm/generate_stream", json={"text_input": "x", "max_tokens": 3}) as r:
         assert r.status_code == 200
         events = sse(r)

@@ -15,6 +15,7 @@ than one element (strings for BYTES).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from ...protocol import codec
 from ...protocol.errors import InvalidArgument
 from ...protocol.types import InferRequest, InferResponse, Scalar, TensorMetadata
-from .http_convert import request_from_json
+from .http_convert import dumps, request_from_json
 
 NESTED = "parameters"  # the one nested object of Triton's generate request schema
 
@@ -114,3 +115,48 @@ def _value(array: np.ndarray) -> Any:
     else:
         values = array.ravel().tolist()
     return values[0] if len(values) == 1 else values
+
+
+_RESERVED = frozenset(("id", "model_name", "model_version"))
+
+
+class Frames:
+    """The Server-Sent Events of one stream's responses: ``data: <encode_generate's JSON>``.
+    A streamed piece of text (no parameters, one-element string outputs) is written straight
+    to bytes, the same bytes as ``dumps`` gives; anything else takes the general path."""
+
+    def __init__(self) -> None:
+        self._head: bytes | None = None
+        self._who: tuple[str, str, str] = ("", "", "")
+        self._keys: dict[str, str] = {}
+
+    def event(self, response: InferResponse) -> bytes:
+        if not response.parameters:
+            body = self._text_only(response)
+            if body is not None:
+                return body
+        return b"data: " + dumps(encode_generate(response)) + b"\n\n"
+
+    def _text_only(self, response: InferResponse) -> bytes | None:
+        parts = []
+        keys = self._keys
+        for name, array in response.outputs.items():
+            if array.dtype.kind != "O" or array.size != 1 or name in _RESERVED:
+                return None
+            element = array.item()
+            if not isinstance(element, bytes):
+                return None
+            key = keys.get(name)
+            if key is None:
+                key = keys[name] = "," + encode_basestring_ascii(name) + ":"
+            parts.append(key)
+            parts.append(encode_basestring_ascii(element.decode("utf-8", "replace")))
+        who = (response.id, response.model_name, response.model_version)
+        head = self._head
+        if head is None or who != self._who:  # the same for every response of a stream
+            doc = {"id": response.id} if response.id else {}
+            doc["model_name"] = response.model_name
+            doc["model_version"] = response.model_version
+            head = self._head = b"data: " + dumps(doc)[:-1]
+            self._who = who
+        return head + "".join(parts).encode("ascii") + b"}\n\n"

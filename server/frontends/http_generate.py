@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from ...protocol.errors import InferdError, Internal
 from ...protocol.types import InferResponse
 from ..core import InferenceCore
-from .generate_convert import decode_generate, encode_generate
+from .generate_convert import Frames, decode_generate, encode_generate
 from .http_body import read_body
 from .http_convert import dumps, parse_json
 from .internal_error import internal_error
@@ -84,21 +84,34 @@ class GenerateApi:
 async def _events(
     first: InferResponse | None, stream: AsyncIterator[InferResponse], where: str
 ) -> AsyncIterator[bytes]:
+    # The events of responses that were already waiting together go out in one write: a
+    # write's cost (the ASGI send, a syscall, the client's wake-up) is paid per batch, not per
+    # event, whenever the model runs ahead of the connection. Each event is still its own frame.
+    frames = Frames()
+    pending: list[bytes] = []
     try:
         if first is not None:
-            yield sse(encode_generate(first))
+            pending.append(frames.event(first))
+            if not first.more:
+                yield pending[0]
+                pending.clear()
         async for response in stream:
             if response.error is not None:
-                yield sse({"error": response.error.message})
+                pending.append(sse({"error": response.error.message}))
             elif delivered(response):
-                yield sse(encode_generate(response))
+                pending.append(frames.event(response))
+            if pending and not response.more:
+                yield b"".join(pending)
+                pending.clear()
     except InferdError as e:
-        yield sse({"error": e.message})
+        pending.append(sse({"error": e.message}))
     except Exception as e:  # the status is sent already: the client learns it from the stream
-        yield sse({"error": internal_error(e, where)})
+        pending.append(sse({"error": internal_error(e, where)}))
     finally:
         # Also when the client went away (Starlette cancels this generator): the model stops.
         await close_stream(stream)
+    if pending:
+        yield b"".join(pending)
 
 
 async def first_delivered(stream: AsyncIterator[InferResponse]) -> InferResponse | None:
