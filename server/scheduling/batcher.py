@@ -92,7 +92,7 @@ class DynamicBatcher(Scheduler):
 
     # --- accepting work -----------------------------------------------------------------
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop  # asyncio.get_running_loop() costs a getpid() system call per request
         level_no = work.priority or self.default_level
         level = self.levels.get(level_no)
         if level is None:

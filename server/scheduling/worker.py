@@ -1,10 +1,10 @@
 """One worker per model instance: runs a batch where its placement decides, merges, splits.
 
-Each worker owns a single-thread executor so that an instance never runs two executions at
-once while different instances (and different models) run in parallel; frameworks release the
-GIL inside their kernels, so the threads really overlap. The thread runs below the event loop's
-priority (thread_priority.py) and builds its backend itself, so framework threads inherit that.
-Short executions of an instance allowed to may run on the event loop instead (placement.py).
+Each worker owns a thread (instance_thread.py) so that an instance never runs two executions
+at once while different instances (and different models) run in parallel; frameworks release
+the GIL inside their kernels, so the threads really overlap. The thread runs below the event
+loop's priority (thread_priority.py) and builds its backend itself, so framework threads inherit
+that. Short executions of an instance allowed to may run on the event loop instead (placement.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeAlias
 
@@ -23,6 +22,8 @@ from ...protocol.errors import InferdError, Internal
 from ...protocol.streaming import Streamed
 from ...protocol.types import ModelOutputs
 from ..stats import ExecutionTimes
+from . import gc_policy
+from .instance_thread import InstanceThread
 from .open_batch import OpenBatch
 from .placement import ExecutionPlacement
 from .ragged import RaggedBatching
@@ -37,9 +38,9 @@ Executed: TypeAlias = tuple[list[Result], ExecutionTimes]
 Batch: TypeAlias = Sequence[Work] | OpenBatch
 
 
-def instance_executor(name: str, nice: int = 0) -> ThreadPoolExecutor:
+def instance_executor(name: str, nice: int = 0) -> InstanceThread:
     """The instance's one thread, ``nice`` steps below the default priority."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=partial(lower_thread_priority, nice))
+    return InstanceThread(name, initializer=partial(lower_thread_priority, nice))
 
 
 class InstanceWorker:
@@ -49,7 +50,7 @@ class InstanceWorker:
         name: str,
         batching: bool,
         inline: bool = False,
-        executor: ThreadPoolExecutor | None = None,
+        executor: InstanceThread | None = None,
         nice_steps: int = 0,
     ) -> None:
         self.backend = backend
@@ -75,6 +76,7 @@ class InstanceWorker:
         except BaseException:
             executor.shutdown(wait=False)
             raise
+        gc_policy.models_loaded()
         allowed = backend.inline_safe if inline is None else inline
         return cls(backend, name, batching, allowed, executor, steps)
 
@@ -92,12 +94,12 @@ class InstanceWorker:
         the results then follow its final ``items`` (none when every member had expired)."""
         if self.placement.on_loop(batch.items if isinstance(batch, OpenBatch) else batch):
             return self._execute(batch, on_loop=True)
-        return asyncio.get_running_loop().run_in_executor(self.executor, self._execute, batch)
+        return self.executor.run_async(self._execute, batch)
 
     def run_on_thread(self, batch: Sequence[Work]) -> asyncio.Future[Executed]:
         """Execute ``batch`` on the instance thread whatever the placement says: for work that
         must never hold the event loop however quick each execution is (warmup runs many)."""
-        return asyncio.get_running_loop().run_in_executor(self.executor, self._execute, batch)
+        return self.executor.run_async(self._execute, batch)
 
     def _execute(self, batch: Batch, on_loop: bool = False) -> Executed:
         if isinstance(batch, OpenBatch):
@@ -209,3 +211,4 @@ class InstanceWorker:
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.backend.unload()
+        gc_policy.models_unloaded()
