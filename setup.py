@@ -31,12 +31,6 @@ class _OptionalBuild(build_ext):
         except Exception as e:  # noqa: BLE001 - any compiler or linker failure
             print(f"inferd: the native gRPC front end was not built ({e}); grpc.aio serves gRPC")
 
-    def build_extension(self, ext: Extension) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as e:  # noqa: BLE001
-            print(f"inferd: the native gRPC front end was not built ({e}); grpc.aio serves gRPC")
-
 
 def _extensions() -> list[Extension]:
     cflags, libs = _pkg_config("--cflags"), _pkg_config("--libs")

@@ -52,7 +52,7 @@ class Frontend;
 
 class Call final : public grpc::ServerGenericBidiReactor {
  public:
-  Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t id);
+  Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx);
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
@@ -236,7 +236,7 @@ class Frontend {
 };
 
 grpc::ServerGenericBidiReactor* Service::CreateReactor(grpc::GenericCallbackServerContext* ctx) {
-  return new Call(frontend_, ctx, 0);
+  return new Call(frontend_, ctx);
 }
 
 double EpochDeadline(grpc::GenericCallbackServerContext* ctx) {
@@ -246,7 +246,7 @@ double EpochDeadline(grpc::GenericCallbackServerContext* ctx) {
   return static_cast<double>(d.tv_sec) + d.tv_nsec * 1e-9;
 }
 
-Call::Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx, uint64_t)
+Call::Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx)
     : frontend_(frontend), ctx_(ctx) {
   id_ = frontend_->Register(this);
   StartRead(&in_);
