@@ -12,6 +12,9 @@ ARGS ?=
 # auto: build the native gRPC front end (native/), installing grpc++ with apt-get where that
 # needs no password; no: skip it (gRPC is then served by grpc.aio).
 NATIVE ?= auto
+ifeq ($(filter auto no,$(NATIVE)),)
+$(error NATIVE must be 'auto' or 'no', not '$(NATIVE)')
+endif
 # CPU builds for the torch and TensorFlow examples and backend tests (torch 2.13.0 is the CPU
 # build kept on disk on this project's machines).
 FRAMEWORK_PACKAGES ?= torch==2.13.0 tensorflow-cpu
