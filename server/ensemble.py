@@ -4,7 +4,8 @@ Each step is an ordinary request to its composing model through the ``ModelCalle
 at load (the request path the front ends use), so it goes through that model's own scheduler
 (dynamic batching applies across ensemble and direct traffic), and tensors pass between steps
 as the same numpy arrays, never serialised. A step starts as soon as all of its inputs exist,
-so independent branches run concurrently.
+so independent branches run concurrently. Each step's request carries the ensemble request's
+priority, correlation id and START/END flags, as in Triton, so a step may be a sequence model.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from ..protocol.caller import ModelCaller
 from ..protocol.errors import InferdError, ModelLoadError
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.streaming import ResponseChannel
-from ..protocol.types import InferRequest, InferResponse
+from ..protocol.types import InferRequest, InferResponse, Scalar
 from .config import Signature, TensorSpec
 from .scheduling.base import Scheduler
+from .scheduling.sequence_controls import FLAG_END, FLAG_START, sequence_parameters
 from .scheduling.work import Work
 from .stats import ExecutionTimes, ModelStats
 
@@ -201,7 +203,7 @@ class EnsembleScheduler(Scheduler):
         tensors: dict[str, np.ndarray] = dict(work.inputs)
         waiting = list(self.plan.steps)
         running: dict[asyncio.Future[InferResponse], Step] = {}
-        params = {"priority": work.priority} if work.priority else {}
+        params = self._step_parameters(work)
         trace = work.trace
         step_traces: dict[int, Any] = {}  # each step's child span, while tracing this request
         if trace is not None:
@@ -255,6 +257,21 @@ class EnsembleScheduler(Scheduler):
         self.stats.record_execution(times)
         self.record_success(work, times, started)
         return outputs
+
+    @staticmethod
+    def _step_parameters(work: Work) -> dict[str, Scalar]:
+        """What every step's request carries of the ensemble request, as in Triton: its priority,
+        and its correlation id and START/END flags, so that a step may be a sequence model."""
+        params: dict[str, Scalar] = {"priority": work.priority} if work.priority else {}
+        if work.info is not None and work.info.parameters:
+            corr, flags = sequence_parameters(work.info.parameters)
+            if corr != 0 and corr != "":
+                params["sequence_id"] = corr
+            if flags & FLAG_START:
+                params["sequence_start"] = True
+            if flags & FLAG_END:
+                params["sequence_end"] = True
+        return params
 
     async def _stream(
         self, step: Step, request: InferRequest, channel: ResponseChannel, wanted: list[str]

@@ -20,6 +20,7 @@ from .cache import VersionCache
 from .config import Signature
 from .reshape import Reshaper, needs_reshape
 from .scheduling.base import Scheduler
+from .scheduling.sequence_controls import sequence_parameters
 from .scheduling.work import Work
 from .stats import ModelStats
 from .validation import validate
@@ -79,6 +80,7 @@ class ModelVersion:
             if request.parameters:
                 work.priority = self._priority(request.parameters)
                 self._apply_timeout(work, request.parameters)
+                sequence_parameters(request.parameters)  # refused for any model, as Triton's front ends do
             if request.id or request.parameters or responses is not None:
                 work.info = RequestInfo(request.id, request.parameters, responses=responses)
             if request.trace is not None:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from http.client import HTTPConnection
+from typing import Any
 
 import grpc
 import httpx
@@ -39,6 +40,27 @@ input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
 output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
 """
 
+# A sequence model (Python) that echoes IN, or fails on purpose: its messages reach the client.
+SEQUENCE_MODEL = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            value = int(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()[0])
+            if value == 13:
+                raise ValueError("thirteen is not allowed")
+            if value == 14:
+                raise pb_utils.TritonModelException("fourteen is not allowed")
+            error = pb_utils.TritonError("fifteen is not allowed") if value == 15 else None
+            out = [] if error else [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]
+            responses.append(pb_utils.InferenceResponse(out, error=error))
+        return responses
+"""
+SEQUENCE_STRATEGIES = {"seq_direct": "direct { }", "seq_oldest": "oldest { max_candidate_sequences: 2 }"}
+
 
 class Fault(RuntimeError):
     """The bug the tests plant in the server."""
@@ -54,6 +76,11 @@ def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     (root / "raises" / "1").mkdir(parents=True)
     (root / "raises" / "1" / "model.py").write_text(RAISES)
     (root / "raises" / "config.pbtxt").write_text(RAISES_CONFIG)
+    for name, strategy in SEQUENCE_STRATEGIES.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "1" / "model.py").write_text(SEQUENCE_MODEL)
+        config = RAISES_CONFIG.replace('"raises"', f'"{name}"') + f"sequence_batching {{ {strategy} }}\n"
+        (root / name / "config.pbtxt").write_text(config)
     running = start_server(test_settings(root, model_control_mode="explicit", load_models=["*"]))
     yield running
     running.stop()
@@ -292,3 +319,75 @@ def test_grpc_model_exception_text_still_reaches_the_client(stub: pb_grpc.GRPCIn
     msg.inputs.add(name="IN", datatype="INT32", shape=[1]).contents.int_contents.append(1)
     e = grpc_failure(lambda: stub.ModelInfer(msg))
     assert e.code() == grpc.StatusCode.INTERNAL and "ValueError: mode one is not allowed" in e.details()
+
+
+# --- sequence batching (both strategies) ----------------------------------------------------------
+def sequence_request(http: httpx.Client, model: str, value: int, sequence_id: int = 7) -> httpx.Response:
+    doc = {
+        "parameters": {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True},
+        "inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [value]}],
+    }
+    return http.post(f"/v2/models/{model}/infer", json=doc)
+
+
+def sequence_scheduler(text_server: RunningServer, model: str) -> Any:
+    return text_server.server.core.model(model).scheduler
+
+
+def assert_sequence_fault(
+    text_server: RunningServer, http: httpx.Client, faults: pytest.LogCaptureFixture, model: str
+) -> None:
+    r = sequence_request(http, model, 1)
+    message = r.json()["error"]
+    assert r.status_code == 500 and message.endswith(": internal error") and model in message, r.text
+    assert not leaks(r.text)
+    logged_once(faults, text_server.server.core.model(model).label)
+
+
+@pytest.mark.parametrize("model", list(SEQUENCE_STRATEGIES))
+def test_sequence_fault_before_execution_is_internal_error(
+    text_server: RunningServer,
+    http: httpx.Client,
+    faults: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+) -> None:
+    """A fault while the scheduler prepares a request (its control inputs and state)."""
+    monkeypatch.setattr(sequence_scheduler(text_server, model), "prepare", boom)
+    assert_sequence_fault(text_server, http, faults, model)
+    monkeypatch.undo()
+    r = sequence_request(http, model, 5)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [5], r.text
+
+
+def test_sequence_fault_in_an_execution_is_internal_error(
+    text_server: RunningServer, http: httpx.Client, faults: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in running a direct batch (the instance worker, not the model)."""
+    (strategy,) = sequence_scheduler(text_server, "seq_direct").strategies
+    monkeypatch.setattr(strategy.worker, "run", boom)
+    assert_sequence_fault(text_server, http, faults, "seq_direct")
+    monkeypatch.undo()
+    r = sequence_request(http, "seq_direct", 6)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [6], r.text
+
+
+@pytest.mark.parametrize("model", list(SEQUENCE_STRATEGIES))
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (13, "ValueError: thirteen is not allowed"),
+        (14, "fourteen is not allowed"),
+        (15, "fifteen is not allowed"),
+    ],
+    ids=["raised", "TritonModelException", "error-response"],
+)
+def test_sequence_model_error_text_reaches_the_client(
+    http: httpx.Client, faults: pytest.LogCaptureFixture, model: str, value: int, words: str
+) -> None:
+    """Not a server fault: a sequence model's own errors reach its client with their text, as in
+    Triton, and log no fault."""
+    r = sequence_request(http, model, value)
+    assert r.status_code == 500 and words in r.json()["error"], r.text
+    assert "internal error" not in r.text and "/" not in r.json()["error"]
+    assert not [r for r in faults.records if r.name == LOGGER]

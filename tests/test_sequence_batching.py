@@ -15,12 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from inferd.protocol.errors import ModelLoadError
+from inferd.protocol.pb import grpc_service_pb2 as pb
+from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.loader import plan_model
 from inferd.server.repository import Repository
 from inferd.server.scheduling import sequence as sequence_module
@@ -501,6 +505,80 @@ def test_parameters_of_the_wrong_type_are_refused(seq_server: RunningServer) -> 
     assert status == 400 and "'sequence_id' parameter, expected an unsigned integer or a string" in body
     status, body = post({"sequence_id": 72, "sequence_start": True, "sequence_end": True})
     assert status == 200 and json.loads(body)["outputs"][0]["data"] == [1]
+
+
+@pytest.mark.parametrize("value", [-5, -1, 2**64, 2**70, 1.5, 73.0, True, False], ids=repr)
+@pytest.mark.parametrize("model", ["acc", "bls_seq"])
+def test_http_refuses_a_sequence_id_that_is_not_a_uint64(seq_server: RunningServer, model: str, value: Any) -> None:
+    """Triton's HTTP front end reads sequence_id as a uint64 or a string: anything else is a 400
+    that names the parameter, for any model (bls_seq has no sequence batching)."""
+    shape = [1, 1] if model == "acc" else [1]
+    body = {
+        "parameters": {"sequence_id": value, "sequence_start": True, "sequence_end": True},
+        "inputs": [{"name": "INPUT", "shape": shape, "datatype": "INT32", "data": [1]}],
+    }
+    r = httpx.post(f"http://{seq_server.http_url}/v2/models/{model}/infer", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json() == {
+        "error": "invalid value type for 'sequence_id' parameter, expected an unsigned integer or a string"
+    }
+
+
+def test_http_sequence_id_takes_the_whole_uint64_range(seq_server: RunningServer) -> None:
+    for value in (1, 2**63, 2**64 - 1):
+        body = {
+            "parameters": {"sequence_id": value, "sequence_start": True, "sequence_end": True},
+            "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "INT32", "data": [3]}],
+            "outputs": [{"name": "CORR_OUT"}],
+        }
+        r = httpx.post(f"http://{seq_server.http_url}/v2/models/acc/infer", json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [value], r.text
+
+
+def grpc_sequence_request(model: str, **param: Any) -> pb.ModelInferRequest:
+    msg = pb.ModelInferRequest(model_name=model)
+    shape = [1, 1] if model == "acc" else [1]
+    msg.inputs.add(name="INPUT", datatype="INT32", shape=shape).contents.int_contents.append(3)
+    if model == "acc":
+        msg.outputs.add(name="CORR_OUT")
+    ((kind, value),) = param.items()
+    setattr(msg.parameters["sequence_id"], kind, value)
+    msg.parameters["sequence_start"].bool_param = True
+    msg.parameters["sequence_end"].bool_param = True
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("double_param", 1.5), ("double_param", 74.0), ("bool_param", True)],
+    ids=["fraction", "double", "bool"],
+)
+@pytest.mark.parametrize("model", ["acc", "bls_seq"])
+def test_grpc_refuses_a_sequence_id_that_is_not_an_integer(
+    seq_server: RunningServer, model: str, kind: str, value: Any
+) -> None:
+    with grpc.insecure_channel(seq_server.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_sequence_request(model, **{kind: value}))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "invalid value type for 'sequence_id' parameter" in str(e.value.details())
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "corr"),
+    [
+        ("int64_param", 75, 75),
+        ("uint64_param", 2**64 - 1, 2**64 - 1),
+        # Triton's C++ client and perf_analyzer send a uint64 id as int64_param: from 2**63 up it
+        # arrives negative, and Triton reads the same bits back as the uint64.
+        ("int64_param", -5, 2**64 - 5),
+        ("int64_param", -(2**63), 2**63),
+    ],
+)
+def test_grpc_sequence_id_is_read_as_a_uint64(seq_server: RunningServer, kind: str, value: int, corr: int) -> None:
+    with grpc.insecure_channel(seq_server.grpc_url) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_sequence_request("acc", **{kind: value}))
+    assert np.frombuffer(response.raw_output_contents[0], "<u8").tolist() == [corr]
 
 
 # --- statistics and leaks ---------------------------------------------------------------------

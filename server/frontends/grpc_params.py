@@ -9,6 +9,7 @@ from ...protocol.fields import set_parameter
 from ...protocol.types import Scalar
 
 _UNSET = object()
+_U64 = 1 << 64
 
 
 class PbParameters(Mapping[str, Scalar]):
@@ -25,7 +26,15 @@ class PbParameters(Mapping[str, Scalar]):
             return default
         p = self._map[key]
         which = p.WhichOneof("parameter_choice")
-        return default if which is None else getattr(p, which)
+        if which is None:
+            return default
+        value = getattr(p, which)
+        if which == "int64_param" and value < 0 and key == "sequence_id":
+            # Triton's clients send a uint64 correlation id as int64_param (the C++ client's
+            # set_int64_param(uint64_t)), so ids from 2**63 up arrive negative: read back the
+            # same bits, as Triton does. HTTP has no such wire type: a negative id is refused there.
+            value += _U64
+        return value
 
     def __getitem__(self, key: str) -> Scalar:
         value = self.get(key, _UNSET)

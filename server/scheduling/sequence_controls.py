@@ -35,15 +35,16 @@ START, END, READY, CORRID = (
 
 def sequence_parameters(params: Mapping[str, Scalar]) -> tuple[CorrId, int]:
     """The request's correlation id (0 when it sent none) and flags, from the parameters
-    ``sequence_id`` (an unsigned integer or a string; a negative int64, as gRPC may carry it, is
-    read as the uint64 of the same bits, as Triton reads it), ``sequence_start`` and ``sequence_end``."""
+    ``sequence_id`` (an unsigned 64-bit integer or a string: a negative number, one past 2**64 - 1,
+    a fraction or a boolean is refused; the gRPC front end reads a negative int64_param as the
+    uint64 of the same bits, grpc_params.py), ``sequence_start`` and ``sequence_end``."""
     corr: CorrId = 0
     value = params.get("sequence_id")
     if value is not None:
         if isinstance(value, str):
             corr = value
-        elif isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < _U64:
-            corr = value % _U64
+        elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _U64:
+            corr = value
         else:
             raise InvalidArgument(
                 "invalid value type for 'sequence_id' parameter, expected an unsigned integer or a string"

@@ -16,18 +16,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
-from ...protocol.errors import InferdError, Internal, Unavailable
+from ...protocol.errors import InferdError, Internal, Unavailable, internal_error
 from ...protocol.model_spec import DynamicBatching
 from .batcher import DynamicBatcher
 from .sequence import SequenceBatchScheduler, Slot, Step, Strategy
 from .work import Work
 from .worker import InstanceWorker
-
-log = logging.getLogger(__name__)
 
 
 def make_strategy(owner: SequenceBatchScheduler, worker: InstanceWorker, instance: int) -> Strategy:
@@ -35,6 +32,12 @@ def make_strategy(owner: SequenceBatchScheduler, worker: InstanceWorker, instanc
     if config.oldest is not None:
         return OldestStrategy(owner, worker, instance)
     return DirectStrategy(owner, worker, instance)
+
+
+def _client_error(e: Exception, label: str) -> InferdError:
+    """What a request's client is told of ``e``: a model's own error (an InferdError) as it is, as
+    Triton passes it on; a server fault, logged once with its traceback, as "internal error"."""
+    return e if isinstance(e, InferdError) else Internal(f"{label}: {internal_error(e, label)}")
 
 
 def _key(work: Work) -> tuple[Any, ...]:
@@ -69,10 +72,10 @@ class DirectStrategy:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug here must not stop the instance: answer and go on
-                log.exception("%s: sequence batch failed", self.owner.label)
+                error = _client_error(e, self.owner.label)
                 for slot, step in members:
                     if step is not None and not step.future.done():
-                        self.owner.fail(step, Internal(f"{self.owner.label}: {type(e).__name__}: {e}"))
+                        self.owner.fail(step, error)
                         self.owner.done(slot, step)
 
     def _front(self, slot: Slot) -> Step | None:
@@ -139,9 +142,7 @@ class DirectStrategy:
                     owner.fail(step, Unavailable(f"{owner.label} was unloaded"))
             raise
         except Exception as e:  # never leave a request without an answer
-            error = e if isinstance(e, InferdError) else Internal(f"{owner.label}: {type(e).__name__}: {e}")
-            if not isinstance(e, InferdError):
-                log.exception("%s: sequence batch failed", owner.label)
+            error = _client_error(e, owner.label)
             for slot, step in members:
                 if step is not None:
                     owner.fail(step, error)
@@ -197,9 +198,8 @@ class OldestStrategy:
         except asyncio.CancelledError:
             owner.fail(step, Unavailable(f"{owner.label} was unloaded"))
             raise
-        except Exception as e:
-            log.exception("%s: sequence request failed", owner.label)
-            owner.fail(step, Internal(f"{owner.label}: {type(e).__name__}: {e}"))
+        except Exception as e:  # a server fault: the model's own errors are InferdErrors
+            owner.fail(step, _client_error(e, owner.label))
         else:
             owner.answer(slot, step, result)  # the dynamic batcher counted it already
         finally:
