@@ -31,6 +31,7 @@ from .manager import UNAVAILABLE, ModelManager
 from .metrics import RequestObserver, build_metrics_app, register_metrics
 from .repository import Repository
 from .rollout_metrics import register_rollout_metrics
+from .scheduling import load
 from .settings import Settings
 from .shm import SharedMemoryRegistry
 from .stats import ModelStats
@@ -145,6 +146,8 @@ class InferdServer:
                     refusals=self.refusals,
                 )
             await self.grpc_server.start()
+            if isinstance(self.grpc_server, NativeServer):  # grpc.aio cannot count its arrivals
+                load.current().probes.append(self.grpc_server.calls_in_flight)
             if s.grpc_io_sched != "other":
                 apply_io_policy(s.grpc_io_sched)
                 self._io_policy_task = asyncio.ensure_future(self._keep_io_policy(s.grpc_io_sched))
@@ -160,6 +163,7 @@ class InferdServer:
                     status_latency=self._latency,
                     limits=s.request_limits,
                     refusals=self.refusals,
+                    stream_interval_us=s.stream_interval_us,
                 )
                 self.http_server = AsgiServer(
                     app,
@@ -282,6 +286,8 @@ class InferdServer:
         # gRPC and HTTP stop accepting and drain their in-flight requests side by side.
         draining = []
         if self.grpc_server is not None:
+            if isinstance(self.grpc_server, NativeServer):
+                load.current().probes.remove(self.grpc_server.calls_in_flight)
             draining.append(self.grpc_server.stop(self.settings.exit_timeout_secs))
         if self.http_server is not None:
             draining.append(self.http_server.stop())

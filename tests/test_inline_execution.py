@@ -4,9 +4,11 @@ instances; and a real server with ONNX and Python models answers the same either
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ from inferd.protocol.errors import InvalidArgument
 from inferd.protocol.types import InferRequest
 from inferd.server.loader import inline_execution
 from inferd.server.scheduling.direct import DirectScheduler
+from inferd.server.scheduling.load import ServerLoad, current
 from inferd.server.scheduling.placement import INLINE_MAX_BYTES, INLINE_NEVER_NS, STALL_WINDOW
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import InstanceWorker
@@ -285,3 +288,127 @@ async def test_the_one_entry_point_places_executions_as_the_loader_allowed() -> 
         expected = ["thread", "thread", "loop", "thread"] if allowed else ["thread"] * 4
         assert where == expected, (safe, len(placed), choice)
         worker.executor.shutdown()
+
+
+class Spinner(Recorder):
+    """Recorder that spends ``spin_ns`` of its thread's CPU per execution (over INLINE_MAX_NS),
+    and can count a call arriving while it runs."""
+
+    def __init__(self, spin_ns: int = 300_000) -> None:
+        super().__init__()
+        self.spin_ns = spin_ns
+        self.arrivals: list[int] | None = None
+
+    def execute(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        end = time.thread_time_ns() + self.spin_ns
+        while time.thread_time_ns() < end:
+            pass
+        if self.arrivals is not None:
+            self.arrivals[0] += 1
+        return super().execute(inputs, outputs)
+
+
+@contextlib.contextmanager
+def probe(counts: list[int]) -> Iterator[ServerLoad]:
+    """A front end's view for the running loop's server: ``counts[0]`` calls in flight."""
+    load = current()
+    count = lambda: counts[0]  # noqa: E731
+    load.probes.append(count)
+    try:
+        yield load
+    finally:
+        load.probes.remove(count)
+        load.contended_until_ns = 0
+
+
+async def test_a_request_alone_runs_longer_executions_on_the_loop() -> None:
+    """Over INLINE_MAX_NS an execution runs on its thread, unless the request is the server's
+    only one and a front end can see arrivals (a probe): then the hop would only add latency."""
+    backend = Spinner()
+    scheduler = direct(backend)
+    await run(scheduler, 5)  # no probe: nothing tells the loop is free to hold
+    assert all(t.startswith("inst0") for t in backend.threads)
+    arrivals = [1]  # the probe counts the caller's own call
+    with probe(arrivals):
+        await run(scheduler, 10)
+        loop_thread = threading.current_thread().name
+        assert backend.threads[-8:] == [loop_thread] * 8
+        # Two calls in at once: neither is alone, whichever reaches the scheduler first.
+        arrivals[0] = 2
+        await asyncio.gather(scheduler.submit(work()), scheduler.submit(work()))
+        assert backend.threads[-2].startswith("inst0") and backend.threads[-1].startswith("inst0")
+
+
+async def test_an_arrival_while_the_loop_was_held_sends_executions_to_the_thread() -> None:
+    backend = Spinner()
+    scheduler = direct(backend)
+    arrivals = [1]
+    with probe(arrivals) as load:
+        await run(scheduler, 5)
+        assert backend.threads[-1] == threading.current_thread().name
+        backend.arrivals = arrivals  # a call comes in during each execution
+        await run(scheduler, 1)
+        assert load.contended_until_ns > time.monotonic_ns()
+        backend.arrivals = None
+        await run(scheduler, 3)
+        assert all(t.startswith("inst0") for t in backend.threads[-3:])
+        load.contended_until_ns = 0  # the quiet period over
+        arrivals[0] = 1
+        await run(scheduler, 2)
+        assert backend.threads[-1] == threading.current_thread().name
+
+
+PY_SPIN = """
+import threading
+import time
+import numpy as np
+import inferd.backends.python_api as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        end = time.thread_time_ns() + 300_000
+        while time.thread_time_ns() < end:
+            pass
+        name = threading.current_thread().name.encode()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("THREAD", np.array([[name]], dtype=object))])
+                for _ in requests]
+"""
+
+
+def test_a_lone_grpc_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
+    """A real server on the native front end: a Python model spending ~0.3 ms of CPU per
+    execution runs on the event loop for a lone client, and on its thread for two at once."""
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import start_server, test_settings
+
+    (tmp_path / "py_spin" / "1").mkdir(parents=True)
+    (tmp_path / "py_spin" / "1" / "model.py").write_text(PY_SPIN)
+    (tmp_path / "py_spin" / "config.pbtxt").write_text(
+        'name: "py_spin"\nbackend: "python"\nmax_batch_size: 4\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'output [ { name: "THREAD" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+    )
+    running = start_server(test_settings(tmp_path))
+    try:
+        if running.server.grpc_frontend != "native":
+            pytest.skip("the native gRPC front end is not built here (or the tests run on grpc.aio)")
+        client = grpcclient.InferenceServerClient(running.grpc_url)
+        x = np.ones((1, 2), np.float32)
+        i = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
+        i.set_data_from_numpy(x)
+        threads = [client.infer("py_spin", [i]).as_numpy("THREAD")[0][0].decode() for _ in range(10)]
+        assert threads[-1] == running.thread.name, threads
+        results = []
+
+        def hammer() -> None:
+            own = grpcclient.InferenceServerClient(running.grpc_url)
+            results.extend(own.infer("py_spin", [i]).as_numpy("THREAD")[0][0].decode() for _ in range(60))
+
+        pair = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        assert any(name != running.thread.name for name in results[-40:]), results
+    finally:
+        running.stop()

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...protocol.errors import Unavailable
 from ..stats import ExecutionTimes, ModelStats
+from .load import ServerLoad, current
 from .work import Work
 from .worker import InstanceWorker
 
@@ -23,6 +24,7 @@ class Scheduler(ABC):
         self._inflight = 0
         self._drained: asyncio.Future[None] | None = None  # made by drain(), done at zero in flight
         self._closed = False
+        self._load: ServerLoad | None = None  # the server's, once a request came in on its loop
 
     @abstractmethod
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
@@ -32,10 +34,15 @@ class Scheduler(ABC):
         """Run ``work`` and return its outputs: the one way into a scheduler."""
         if self._closed:
             raise Unavailable(f"{self.label} is unloading and takes no new requests")
+        load = self._load
+        if load is None:
+            load = self._load = current()
         self._inflight += 1
+        load.busy += 1
         try:
             return await self._run(work)
         finally:
+            load.busy -= 1
             self._inflight -= 1
             if self._inflight == 0 and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)

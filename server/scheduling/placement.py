@@ -19,6 +19,9 @@ slowed down gets there within a few executions. Two executions within STALL_WIND
 that each held the loop for more than INLINE_NEVER_NS (a model that sleeps or waits on I/O,
 which its thread's CPU time cannot show) keep the instance on its thread for good; one alone
 may be a full garbage collection or the kernel switching the loop out, which any code meets.
+
+While a request is the server's only one (load.py), the limits are ALONE_MAX_NS and
+ALONE_MAX_BYTES instead: nothing else waits for the loop, so the hop would only add latency.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from .work import Work
 
 INLINE_MAX_NS = 100_000
 INLINE_MAX_BYTES = 64 * 1024
+# While the request is the server's only one (load.py), longer executions may hold the loop.
+ALONE_MAX_NS = 2_000_000
+ALONE_MAX_BYTES = 64 * 1024 * 1024
 INLINE_NEVER_NS = 20_000_000
 STALL_WINDOW = 50
 _EWMA = 0.2
@@ -60,6 +66,14 @@ class ExecutionPlacement:
         if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
             return False
         return sum(w.nbytes() for w in batch) <= INLINE_MAX_BYTES
+
+    def on_loop_alone(self, batch: Sequence[Work]) -> bool:
+        """Whether ``batch`` may hold the loop given that nothing else is waiting for it."""
+        if not self.inline_allowed or self.thread_cpu_ns is None or self.thread_cpu_ns > ALONE_MAX_NS:
+            return False
+        if self.inline_wall_ns is not None and self.inline_wall_ns > ALONE_MAX_NS:
+            return False
+        return sum(w.nbytes() for w in batch) <= ALONE_MAX_BYTES
 
     def ran_on_loop(self, wall_ns: int) -> None:
         self._loop_runs += 1

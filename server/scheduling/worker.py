@@ -24,6 +24,7 @@ from ...protocol.types import ModelOutputs
 from ..stats import ExecutionTimes
 from . import gc_policy
 from .instance_thread import InstanceThread
+from .load import ServerLoad, current
 from .open_batch import OpenBatch
 from .placement import ExecutionPlacement
 from .ragged import RaggedBatching
@@ -62,6 +63,7 @@ class InstanceWorker:
         self.executions = 0
         # Set by the loader for a model with ragged inputs, batch inputs or batch outputs.
         self.ragged: RaggedBatching | None = None
+        self._load: ServerLoad | None = None  # the server's, from the first run on its loop
 
     @classmethod
     def build(
@@ -87,13 +89,24 @@ class InstanceWorker:
 
     def run(self, batch: Batch) -> Executed | asyncio.Future[Executed]:
         """Execute ``batch``, the one way every scheduler runs work. Where it runs is the
-        placement's decision: on the event loop, returning the outcome before anything else
-        runs, or on the instance thread, returning a future of it. Raises (or the future does)
+        placement's decision (with the server's load, when the request is its only one): on the
+        event loop, returning the outcome before anything else runs, or on the instance thread,
+        returning a future of it. Raises (or the future does)
         InferdError when the whole batch failed; a request-list backend may also fail single
         requests (an InferdError in its slot). An open batch is closed as its execution starts;
         the results then follow its final ``items`` (none when every member had expired)."""
-        if self.placement.on_loop(batch.items if isinstance(batch, OpenBatch) else batch):
+        items = batch.items if isinstance(batch, OpenBatch) else batch
+        if self.placement.on_loop(items):
             return self._execute(batch, on_loop=True)
+        load = self._load
+        if load is None:
+            load = self._load = current()
+        calls = load.alone()
+        if calls is not None and self.placement.on_loop_alone(items):
+            try:
+                return self._execute(batch, on_loop=True)
+            finally:
+                load.arrived_since(calls)
         return self.executor.run_async(self._execute, batch)
 
     def run_on_thread(self, batch: Sequence[Work]) -> asyncio.Future[Executed]:
