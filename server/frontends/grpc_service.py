@@ -14,6 +14,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -55,6 +56,10 @@ STATUS = {
     Code.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
+# Triton's ModelStreamInfer header (24.08+): sent as "true" when the stream starts, the first
+# error ends the stream with its gRPC status instead of travelling in-band (``error_message``).
+# As in Triton (stream_infer_handler.cc), only the exact value "true" turns it on.
+GRPC_ERROR_HEADER = "triton_grpc_error"
 Servicer = TypeVar("Servicer")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -153,6 +158,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         (``triton_enable_empty_final_response``). The stream's deadline bounds the stream, not
         each request, so requests carry none.
 
+        Errors travel in-band (``error_message``) and the stream goes on, unless the client
+        started it with Triton's ``triton_grpc_error: true`` metadata: then the first error (a
+        request that fails, or a response a decoupled model sent as an error) ends the stream
+        with that error's gRPC status and message, after the responses before it, and the
+        stream's other requests are cancelled.
+
         The responses waiting for the client are bounded (STREAM_QUEUE): a client that reads
         slowly holds the requests back, so a decoupled request's responses wait in its own
         bounded channel, and fail it past ``--max-buffered-responses``. A client that cancels
@@ -161,11 +172,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         At most ``grpc_stream_max_inflight`` requests of the stream are decoded or running at
         once; the stream is not read further until one finishes, so HTTP/2 flow control holds
         a client that sends faster than the server answers."""
-        out: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        out: asyncio.Queue[bytes | _StreamFailed | None] = asyncio.Queue(STREAM_QUEUE)
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         inflight = asyncio.Semaphore(self.limits.grpc_stream_max_inflight)
         traceparent = _traceparent(context) if self.core.tracer.active else None
+        status_errors = _grpc_error_mode(context)
 
         async def one(data: bytes, turn: asyncio.Future[None], done: asyncio.Future[None]) -> None:
             # As in Triton, a model that is not decoupled answers in the order the requests
@@ -181,21 +193,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 async with aclosing(self.core.infer_stream(request)) as responses:
                     async for r in responses:
                         final = r.final
-                        item = self.codec.encode_stream(r) if r.error is None else stream_error_response(r)
+                        if r.error is None:
+                            item: bytes | _StreamFailed = self.codec.encode_stream(r)
+                        elif status_errors:  # the stream ends here: nothing more of this request
+                            item = _StreamFailed(STATUS[r.error.code], r.error.message)
+                        else:
+                            item = stream_error_response(r)
                         if not done.done():
                             await turn
                         await out.put(item)
+                        if isinstance(item, _StreamFailed):
+                            return
                 if empty_final and not final:
                     await out.put(empty_final_response(request))
             except InferdError as e:
                 if not done.done():
                     await turn
-                await out.put(stream_error(e.message, data))
+                await out.put(
+                    _StreamFailed(STATUS[e.code], e.message) if status_errors else stream_error(e.message, data)
+                )
             except Exception as e:  # a server fault: answered, so the request is not left without one
                 message = internal_error(e, "gRPC ModelStreamInfer")
                 if not done.done():
                     await turn
-                await out.put(stream_error(message, data))
+                failed = _StreamFailed(grpc.StatusCode.INTERNAL, message)
+                await out.put(failed if status_errors else stream_error(message, data))
             finally:
                 if not done.done():
                     done.set_result(None)
@@ -218,6 +240,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.ensure_future(read())
         try:
             while (item := await out.get()) is not None:
+                if isinstance(item, _StreamFailed):
+                    # Ends the call with the status (both front ends); the finally below cancels
+                    # the stream's other requests, as a client going away does.
+                    await context.abort(item.code, item.message)
+                    return  # (abort raises)
                 yield item
         finally:
             reader.cancel()
@@ -313,6 +340,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         changes = meta.log_settings_changes(request)
         settings = self.core.update_log_settings(changes) if changes else self.core.log_settings()
         return meta.log_settings_pb(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamFailed:
+    """The error that ends a ModelStreamInfer stream in Triton's ``triton_grpc_error`` mode."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+def _grpc_error_mode(context: Any) -> bool:
+    """Whether the stream's client sent ``triton_grpc_error: true`` (Triton reads only the
+    first value of the key, and compares it with "true" exactly)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == GRPC_ERROR_HEADER:
+            return bool(value == "true")
+    return False
 
 
 def _traceparent(context: Any) -> str | None:
