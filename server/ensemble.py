@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..protocol.caller import ModelCaller
-from ..protocol.errors import InferdError, ModelLoadError
+from ..protocol.errors import Cancelled, InferdError, ModelLoadError, Unimplemented
 from ..protocol.pb import model_config_pb2 as mc
-from ..protocol.streaming import ResponseChannel
 from ..protocol.types import InferRequest, InferResponse, Scalar
 from .config import Signature, TensorSpec
 from .scheduling.base import Scheduler
@@ -155,48 +153,96 @@ def _dims_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
 
 
-def streamed_step(
+@dataclass(frozen=True)
+class DecoupledLayout:
+    """Where an ensemble's decoupled steps put the others, as Triton does it: every response of
+    a decoupled step starts a *flow* of its own, in which the steps that read what that step
+    makes run once. A step's *scope* is the decoupled step whose flows it runs in (None: once
+    per request); the ensemble's outputs all come from one scope, and every completed flow of
+    that scope is one response of the ensemble."""
+
+    decoupled: frozenset[int]  # the decoupled steps' indices
+    scope: dict[int, int | None]  # step index -> the decoupled step whose flows run it
+    output_scope: int | None  # the flows whose completion is a response
+
+
+def decoupled_layout(
     config: mc.ModelConfig, plan: EnsemblePlan, decoupled: Callable[[Step], bool], source: str
-) -> Step | None:
-    """The ensemble's decoupled step, if any: its responses are the ensemble's, so it must be
-    the last step (no step reads what it makes) and make every ensemble output. Triton also
-    runs the steps after a decoupled one once per response; inferd does not yet."""
-    found = [s for s in plan.steps if decoupled(s)]
+) -> DecoupledLayout | None:
+    """The flows of an ensemble with decoupled steps (None without: it answers once). Refused,
+    as by Triton ("receives inputs originated from different decoupled models"): a step, or the
+    ensemble's outputs, reading tensors of different flows (of two decoupled steps, or of one
+    and of the request itself), which could not be paired."""
+    found = frozenset(s.index for s in plan.steps if decoupled(s))
     if not found:
         return None
-    if len(found) > 1:
-        raise ModelLoadError(
-            f"{source}: {found[0].label} and {found[1].label} are decoupled; an ensemble may have one decoupled step"
-        )
-    step = found[0]
-    made = set(step.outputs.values())
-    for other in plan.steps:
-        if other is not step and made & set(other.inputs.values()):
+    origin: dict[str, int | None] = {t.name: None for t in config.input}  # ensemble tensor -> its flows
+
+    def joined(reads: list[str], reader: str) -> int | None:
+        scopes: dict[int | None, str] = {}
+        for tensor in reads:
+            scopes.setdefault(origin[tensor], tensor)
+        if len(scopes) > 1:
+            (a, ta), (b, tb) = list(scopes.items())[:2]
             raise ModelLoadError(
-                f"{source}: {other.label} reads what the decoupled {step.label} makes; steps after a decoupled "
-                "step are not supported (a decoupled step must be the last)"
+                f"{source}: {reader} '{ta}' ({_flows(plan, a)}) and '{tb}' ({_flows(plan, b)}), which "
+                "cannot be paired: what reads a decoupled step's outputs runs once per response of it, with "
+                "what that response's flow makes only (Triton refuses this too: inputs originated from "
+                "different decoupled models)"
             )
-    missing = [t.name for t in config.output if t.name not in made]
-    if missing:
-        raise ModelLoadError(
-            f"{source}: ensemble output(s) {missing} do not come from the decoupled {step.label}; an ensemble "
-            "with a decoupled step takes every output from it"
-        )
-    return step
+        return next(iter(scopes), None)
+
+    scope: dict[int, int | None] = {}
+    for step in _in_order(plan):
+        scope[step.index] = joined(list(step.inputs.values()), f"{step.label} reads")
+        made = step.index if step.index in found else scope[step.index]
+        for tensor in step.outputs.values():
+            origin[tensor] = made
+    output_scope = joined([t.name for t in config.output], "the ensemble's outputs are")
+    return DecoupledLayout(found, scope, output_scope)
+
+
+def _flows(plan: EnsemblePlan, scope: int | None) -> str:
+    if scope is None:
+        return "made once per request"
+    return f"made once per response of the decoupled {plan.steps[scope].label}"
+
+
+def _in_order(plan: EnsemblePlan) -> list[Step]:
+    """The steps, each after the steps making its inputs (the plan is acyclic)."""
+    ordered: list[Step] = []
+    seen: set[int] = set()
+
+    def visit(step: Step) -> None:
+        if step.index in seen:
+            return
+        seen.add(step.index)
+        for tensor in step.inputs.values():
+            if tensor in plan.producers:
+                visit(plan.producers[tensor])
+        ordered.append(step)
+
+    for step in plan.steps:
+        visit(step)
+    return ordered
+
+
+def ensemble_scheduler(
+    plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str, layout: DecoupledLayout | None
+) -> EnsembleScheduler:
+    """The scheduler of an ensemble: one answer per request, or (with decoupled steps) a stream."""
+    if layout is None:
+        return EnsembleScheduler(plan, caller, stats, label)
+    return DecoupledEnsembleScheduler(plan, caller, stats, label, layout)
 
 
 class EnsembleScheduler(Scheduler):
-    """Runs one ensemble request as a DAG of composing-model requests. With a decoupled step
-    (``streamed``), the ensemble is decoupled: that step's responses are sent, as they come,
-    to the request's response channel."""
+    """Runs one ensemble request as a DAG of composing-model requests."""
 
-    def __init__(
-        self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str, streamed: Step | None = None
-    ) -> None:
+    def __init__(self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str) -> None:
         super().__init__([], stats, label)
         self.plan = plan
         self.caller = caller
-        self.streamed = streamed
 
     async def _run(self, work: Work) -> dict[str, np.ndarray]:
         started = time.monotonic_ns()
@@ -226,11 +272,7 @@ class EnsembleScheduler(Scheduler):
                         request.trace = step_traces[step.index] = trace.step(
                             step.model_name, step.model_version, step.index
                         )
-                    if step is self.streamed and work.info is not None and work.info.responses is not None:
-                        call = self._stream(step, request, work.info.responses, work.outputs)
-                    else:
-                        call = self.caller.infer(request)
-                    running[asyncio.ensure_future(call)] = step
+                    running[asyncio.ensure_future(self.caller.infer(request))] = step
                 if not running:
                     raise ModelLoadError(f"{self.label}: steps {[s.label for s in waiting]} can never run")
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -251,7 +293,7 @@ class EnsembleScheduler(Scheduler):
                 task.cancel()  # a failed or cancelled request schedules no further steps
             for step_trace in step_traces.values():
                 step_trace.end(error="cancelled: the ensemble request ended first")
-        outputs = {} if self.streamed is not None else {name: tensors[name] for name in work.outputs}
+        outputs = {name: tensors[name] for name in work.outputs}
         elapsed = time.monotonic_ns() - started
         times = ExecutionTimes(work.batch_size, 0, elapsed, 0)
         self.stats.record_execution(times)
@@ -273,21 +315,208 @@ class EnsembleScheduler(Scheduler):
                 params["sequence_end"] = True
         return params
 
-    async def _stream(
-        self, step: Step, request: InferRequest, channel: ResponseChannel, wanted: list[str]
-    ) -> InferResponse:
-        """Send the decoupled step's responses, outputs renamed to the ensemble's, to ``channel``."""
-        final = False
-        async with aclosing(self.caller.infer_stream(request)) as responses:
-            async for r in responses:
-                final = r.final
-                if r.error is not None:
-                    channel.send(None, error=r.error, final=final)
+
+class _Flow:
+    """The tensors of one flow: the request's own (scope None), or one response of a decoupled
+    step's and what the steps of its scope make of them. None: an output a step did not send."""
+
+    __slots__ = ("scope", "tensors", "waiting", "parameters", "answered")
+
+    def __init__(
+        self,
+        scope: int | None,
+        tensors: dict[str, np.ndarray | None],
+        waiting: list[Step],
+        parameters: dict[str, Scalar],
+    ) -> None:
+        self.scope = scope
+        self.tensors = tensors
+        self.waiting = waiting
+        self.parameters = parameters  # the decoupled response's, passed on with the flow's answer
+        self.answered = False
+
+
+class _Call:
+    """One step's request in one flow, running: a composing-model call, or the next response of
+    a decoupled step's stream (``stream`` set; ``ended``: its final flag came, only the end of
+    the iteration is awaited)."""
+
+    __slots__ = ("flow", "step", "span", "stream", "ended")
+
+    def __init__(self, flow: _Flow, step: Step, span: Any, stream: AsyncGenerator[InferResponse, None] | None) -> None:
+        self.flow = flow
+        self.step = step
+        self.span = span
+        self.stream = stream
+        self.ended = False
+
+
+async def _next(stream: AsyncGenerator[InferResponse, None]) -> InferResponse:
+    return await stream.__anext__()
+
+
+# Closing a decoupled step's stream whose next response was taken but not yet read.
+_closing: set[asyncio.Task[None]] = set()
+
+
+class DecoupledEnsembleScheduler(EnsembleScheduler):
+    """An ensemble with decoupled steps, run as Triton runs it (see ``DecoupledLayout``): the
+    ensemble is decoupled, each completed flow of the output scope is sent, as it completes, to
+    the request's response channel, and the final flag follows once the decoupled steps sent
+    theirs and every flow they started finished (on the last response, or alone). An error, in
+    any step of any flow or as a decoupled step's error response, fails the request: no further
+    flows, the running ones cancelled, as a failure of a plain ensemble's step does."""
+
+    def __init__(
+        self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str, layout: DecoupledLayout
+    ) -> None:
+        super().__init__(plan, caller, stats, label)
+        self.layout = layout
+        self._steps_of: dict[int | None, list[Step]] = {}
+        for step in plan.steps:
+            self._steps_of.setdefault(layout.scope[step.index], []).append(step)
+
+    async def _run(self, work: Work) -> dict[str, np.ndarray]:
+        channel = work.info.responses if work.info is not None else None
+        if channel is None:
+            raise Unimplemented(f"{self.label} is decoupled (it has decoupled steps): it answers only on a stream")
+        started = time.monotonic_ns()
+        params = self._step_parameters(work)
+        trace = work.trace
+        if trace is not None:
+            trace.composite = True
+        wanted = work.outputs
+        layout = self.layout
+        done: asyncio.Queue[asyncio.Future[Any]] = asyncio.Queue()
+        running: dict[asyncio.Future[Any], _Call] = {}
+        busy = 0  # step calls running and decoupled streams before their final flag
+        answers: list[tuple[dict[str, np.ndarray], dict[str, Scalar]]] = []
+
+        def start(flow: _Flow) -> None:
+            """Run the flow's steps whose inputs it has; note its answer once it has the outputs."""
+            nonlocal busy
+            tensors = flow.tensors
+            for step in [s for s in flow.waiting if all(t in tensors for t in s.inputs.values())]:
+                if work.deadline_ns is not None and time.monotonic_ns() >= work.deadline_ns:
+                    raise work.expired_error(self.label, f"before {step.label}")
+                flow.waiting.remove(step)
+                request = InferRequest(
+                    step.model_name,
+                    {i: a for i, t in step.inputs.items() if (a := tensors[t]) is not None},
+                    step.model_version,
+                    outputs=list(step.outputs),
+                    parameters=dict(params),
+                    deadline_ns=work.deadline_ns,
+                )
+                span = None
+                if trace is not None:
+                    request.trace = span = trace.step(step.model_name, step.model_version, step.index)
+                if step.index in layout.decoupled:
+                    stream = self.caller.infer_stream(request)
+                    arm(_Call(flow, step, span, stream))
                 else:
-                    outputs = {step.outputs[n]: a for n, a in r.outputs.items() if step.outputs.get(n) in wanted}
-                    channel.send(outputs, r.parameters, final=final)
-                if channel.cancelled:
-                    break  # the client left: closing the step's stream cancels it there too
-        if not final:
-            channel.send(None, final=True)
-        return InferResponse(step.model_name, step.model_version, {})
+                    call = asyncio.ensure_future(self.caller.infer(request))
+                    running[call] = _Call(flow, step, span, None)
+                    call.add_done_callback(done.put_nowait)
+                busy += 1
+            if flow.scope == layout.output_scope and not flow.answered and all(t in tensors for t in wanted):
+                flow.answered = True
+                answers.append(({t: a for t in wanted if (a := tensors[t]) is not None}, flow.parameters))
+
+        def arm(call: _Call) -> None:
+            assert call.stream is not None
+            task = asyncio.ensure_future(_next(call.stream))
+            running[task] = call
+            task.add_done_callback(done.put_nowait)
+
+        def failed(call: _Call, e: InferdError) -> InferdError:
+            if call.span is not None:
+                call.span.end(error=e.message)
+                call.span = None
+            return type(e)(f"{self.label}: {call.step.label} failed: {e.message}", e.code)
+
+        def finished(call: _Call, flow: _Flow) -> None:
+            """A step of ``call.flow`` made ``flow``'s tensors: run what now can."""
+            nonlocal busy
+            if call.span is not None:
+                call.span.end(call.step.model_version, {})
+                call.span = None
+            busy -= 1
+            start(flow)
+
+        sent_final = False
+        try:
+            start(_Flow(None, dict(work.inputs), list(self._steps_of.get(None, ())), {}))
+            while running:
+                batch = [await done.get()]  # what completed: handled together, in completion order
+                while not done.empty():
+                    batch.append(done.get_nowait())
+                for task in batch:
+                    call = running.pop(task)
+                    step = call.step
+                    if call.stream is None:  # a step's one response
+                        try:
+                            response = task.result()
+                        except InferdError as e:
+                            raise failed(call, e) from None
+                        if call.span is not None:
+                            call.span.end(response.model_version, response.outputs)
+                            call.span = None
+                        for model_output, tensor in step.outputs.items():
+                            call.flow.tensors[tensor] = response.outputs.get(model_output)
+                        busy -= 1
+                        start(call.flow)
+                        continue
+                    try:
+                        r = task.result()
+                    except StopAsyncIteration:
+                        if not call.ended:  # the final flag came alone
+                            finished(call, call.flow)
+                        continue
+                    except InferdError as e:
+                        raise failed(call, e) from None
+                    if call.ended:
+                        continue
+                    if r.error is not None:  # as in Triton, a decoupled step's error response fails the request
+                        raise failed(call, r.error)
+                    flow = _Flow(
+                        step.index,
+                        {tensor: r.outputs.get(model_output) for model_output, tensor in step.outputs.items()},
+                        list(self._steps_of.get(step.index, ())),
+                        dict(r.parameters),
+                    )
+                    call.ended = r.final
+                    arm(call)  # the next response, or (after the final flag) the end of the stream
+                    if r.final:
+                        finished(call, flow)
+                    else:
+                        start(flow)
+                last = len(answers) - 1
+                for i, (outputs, parameters) in enumerate(answers):
+                    channel.send(outputs, parameters, final=busy == 0 and i == last)
+                if busy == 0 and not sent_final:
+                    if not answers:
+                        channel.send(None, final=True)
+                    sent_final = True
+                answers.clear()
+                if channel.cancelled:  # the client left: no further flows, the running ones cancelled
+                    raise Cancelled(f"{self.label}: the request was cancelled")
+        finally:
+            for task, call in running.items():
+                if not task.done():
+                    task.cancel()  # a running step's request, or a decoupled step's stream, cancelled
+                    continue
+                if not task.cancelled():
+                    task.exception()  # seen: a failure it ended with is the request's no more
+                if call.stream is not None:
+                    # Its response was taken, not read: close the stream (cancels that step's request).
+                    closing = asyncio.ensure_future(call.stream.aclose())
+                    _closing.add(closing)
+                    closing.add_done_callback(_closing.discard)
+                if call.span is not None:
+                    call.span.end(error="cancelled: the ensemble request ended first")
+        elapsed = time.monotonic_ns() - started
+        times = ExecutionTimes(work.batch_size, 0, elapsed, 0)
+        self.stats.record_execution(times)
+        self.record_success(work, times, started)
+        return {}

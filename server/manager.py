@@ -46,7 +46,7 @@ from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
 from ..protocol.types import InferRequest, InferResponse, ModelIndexEntry
 from .cache import ResponseCache, version_cache
-from .ensemble import EnsembleScheduler, check_types, streamed_step
+from .ensemble import check_types, decoupled_layout, ensemble_scheduler
 from .loader import LoadLimits, LoadOptions, ModelPlan, describe_instances, load_workers, plan_model
 from .model import ModelVersion
 from .model_files import ModelFolders
@@ -626,11 +626,11 @@ class ModelManager:
                 raise ModelLoadError(f"{label}: {step.label}: {e.message}") from None
 
         check_types(plan.config, plan.ensemble, plan.signature, signature_of, label)
-        streamed = streamed_step(
+        layout = decoupled_layout(
             plan.config, plan.ensemble, lambda s: self.get(s.model_name, s.model_version).decoupled, label
         )
         stats = ModelStats(plan.name, str(version), self.observers)
-        scheduler = EnsembleScheduler(plan.ensemble, self, stats, label, streamed)
+        scheduler = ensemble_scheduler(plan.ensemble, self, stats, label, layout)
         deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
         # As Triton: an output without labels of its own takes those of the step making it.
         labels = dict(plan.labels)
@@ -651,7 +651,7 @@ class ModelManager:
             stats,
             deps,
             labels=labels,
-            decoupled=streamed is not None,  # its decoupled step's responses are its own
+            decoupled=layout is not None,  # as in Triton: an ensemble with a decoupled step is decoupled
         )
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:

@@ -1,8 +1,8 @@
 """Decoupled models (0..N responses per request) end to end, with Triton's clients and flows:
 tritonclient's gRPC streaming (``start_stream`` / ``async_stream_infer``) against Python models
 that send from execute and from their own threads, the final flag alone or on a response,
-errors mid-stream, cancellation, the per-request bound on buffered responses, ensembles that
-end in a decoupled step, statistics and the first-response histogram."""
+errors mid-stream, cancellation, the per-request bound on buffered responses, ensembles with a
+decoupled step, statistics and the first-response histogram."""
 
 from __future__ import annotations
 
@@ -184,25 +184,37 @@ def test_an_ensemble_ending_in_a_decoupled_step_streams_its_responses(dserver: R
     assert [final(r) for r, _ in got] == [False, False, False, True]
 
 
-def test_an_ensemble_step_after_a_decoupled_one_is_refused() -> None:
+def test_an_ensemble_step_after_a_decoupled_one_runs_once_per_response() -> None:
+    """No longer refused (Triton runs it once per response; tests/test_ensemble_decoupled.py
+    runs such ensembles); only pairing a response with tensors made outside its flow is."""
     from google.protobuf import text_format
     from inferd.protocol.errors import ModelLoadError
     from inferd.protocol.pb import model_config_pb2 as mc
-    from inferd.server.ensemble import plan_ensemble, streamed_step
+    from inferd.server.ensemble import decoupled_layout, plan_ensemble
 
-    config = text_format.Parse(
-        """name: "e" platform: "ensemble"
-        input [ { name: "V" data_type: TYPE_INT32 dims: [ -1 ] } ]
-        output [ { name: "OUT" data_type: TYPE_INT32 dims: [ -1 ] } ]
-        ensemble_scheduling { step [
-          { model_name: "repeat" input_map { key: "IN" value: "V" } output_map { key: "OUT" value: "R" } },
-          { model_name: "double" input_map { key: "IN" value: "R" } output_map { key: "OUT" value: "OUT" } }
-        ] }""",
-        mc.ModelConfig(),
-    )
-    plan = plan_ensemble(config, "ensemble")
-    with pytest.raises(ModelLoadError, match="steps after a decoupled step are not supported"):
-        streamed_step(config, plan, lambda step: step.model_name == "repeat", "ensemble")
+    def layout(second_input: str):  # type: ignore[no-untyped-def]
+        config = text_format.Parse(
+            """name: "e" platform: "ensemble"
+            input [ { name: "V" data_type: TYPE_INT32 dims: [ -1 ] } ]
+            output [ { name: "OUT" data_type: TYPE_INT32 dims: [ -1 ] } ]
+            ensemble_scheduling { step [
+              { model_name: "repeat" input_map { key: "IN" value: "V" }
+                output_map [ { key: "OUT" value: "R" }, { key: "IDX" value: "I" } ] },
+              { model_name: "add" input_map [ { key: "A" value: "R" }, { key: "B" value: "SECOND" } ]
+                output_map { key: "SUM" value: "OUT" } }
+            ] }""".replace("SECOND", second_input),
+            mc.ModelConfig(),
+        )
+        plan = plan_ensemble(config, "ensemble")
+        return decoupled_layout(config, plan, lambda step: step.model_name == "repeat", "ensemble")
+
+    found = layout("I")
+    assert found is not None and found.scope == {0: None, 1: 0} and found.output_scope == 0
+    with pytest.raises(ModelLoadError) as refused:
+        layout("V")
+    assert "step 1 ('add') reads" in refused.value.message
+    assert "'R' (made once per response of the decoupled step 0 ('repeat'))" in refused.value.message
+    assert "'V' (made once per request)" in refused.value.message
 
 
 def test_statistics_and_the_first_response_histogram(dserver: RunningServer) -> None:
