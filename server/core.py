@@ -21,6 +21,7 @@ from ..protocol.types import (
 )
 from .classification import classify
 from .config import TensorSpec
+from .cuda_shm import CudaRegionStatus
 from .log_settings import LogControl, SettingValue
 from .manager import ModelManager
 from .model import ModelVersion
@@ -180,14 +181,19 @@ class InferenceCore:
         """One region, or all when ``name`` is empty."""
         self.shared_memory.unregister(name)
 
-    def cuda_shared_memory_status(self, name: str = "") -> list[RegionStatus]:
+    # --- CUDA shared memory (cuda_shm.py): the same registry, names and switch ----------------
+    def cuda_shared_memory_status(self, name: str = "") -> list[CudaRegionStatus]:
+        """One region, or all when ``name`` is empty."""
         return self.shared_memory.cuda_status(name)
 
-    def register_cuda_shared_memory(self) -> None:
-        self.shared_memory.cuda_register()  # refused: no CUDA here
+    def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        """Opens the client's CUDA IPC handle: blocking (CUDA may initialize), so front ends call
+        it off the event loop. INVALID_ARGUMENT, saying why, where CUDA is not available."""
+        self.shared_memory.register_cuda(name, raw_handle, device_id, byte_size)
 
     def unregister_cuda_shared_memory(self, name: str = "") -> None:
-        self.shared_memory.cuda_unregister(name)
+        """One region, or all when ``name`` is empty."""
+        self.shared_memory.unregister_cuda(name)
 
     # --- health -------------------------------------------------------------------------
     def server_live(self) -> bool:

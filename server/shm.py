@@ -17,6 +17,10 @@ Safety, as the server maps memory that another process owns:
   exist; the mapping is then freed by reference counting);
 - at most ``MAX_REGIONS`` regions per server.
 
+CUDA shared memory regions (``server/cuda_shm.py``) live in the same registry, as in Triton's
+``SharedMemoryManager``: one namespace of region names, one bound on their number, the same
+switch, and one lookup (:meth:`SharedMemoryRegistry.view`) for the regions a request names.
+
 Messages follow Triton's ``shared_memory_manager.cc`` so that clients read the same text.
 """
 
@@ -29,12 +33,22 @@ import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..protocol import codec
 from ..protocol.errors import Code, InferdError, InvalidArgument, NotFound, ResourceExhausted, Unimplemented
 from ..protocol.types import InferResponse
+from .cuda_shm import (
+    IPC_HANDLE_BYTES,
+    CudaError,
+    CudaOutput,
+    CudaRegion,
+    CudaRegionStatus,
+    check_device,
+    output_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +59,6 @@ MAX_NAME_CHARS = 255  # region names and object keys (NAME_MAX)
 RESERVED_PREFIX = "triton_python_backend_shm_region_"
 FLAG = "--allow-client-shm=true"
 DISABLED = f"Client shared memory is disabled. Start the server with '{FLAG}' to enable."
-CUDA_UNSUPPORTED = "CUDA shared memory is not supported: inferd serves from the CPU and has no CUDA IPC support"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +88,7 @@ class SharedMemoryRegistry:
         self.enabled = enabled
         self.max_regions = max_regions
         self._directory = directory
-        self._regions: dict[str, _Region] = {}
+        self._regions: dict[str, _Region | CudaRegion] = {}
         self._lock = threading.Lock()
 
     def require_enabled(self) -> None:
@@ -85,25 +98,11 @@ class SharedMemoryRegistry:
     # --- the API's operations -------------------------------------------------------------
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         self.require_enabled()
-        if not name:
-            raise InvalidArgument("'region name' is necessary to register system shared memory region")
-        if len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"shared memory region names are at most {MAX_NAME_CHARS} characters")
+        _check_name(name, "system")
         object_name = _object_name(name, key)
-        if not (_is_size(offset) and _is_size(byte_size)):
-            raise InvalidArgument(
-                f"failed to register shared memory region '{name}': offset and byte_size must be non-negative integers"
-            )
-        if byte_size == 0:
-            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args (byte_size is 0)")
+        _check_sizes(name, offset, byte_size)
         with self._lock:
-            if name in self._regions:
-                raise InferdError(f"shared memory region '{name}' already in manager", Code.ALREADY_EXISTS)
-            if len(self._regions) >= self.max_regions:
-                raise ResourceExhausted(
-                    f"cannot register shared memory region '{name}': the server holds at most "
-                    f"{self.max_regions} regions; unregister some first"
-                )
+            self._check_room(name)
             fd = self._open(key, object_name)
             try:
                 size = os.fstat(fd).st_size
@@ -119,6 +118,16 @@ class SharedMemoryRegistry:
                 raise
             self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd, mapping, offset - base)
 
+    def _check_room(self, name: str) -> None:
+        """ALREADY_EXISTS or RESOURCE_EXHAUSTED, for regions of either kind. Holds the lock."""
+        if name in self._regions:
+            raise InferdError(f"shared memory region '{name}' already in manager", Code.ALREADY_EXISTS)
+        if len(self._regions) >= self.max_regions:
+            raise ResourceExhausted(
+                f"cannot register shared memory region '{name}': the server holds at most "
+                f"{self.max_regions} regions; unregister some first"
+            )
+
     def _open(self, key: str, object_name: str) -> int:
         path = os.path.join(self._directory, object_name)
         try:
@@ -133,31 +142,39 @@ class SharedMemoryRegistry:
         return fd
 
     def unregister(self, name: str = "") -> None:
-        """Unregister one region, or every region when ``name`` is empty. An unknown name is not
-        an error, as in Triton."""
+        """Unregister one system region, or every system region when ``name`` is empty. An
+        unknown name (or a CUDA region's) is not an error, as in Triton."""
         self.require_enabled()
+        self._unregister(name, _Region)
+
+    def _unregister(self, name: str, kind: type) -> None:
         with self._lock:
-            if name:
-                region = self._regions.pop(name, None)
-                regions = [region] if region is not None else []
-            else:
-                regions = list(self._regions.values())
-                self._regions.clear()
+            names = [name] if name else list(self._regions)
+            regions = [self._regions.pop(n) for n in names if isinstance(self._regions.get(n), kind)]
         for region in regions:
             _release(region)
 
     def status(self, name: str = "") -> list[RegionStatus]:
         self.require_enabled()
+        return [r.status for r in self._status(name, _Region, "system")]
+
+    def _status(self, name: str, kind: type, kind_name: str) -> list[Any]:
         with self._lock:
             if not name:
-                return [r.status for r in self._regions.values()]
+                return [r for r in self._regions.values() if isinstance(r, kind)]
             region = self._regions.get(name)
         if region is None:
-            raise NotFound(f"Unable to find system shared memory region: '{name}'")
-        return [region.status]
+            raise NotFound(f"Unable to find {kind_name} shared memory region: '{name}'")
+        if not isinstance(region, kind):
+            registered, asked = ("CUDA", "system") if kind is _Region else ("system", "CUDA")
+            raise NotFound(
+                f"The region named '{name}' is registered as {registered} shared memory, not {asked} shared memory"
+            )
+        return [region]
 
     def close(self) -> None:
-        """Unmap everything (server shutdown); views still held by requests keep theirs alive."""
+        """Unmap and close everything (server shutdown); regions still used by requests are
+        released when those requests end."""
         with self._lock:
             regions = list(self._regions.values())
             self._regions.clear()
@@ -166,8 +183,14 @@ class SharedMemoryRegistry:
 
     # --- requests -------------------------------------------------------------------------
     def view(self, name: str, offset: int, byte_size: int, what: str, writable: bool = False) -> memoryview:
-        """The bytes ``[offset, offset + byte_size)`` of region ``name``: read-only for inputs,
-        writable for outputs. The view keeps the mapping alive until it is released."""
+        """The bytes ``[offset, offset + byte_size)`` of region ``name``, of either kind: the one
+        lookup for the regions requests name.
+
+        A system region gives a view of its mapping (read-only for inputs, writable for outputs),
+        which keeps the mapping alive until it is released. A CUDA region gives, for an input, a
+        fresh host copy of those bytes and, for an output, a view of a :class:`CudaOutput`
+        (``write_outputs`` copies the output to the device), which keeps the region open until
+        the request is done."""
         self.require_enabled()
         if not (_is_size(offset) and _is_size(byte_size)):
             raise InvalidArgument(f"{what}: shared memory offset and byte size must be non-negative integers")
@@ -180,34 +203,91 @@ class SharedMemoryRegistry:
                 raise InvalidArgument(f"{what}: Invalid offset for shared memory region: '{name}'")
             if offset + byte_size > size:
                 raise InvalidArgument(f"{what}: Invalid offset + byte size for shared memory region: '{name}'")
-            if os.fstat(region.fd).st_size < region.status.offset + size:
-                raise InvalidArgument(
-                    f"{what}: the shared memory object behind region '{name}' is smaller than when it was "
-                    "registered; register it again"
-                )
-            start = region.start + offset
-            view = memoryview(region.mapping)[start : start + byte_size]
-        return view if writable else view.toreadonly()
+            if isinstance(region, _Region):
+                if os.fstat(region.fd).st_size < region.status.offset + size:
+                    raise InvalidArgument(
+                        f"{what}: the shared memory object behind region '{name}' is smaller than when it was "
+                        "registered; register it again"
+                    )
+                start = region.start + offset
+                view = memoryview(region.mapping)[start : start + byte_size]
+                return view if writable else view.toreadonly()
+            if writable:
+                return memoryview(CudaOutput(region, offset, byte_size, what))
+            region.acquire()  # the copy runs outside the lock; unregistering meanwhile waits for it
+        try:
+            return region.read(offset, byte_size, what)
+        finally:
+            region.release()
 
     def __len__(self) -> int:
         return len(self._regions)
 
-    # --- CUDA shared memory: never registered here ----------------------------------------
-    # Registering is refused (CUDA_UNSUPPORTED); status and unregister answer as Triton does
-    # when no CUDA region exists, so that clients that clean up both kinds first (Triton's
-    # own examples, perf_analyzer) work.
-    def cuda_status(self, name: str = "") -> list[RegionStatus]:
+    # --- CUDA shared memory (cuda_shm.py) ---------------------------------------------------
+    def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        """Open the client's CUDA IPC handle on ``device_id`` as region ``name``. Refused with
+        INVALID_ARGUMENT, saying why, where cuda-python, a driver or the device is missing."""
         self.require_enabled()
-        if name:
-            raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
-        return []
+        _check_name(name, "CUDA")
+        if not _is_size(device_id):
+            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args (device_id)")
+        cuda = check_device(name, device_id)
+        if len(raw_handle) != IPC_HANDLE_BYTES:
+            raise InvalidArgument(
+                f"failed to register shared memory region '{name}': 'raw_handle' must be the {IPC_HANDLE_BYTES} "
+                f"bytes of a cudaIpcMemHandle_t, not {len(raw_handle)}"
+            )
+        _check_sizes(name, 0, byte_size)
+        with self._lock:
+            self._check_room(name)  # before the slow open; checked again after it
+        try:
+            ptr = cuda.open(raw_handle, device_id)
+        except CudaError as e:
+            log.info("CUDA shared memory region '%s': %s", name, e)
+            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args ({e})") from None
+        region = CudaRegion(cuda, CudaRegionStatus(name, device_id, byte_size), ptr)
+        try:
+            available = cuda.allocation_bytes(ptr, device_id)
+            if byte_size > available:
+                raise InvalidArgument(
+                    f"failed to register shared memory region '{name}': invalid args (byte_size {byte_size} is "
+                    f"beyond the {available} bytes of the CUDA allocation behind the handle)"
+                )
+            with self._lock:
+                self._check_room(name)
+                self._regions[name] = region
+        except CudaError as e:
+            region.retire()
+            log.info("CUDA shared memory region '%s': %s", name, e)
+            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args ({e})") from None
+        except BaseException:
+            region.retire()
+            raise
 
-    def cuda_register(self) -> None:
+    def cuda_status(self, name: str = "") -> list[CudaRegionStatus]:
         self.require_enabled()
-        raise Unimplemented(CUDA_UNSUPPORTED)
+        return [r.status for r in self._status(name, CudaRegion, "cuda")]
 
-    def cuda_unregister(self, name: str = "") -> None:
+    def unregister_cuda(self, name: str = "") -> None:
+        """One CUDA region, or all when ``name`` is empty; an unknown name is not an error."""
         self.require_enabled()
+        self._unregister(name, CudaRegion)
+
+
+def _check_name(name: str, kind: str) -> None:
+    if not name:
+        raise InvalidArgument(f"'region name' is necessary to register {kind} shared memory region")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"shared memory region names are at most {MAX_NAME_CHARS} characters")
+
+
+def _check_sizes(name: str, offset: object, byte_size: object) -> None:
+    if not (_is_size(offset) and _is_size(byte_size)):
+        raise InvalidArgument(
+            f"failed to register shared memory region '{name}': offset and byte_size must be non-negative integers"
+        )
+    if byte_size == 0:
+        raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args (byte_size is 0)")
 
 
 def _object_name(name: str, key: str) -> str:
@@ -233,7 +313,10 @@ def _object_name(name: str, key: str) -> str:
     return object_name
 
 
-def _release(region: _Region) -> None:
+def _release(region: _Region | CudaRegion) -> None:
+    if isinstance(region, CudaRegion):
+        region.retire()  # closed now, or when the last request using it ends
+        return
     os.close(region.fd)
     try:
         region.mapping.close()
@@ -243,9 +326,10 @@ def _release(region: _Region) -> None:
 
 # --- outputs --------------------------------------------------------------------------------
 def write_outputs(response: InferResponse, regions: Mapping[str, memoryview]) -> InferResponse:
-    """Write the outputs named in ``regions`` into their region views and mark them as such in
-    the response. Every size is checked before the first byte is written: a region too small
-    for its output is INVALID_ARGUMENT with no region changed."""
+    """Write the outputs named in ``regions`` into their region views (system) or copy them to
+    the device (CUDA) and mark them as such in the response. Every size is checked before the
+    first byte is written: a region too small for its output is INVALID_ARGUMENT with no region
+    changed."""
     plans: list[tuple[memoryview, np.ndarray | bytes]] = []
     for name, target in regions.items():
         array = response.outputs.get(name)
@@ -253,14 +337,20 @@ def write_outputs(response: InferResponse, regions: Mapping[str, memoryview]) ->
             continue  # not produced: the model's own validation reports a missing output
         data: np.ndarray | bytes = codec.to_raw(array) if array.dtype.kind in "OSU" else array
         needed = len(data) if isinstance(data, bytes) else data.nbytes
-        if needed > len(target):
+        cuda = output_target(target)
+        room = cuda.byte_size if cuda is not None else len(target)
+        if needed > room:
             raise InvalidArgument(
-                f"shared memory size specified with the request for output '{name}' ({len(target)} bytes) "
+                f"shared memory size specified with the request for output '{name}' ({room} bytes) "
                 f"should be at least {needed} bytes to hold the results"
             )
         plans.append((target, data))
     for target, data in plans:
-        if isinstance(data, bytes):
+        cuda = output_target(target)
+        if cuda is not None:
+            wire = data if isinstance(data, bytes) else data.reshape(-1).astype(codec.of_array(data).wire, copy=False)
+            cuda.write(wire)
+        elif isinstance(data, bytes):
             target[: len(data)] = data
         elif data.size:
             dest = np.frombuffer(target, dtype=codec.of_array(data).wire, count=data.size)

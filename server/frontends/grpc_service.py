@@ -309,12 +309,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_status
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> pb.CudaSharedMemoryStatusResponse:
-        self.core.cuda_shared_memory_status(request.name)  # never any region
-        return pb.CudaSharedMemoryStatusResponse()
+        response = pb.CudaSharedMemoryStatusResponse()
+        for r in self.core.cuda_shared_memory_status(request.name):
+            response.regions[r.name].CopyFrom(
+                pb.CudaSharedMemoryStatusResponse.RegionStatus(
+                    name=r.name, device_id=r.device_id, byte_size=r.byte_size
+                )
+            )
+        return response
 
     @_status
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> pb.CudaSharedMemoryRegisterResponse:
-        self.core.register_cuda_shared_memory()
+        self.core.shared_memory.require_enabled()  # refused on the loop when off
+        await asyncio.to_thread(  # CUDA may initialize: never on the event loop
+            self.core.register_cuda_shared_memory,
+            request.name,
+            request.raw_handle,
+            request.device_id,
+            request.byte_size,
+        )
         return pb.CudaSharedMemoryRegisterResponse()
 
     @_status

@@ -238,11 +238,29 @@ class HttpApi:
         return Response(status_code=200)
 
     async def cuda_status(self, request: Request) -> Response:
-        self.core.cuda_shared_memory_status(request.path_params.get("region", ""))
-        return _json([])
+        regions = self.core.cuda_shared_memory_status(request.path_params.get("region", ""))
+        return _json([{"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size} for r in regions])
 
     async def cuda_register(self, request: Request) -> Response:
-        self.core.register_cuda_shared_memory()
+        name = request.path_params["region"]
+        self.core.shared_memory.require_enabled()  # refused before the body is read, naming the flag
+        doc = await self._optional_json(request)
+        raw = doc.get("raw_handle")
+        b64 = raw.get("b64") if isinstance(raw, dict) else None
+        if not isinstance(b64, str):
+            raise InvalidArgument("Shared memory register request has no 'raw_handle' field with a 'b64' string")
+        try:
+            handle = base64.b64decode(b64, validate=True)
+        except ValueError:
+            raise InvalidArgument("'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t") from None
+        sizes = []
+        for field in ("device_id", "byte_size"):
+            value = doc.get(field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidArgument(f"Shared memory register request: '{field}' must be a non-negative integer")
+            sizes.append(value)
+        # CUDA may initialize: never on the event loop.
+        await asyncio.to_thread(self.core.register_cuda_shared_memory, name, handle, *sizes)
         return Response(status_code=200)
 
     async def cuda_unregister(self, request: Request) -> Response:

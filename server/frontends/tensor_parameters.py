@@ -5,7 +5,10 @@ Triton defines ``shared_memory_region``, ``shared_memory_offset`` and ``shared_m
 (inputs and outputs; ``server/shm.py``) and ``classification`` (outputs;
 ``server/classification.py``). Both are read here, once for both protocols: an input becomes a
 numpy view of its region, an output becomes the writable bytes it is written into after the
-model runs, or the number of classes it asks for. While the server runs without
+model runs, or the number of classes it asks for. Every region is looked up through
+``SharedMemoryRegistry.view``, whichever kind registered the name: a CUDA region
+(``server/cuda_shm.py``) gives an input as a fresh host copy, and an output as a target that is
+copied to the device. While the server runs without
 ``--allow-client-shm=true`` the shared-memory parameters are refused as UNIMPLEMENTED, naming
 the parameter and the flag: ignored, the client would silently get other data than it asked for. ``binary_data_size`` and ``binary_data`` belong to
 HTTP's binary tensor extension (``http_convert`` reads them). Any other name is ignored on both
