@@ -10,9 +10,10 @@ the loop, which takes two signals:
 * probes: front ends that can tell, even while the loop is held, how many calls they have taken
   in and not ended (the native gRPC front end's threads keep accepting while the loop runs).
 
-A call that arrived while an execution held the loop marks the server contended for
-CONTENDED_NS: later executions go to their threads, where arrivals overlap compute, until the
-server has been quiet that long. Without a probe (grpc.aio, or HTTP alone) nothing runs on the
+A call that arrived while an execution held the loop, or any sight of a second request, marks
+the server contended for CONTENDED_NS: later executions go to their threads, where arrivals
+overlap compute, until the server has been quiet that long: a window much shorter than a
+second lets two steady clients meet a held loop often enough to move their p99. Without a probe (grpc.aio, or HTTP alone) nothing runs on the
 loop this way: their arrivals cannot be seen while it is held.
 
 One server runs on one event loop, so the state is kept per loop (tests run several servers in
@@ -26,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-CONTENDED_NS = 100_000_000
+CONTENDED_NS = 1_000_000_000
 
 
 class ServerLoad:
@@ -40,11 +41,22 @@ class ServerLoad:
 
     def alone(self) -> int | None:
         """The probes' count when the caller's request is the only one anywhere (so it may
-        hold the loop for a while), else None."""
-        if self.busy != 1 or not self.probes or time.monotonic_ns() < self.contended_until_ns:
+        hold the loop for a while), else None. Seeing another request marks the server
+        contended too: under steady load, requests overlap nearly always, and one held loop
+        per quiet moment would delay a request that arrives during it."""
+        if not self.probes:
+            return None
+        now = time.monotonic_ns()
+        if self.busy != 1:
+            self.contended_until_ns = now + CONTENDED_NS
+            return None
+        if now < self.contended_until_ns:
             return None
         n = self.calls()
-        return n if n <= 1 else None
+        if n > 1:
+            self.contended_until_ns = now + CONTENDED_NS
+            return None
+        return n
 
     def arrived_since(self, before: int) -> None:
         """After holding the loop: when calls came in meanwhile, stop holding it for a while."""
