@@ -407,14 +407,16 @@ class InferenceResponseSender:
                 return
             if not isinstance(response, InferenceResponse):
                 raise TritonError(f"Expected an 'InferenceResponse' object, found type '{type(response).__name__}'.")
-            error = response.error()
+            error = response._error
             if error is not None:
                 self._channel.send(None, error=to_inferd_error(error), final=final)
                 return
-            # Only what the client asked for, as Triton prunes a response's outputs.
+            # Only what the client asked for, as Triton prunes a response's outputs. Both dicts
+            # are new: the channel takes them as they are (this runs once per streamed token).
             requested = self._requested
-            outputs = {t.name(): t.as_numpy() for t in response.output_tensors() if t.name() in requested}
-            self._channel.send(outputs, response._client_parameters(), final=final)
+            outputs = {t._name: t._array for t in response._tensors if t._name in requested}
+            parameters = response._client_parameters() if response._parameters else {}
+            self._channel.send(outputs, parameters, None, final, True)
         except InferdError as e:
             raise _from_inferd_error(e) from None
 

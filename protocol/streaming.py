@@ -10,6 +10,16 @@ The channel is bounded: at most ``limit`` responses wait for a consumer that rea
 the model sends (the server's ``--max-buffered-responses``). The send that would exceed it
 fails in the model, the request is cancelled (the model sees ``is_cancelled()``), and the
 consumer reads the responses already buffered and then the error.
+
+A channel may be paced (``interval_ns``, the server's ``--stream-interval-us``, set by the
+front ends that write a stream's waiting responses together): once the consumer has taken
+everything that was waiting (and written it), it takes nothing more until ``interval_ns`` has
+passed, so the responses of that interval go out in one write. The first response and the
+final one are never held: the final flag (or a failure) ends the hold at once. Nothing is timed
+per response: a send after the interval wakes the consumer as usual, and a send within it
+does not wake it at all (no cross-thread wake-up, the loop is left alone). Only when the model
+goes quiet with responses held does one timer per event loop (:class:`_Pacer`) hand them over,
+at most about a millisecond late (uvloop's timers count whole milliseconds).
 """
 
 from __future__ import annotations
@@ -32,7 +42,11 @@ from .types import InferResponse, Scalar
 RESPONSE_COMPLETE_FINAL = 1
 # The default per-request bound of responses waiting for a slow consumer.
 DEFAULT_BUFFERED_RESPONSES = 1024
+# The server's --stream-interval-us: the default, and the most it accepts (one second).
+DEFAULT_STREAM_INTERVAL_US = 2000
+MAX_STREAM_INTERVAL_US = 1_000_000
 _yield_cpu = getattr(os, "sched_yield", None)  # releases the GIL while it yields (POSIX only)
+_NOT_SHARED: frozenset[str] = frozenset()  # InferResponse.in_shared_memory
 
 
 class Streamed(dict):  # type: ignore[type-arg]
@@ -65,6 +79,7 @@ class ResponseChannel:
         request_id: str = "",
         limit: int = DEFAULT_BUFFERED_RESPONSES,
         label: str = "",
+        interval_ns: int = 0,
     ) -> None:
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else 0
@@ -82,6 +97,10 @@ class ResponseChannel:
         self._failure: InferdError | None = None  # raised to the consumer after the buffered responses
         self._sent_final_response = False  # the final flag came on a response, not alone
         self._first = True  # no response sent yet
+        # Paced (see the module's docstring): responses are taken no sooner than _hold_until
+        # (monotonic ns), unless the stream has ended. 0: not held.
+        self.interval_ns = interval_ns
+        self._hold_until = 0
         ResponseChannel._alive.add(self)
 
     @classmethod
@@ -106,11 +125,20 @@ class ResponseChannel:
         parameters: Mapping[str, Scalar] | None = None,
         error: InferdError | None = None,
         final: bool = False,
+        fresh: bool = False,
     ) -> None:
         """One response (``outputs``, or ``error``), or with ``outputs`` None and ``final``
         only the final flag. Raises ChannelClosed after the final flag and ChannelOverflow
         when the consumer is ``limit`` responses behind; responses sent after the request was
-        cancelled are dropped."""
+        cancelled are dropped. ``fresh``: ``outputs`` and ``parameters`` are dicts made for
+        this response, taken as they are (else they are copied)."""
+        response = None
+        if outputs is not None or error is not None:
+            out: dict[str, np.ndarray] = {} if outputs is None else outputs if fresh else dict(outputs)  # type: ignore[assignment]
+            params: dict[str, Scalar] = {} if not parameters else parameters if fresh else dict(parameters)  # type: ignore[assignment]
+            response = InferResponse(
+                self.model_name, self.model_version, out, self.request_id, params, _NOT_SHARED, final, error
+            )
         now = time.monotonic_ns()
         with self._lock:
             if self._closed:
@@ -119,7 +147,7 @@ class ResponseChannel:
                 self._closed = True
             if self._ended:
                 return  # cancelled: dropped, as Triton drops them
-            if outputs is not None or error is not None:
+            if response is not None:
                 if len(self._items) >= self.limit:
                     self._cancelled = self._ended = True
                     self._failure = ChannelOverflow(
@@ -128,21 +156,13 @@ class ResponseChannel:
                     )
                     self._wake()
                     raise self._failure
-                response = InferResponse(
-                    self.model_name,
-                    self.model_version,
-                    dict(outputs) if outputs is not None else {},
-                    self.request_id,
-                    dict(parameters) if parameters else {},
-                    final=final,
-                    error=error,
-                )
                 self._items.append((response, now))
                 self._sent_final_response = final
             if final:
                 self._ended = True
             first, self._first = self._first, False
-            woke = self._wake()
+            # Held (paced): a response within the interval waits for the interval's end.
+            woke = (final or now >= self._hold_until) and self._wake()
         if woke and (first or final) and _yield_cpu is not None and threading.get_ident() != self._loop_thread:
             # The consumer's loop waits for the GIL, which this thread would otherwise keep up
             # to the switch interval (5 ms): hand it over now for the first response (time to
@@ -175,26 +195,47 @@ class ResponseChannel:
     # --- the consumer's side (the event loop) -------------------------------------------
     async def get(self) -> tuple[InferResponse, int] | None:
         """The next response and when it was sent (monotonic ns); None once the request is
-        complete. Raises the request's failure after the responses sent before it."""
+        complete. Raises the request's failure after the responses sent before it.
+
+        ``more`` is set on the response when the next one was already waiting. On a paced
+        channel, taking one that is not followed by ``more`` starts the interval in which
+        the next responses are held (the consumer writes what it took now)."""
         while True:
             with self._lock:
                 items = self._items
-                if items:
+                hold = self._hold_until
+                now = time.monotonic_ns() if hold else 0
+                if items and (now >= hold or self._ended):
                     item = items.popleft()
-                    item[0].more = bool(items)
-                    return item
+                    item[0].more = more = bool(items)
+                    if self.interval_ns and not more:
+                        self._hold_until = (now or time.monotonic_ns()) + self.interval_ns
+                    break
                 if self._ended:
                     if self._failure is not None:
                         raise self._failure
                     return None
                 assert self._loop is not None, "a channel made without a loop has no consumer"
                 waiter = self._waiter = self._loop.create_future()
+            pacer = _Pacer.of(self._loop) if now < hold else None
+            if pacer is not None:  # held: the pacer wakes this consumer if the model goes quiet
+                pacer.hold(self, hold)
             try:
                 await waiter
             finally:
                 with self._lock:
                     if self._waiter is waiter:
                         self._waiter = None
+                if pacer is not None:
+                    pacer.drop(self)
+        return item
+
+    def _release(self) -> None:
+        """The pacer's timer: the interval is over; hand over what waits (on the loop)."""
+        with self._lock:
+            self._hold_until = 0
+            if self._items:
+                self._wake()
 
     @property
     def final_on_response(self) -> bool:
@@ -212,6 +253,69 @@ class ResponseChannel:
             self._items.clear()
             if self._failure is None:
                 self._failure = Cancelled(f"{self.label}: the request was cancelled")
+
+
+class _Pacer:
+    """The timer of one event loop's paced channels: wakes a held consumer whose interval is
+    over while its model is quiet (a send after the interval wakes it without the pacer)."""
+
+    _of: ClassVar[dict[asyncio.AbstractEventLoop, _Pacer]] = {}
+    # uvloop counts timers in whole milliseconds: the timer waits at least that long, and a
+    # tick ends the holds due within half of it.
+    GRAIN_NS = 1_000_000
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: dict[ResponseChannel, int] = {}  # channel -> the end of its interval (ns)
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Pacer:
+        pacer = cls._of.get(loop)
+        if pacer is None:
+            pacer = cls._of[loop] = cls(loop)
+        return pacer
+
+    def hold(self, channel: ResponseChannel, until_ns: int) -> None:
+        self._held[channel] = until_ns
+        if self._timer is None or until_ns < self._at:
+            self._arm(until_ns)
+
+    def drop(self, channel: ResponseChannel) -> None:
+        held = self._held
+        held.pop(channel, None)
+        if not held:  # nothing to watch: no timer, and no reference to the loop kept
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._forget()
+
+    def _arm(self, at_ns: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at_ns
+        grains = max(1, -(-(at_ns - time.monotonic_ns()) // self.GRAIN_NS))  # rounded up
+        self._timer = self._loop.call_later(grains * self.GRAIN_NS / 1e9, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        due = time.monotonic_ns() + self.GRAIN_NS // 2
+        later = 0
+        for channel, until in list(self._held.items()):
+            if until <= due:
+                del self._held[channel]
+                channel._release()
+            elif not later or until < later:
+                later = until
+        if later:
+            self._arm(later)
+        else:
+            self._forget()
+
+    def _forget(self) -> None:
+        if _Pacer._of.get(self._loop) is self:
+            del _Pacer._of[self._loop]
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

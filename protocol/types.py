@@ -44,6 +44,10 @@ class InferRequest:
     # the front end read it, and the request's trace once the core decided to trace it.
     traceparent: str | None = None
     trace: Any = None
+    # A decoupled model's responses after the first are taken at most once per this many ns,
+    # the final one at once (ResponseChannel's pacing): set by the front ends that write a
+    # stream's waiting responses together (HTTP Server-Sent Events, --stream-interval-us).
+    stream_interval_ns: int = 0
 
 
 class ModelOutputs(dict[str, np.ndarray]):

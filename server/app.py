@@ -163,6 +163,7 @@ class InferdServer:
                     status_latency=self._latency,
                     limits=s.request_limits,
                     refusals=self.refusals,
+                    stream_interval_us=s.stream_interval_us,
                 )
                 self.http_server = AsgiServer(
                     app,

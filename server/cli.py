@@ -11,6 +11,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from ..backends import framework_logs
+from ..protocol.streaming import MAX_STREAM_INTERVAL_US
 from .flag_values import parse_bool
 from .limit_flags import add_limit_arguments, limit_settings
 from .log_settings import LogControl
@@ -30,6 +31,19 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _stream_interval(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_STREAM_INTERVAL_US:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of microseconds from 0 to {MAX_STREAM_INTERVAL_US} (0: write every "
+            f"response as soon as possible), not '{text}'"
+        )
     return value
 
 
@@ -198,6 +212,16 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="responses of one decoupled-model request that may wait for a client reading them slowly "
         "(default %(default)s); one more fails the request and cancels it in the model",
     )
+    p.add_argument(
+        "--stream-interval-us",
+        type=_stream_interval,
+        default=d.stream_interval_us,
+        metavar="US",
+        help="HTTP Server-Sent Event streams only (generate_stream, OpenAI stream: true; not gRPC "
+        "ModelStreamInfer, which writes each response as it comes): after writing to a stream, write its "
+        "next responses together at most this many microseconds later, one event each (default "
+        "%(default)s; 0: write as soon as possible). The first and the final response are never held",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)
     p.add_argument(
@@ -250,6 +274,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         max_load_file_bytes=a.max_load_file_bytes,
         max_threads_per_instance=a.max_threads_per_instance,
         max_buffered_responses=a.max_buffered_responses,
+        stream_interval_us=a.stream_interval_us,
         response_cache_bytes=_cache_bytes(a.cache_config),
         model_control_mode=a.model_control_mode,
         repository_poll_secs=a.repository_poll_secs,

@@ -113,7 +113,13 @@ class ModelVersion:
         the iteration early cancels the request: the model sees ``is_cancelled()``."""
         start = time.monotonic_ns()
         channel = ResponseChannel(
-            asyncio.get_running_loop(), self.name, str(self.version), request.id, limit, self.label
+            asyncio.get_running_loop(),
+            self.name,
+            str(self.version),
+            request.id,
+            limit,
+            self.label,
+            request.stream_interval_ns,
         )
         run = asyncio.ensure_future(self.infer(request, channel))
         run.add_done_callback(partial(_executed, channel))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES
+from ..protocol.streaming import DEFAULT_BUFFERED_RESPONSES, DEFAULT_STREAM_INTERVAL_US
 from .frontends.access import Restriction
 from .frontends.request_limits import RequestLimits
 from .loader import LoadLimits, LoadOptions
@@ -60,6 +60,9 @@ class Settings:
     response_cache_bytes: int = 0
     # Responses of one decoupled request that may wait for a slow client (protocol/streaming.py).
     max_buffered_responses: int = DEFAULT_BUFFERED_RESPONSES
+    # How often at most one HTTP Server-Sent Event stream is written to, in µs (0: as soon as
+    # possible); its first and final events are never held (protocol/streaming.py).
+    stream_interval_us: int = DEFAULT_STREAM_INTERVAL_US
     model_control_mode: str = "poll"  # none | poll | explicit
     repository_poll_secs: float = 2.0
     load_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all

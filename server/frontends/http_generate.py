@@ -11,18 +11,22 @@ disconnects, the request is cancelled: a decoupled model sees ``is_cancelled()``
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ...protocol.errors import InferdError, Internal
-from ...protocol.types import InferResponse
+from ...protocol.types import InferResponse, TensorMetadata
 from ..core import InferenceCore
 from .generate_convert import Frames, decode_generate, encode_generate
 from .http_body import read_body
 from .http_convert import dumps, parse_json
+from .http_origin import RAW_SEND
 from .internal_error import internal_error
 
 JSON_TYPE = "application/json"
@@ -31,6 +35,64 @@ NOT_ONE = (
     "generate expects model to produce exactly 1 response, use generate stream for model that "
     "generates various number of responses"
 )
+
+
+class Last(bytes):
+    """The last chunk of an :class:`EventStream`: it ends the body in the same write."""
+
+
+class EventStream(Response):
+    """A Server-Sent Events response from an async iterator of chunks, each written as it comes.
+
+    What Starlette's StreamingResponse does, for less per chunk and per stream: the start of the
+    response goes through the app's middlewares (CORS headers, "response started"), the chunks
+    after it straight to the server (``RAW_SEND``: the middlewares do nothing with a body
+    chunk), and a :class:`Last` chunk ends the body in the same message, one write. A client that
+    disconnects cancels the iteration through one watching task (no anyio task group): the
+    iterator's ``finally`` closes the model's stream."""
+
+    media_type = SSE_TYPE
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.chunks = chunks
+        self.status_code = 200
+        self.background = None
+        self.init_headers(None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body_send: Send = scope.get(RAW_SEND, send)
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"done": False, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["done"]:
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            ended = False
+            async for chunk in self.chunks:
+                if type(chunk) is Last:
+                    state["done"] = ended = True
+                    await send({"type": "http.response.body", "body": bytes(chunk), "more_body": False})
+                else:
+                    await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not ended:
+                state["done"] = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancel was ours, and is over
+            if uncancel is not None:
+                uncancel()
+        finally:
+            watcher.cancel()
 
 
 def sse(doc: Any) -> bytes:
@@ -44,11 +106,24 @@ def delivered(response: InferResponse) -> bool:
 
 
 class GenerateApi:
-    def __init__(self, core: InferenceCore, max_body_bytes: int) -> None:
+    def __init__(self, core: InferenceCore, max_body_bytes: int, stream_interval_us: int = 0) -> None:
+        """``stream_interval_us``: the server's ``--stream-interval-us``, how often at most one
+        event stream is written to (its first and final events are never held)."""
         self.core = core
         self.max_body_bytes = max_body_bytes
+        self.stream_interval_ns = stream_interval_us * 1000
+        # Each loaded version's inputs, worked out once (a reload is a new version object).
+        self._inputs: weakref.WeakKeyDictionary[object, dict[str, TensorMetadata]] = weakref.WeakKeyDictionary()
 
-    async def _stream(self, request: Request) -> AsyncIterator[InferResponse]:
+    def _inputs_of(self, model: str, version: str) -> dict[str, TensorMetadata]:
+        served = self.core.model(model, version)
+        inputs = self._inputs.get(served)
+        if inputs is None:
+            metadata = self.core.model_metadata(model, str(served.version))
+            inputs = self._inputs[served] = {t.name: t for t in metadata.inputs}
+        return inputs
+
+    async def _stream(self, request: Request, interval_ns: int = 0) -> AsyncIterator[InferResponse]:
         p = request.path_params
         model, version = p["model"], p.get("version", "")
         h = request.headers
@@ -56,8 +131,9 @@ class GenerateApi:
             request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding")
         )
         doc = parse_json(body) if bytes(body).strip() else {}
-        inputs = {t.name: t for t in self.core.model_metadata(model, version).inputs}
-        return self.core.infer_stream(decode_generate(model, version, doc, inputs))
+        infer_request = decode_generate(model, version, doc, self._inputs_of(model, version))
+        infer_request.stream_interval_ns = interval_ns
+        return self.core.infer_stream(infer_request)
 
     async def generate(self, request: Request) -> Response:
         stream = await self._stream(request)
@@ -75,10 +151,10 @@ class GenerateApi:
         return Response(dumps(encode_generate(answers[0])), media_type=JSON_TYPE)
 
     async def generate_stream(self, request: Request) -> Response:
-        stream = await self._stream(request)
+        stream = await self._stream(request, self.stream_interval_ns)
         first = await first_delivered(stream)
         where = f"generate_stream of model {request.path_params['model']!r}"
-        return StreamingResponse(_events(first, stream, where), media_type=SSE_TYPE)
+        return EventStream(_events(first, stream, where))
 
 
 async def _events(
@@ -87,6 +163,8 @@ async def _events(
     # The events of responses that were already waiting together go out in one write: a
     # write's cost (the ASGI send, a syscall, the client's wake-up) is paid per batch, not per
     # event, whenever the model runs ahead of the connection. Each event is still its own frame.
+    # With --stream-interval-us the stream's channel holds the responses of each interval
+    # after a write, so that they are waiting together (protocol/streaming.py).
     frames = Frames()
     pending: list[bytes] = []
     try:
@@ -108,10 +186,9 @@ async def _events(
     except Exception as e:  # the status is sent already: the client learns it from the stream
         pending.append(sse({"error": internal_error(e, where)}))
     finally:
-        # Also when the client went away (Starlette cancels this generator): the model stops.
+        # Also when the client went away (EventStream cancels this generator): the model stops.
         await close_stream(stream)
-    if pending:
-        yield b"".join(pending)
+    yield Last(b"".join(pending))
 
 
 async def first_delivered(stream: AsyncIterator[InferResponse]) -> InferResponse | None:

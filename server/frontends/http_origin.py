@@ -33,6 +33,9 @@ TOOL_DEFAULT_TYPES = ("application/x-www-form-urlencoded",)
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "Content-Type, Content-Encoding, Accept-Encoding, Inference-Header-Content-Length"
 EXPOSED_HEADERS = "Inference-Header-Content-Length, Content-Encoding"
+# Where __call__ leaves the server's own send for the body chunks of an event stream
+# (http_generate.py's EventStream): nothing between here and a route does anything with one.
+RAW_SEND = "inferd.raw_send"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -62,6 +65,7 @@ class OriginGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[RAW_SEND] = send
         origin = _header(scope, b"origin")
         cors: list[tuple[bytes, bytes]] = []
         if origin is not None:

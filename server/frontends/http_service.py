@@ -350,9 +350,19 @@ def _refused(message: str) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def _routes(api: HttpApi) -> list[BaseRoute]:
+def _routes(api: HttpApi, stream_interval_us: int = 0) -> list[BaseRoute]:
     get, post = ["GET"], ["POST"]
-    routes: list[BaseRoute] = [
+    generate = GenerateApi(api.core, api.max_body_bytes, stream_interval_us)  # Triton's generate extension
+    # Inference first: Starlette tries the routes in order, a regular expression each, and no
+    # route below matches what these do.
+    routes: list[BaseRoute] = []
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            Route(prefix + "/infer", api.infer, methods=post),
+            Route(prefix + "/generate_stream", generate.generate_stream, methods=post),
+            Route(prefix + "/generate", generate.generate, methods=post),
+        ]
+    routes += [
         Route("/v2/health/live", api.live, methods=get),
         Route("/v2/health/ready", api.ready, methods=get),
         Route("/v2", api.server_metadata, methods=get),
@@ -366,16 +376,12 @@ def _routes(api: HttpApi) -> list[BaseRoute]:
         Route("/v2/systemsharedmemory/unregister", api.shm_unregister, methods=post),
         Route("/v2/systemsharedmemory/region/{region}/unregister", api.shm_unregister, methods=post),
     ]
-    generate = GenerateApi(api.core, api.max_body_bytes)  # Triton's generate extension
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [
             Route(prefix, api.model_metadata, methods=get),
             Route(prefix + "/ready", api.model_ready, methods=get),
             Route(prefix + "/config", api.model_config, methods=get),
             Route(prefix + "/stats", api.statistics, methods=get),
-            Route(prefix + "/infer", api.infer, methods=post),
-            Route(prefix + "/generate", generate.generate, methods=post),
-            Route(prefix + "/generate_stream", generate.generate_stream, methods=post),
         ]
     routes += [
         Route("/v2/cudasharedmemory/status", api.cuda_status, methods=get),
@@ -399,6 +405,7 @@ def build_app(
     status_latency: LatencyReader | None = None,
     limits: RequestLimits | None = None,
     refusals: Refusals | None = None,
+    stream_interval_us: int = 0,
 ) -> OriginGuard:
     """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``;
     only ``allowed_origins`` may call it from web pages (http_origin.py). With ``openai``, the
@@ -406,12 +413,13 @@ def build_app(
     API categories with a header (access.py). The rollout routes (http_traffic.py) and the
     status page at / (status_page.py, latency percentiles from ``status_latency``) are their
     own modules. ``limits`` bound what one request may cost (request_limits.py), counted in
-    ``refusals``."""
-    routes = _routes(HttpApi(core, max_body_bytes, limits, refusals))
+    ``refusals``. ``stream_interval_us`` paces the Server-Sent Event streams (generate_stream,
+    OpenAI ``stream: true``): ``--stream-interval-us``."""
+    routes = _routes(HttpApi(core, max_body_bytes, limits, refusals), stream_interval_us)
     routes += traffic_routes(core, max_body_bytes)
     routes += status_routes(core, status_latency)
     if openai:
-        routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes)))
+        routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes, stream_interval_us)))
     app = Starlette(
         routes=routes,
         # Any other exception is a server fault: logged, and answered "internal error".

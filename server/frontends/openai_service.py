@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ...protocol.errors import Code, InferdError
@@ -29,7 +29,7 @@ from ..core import InferenceCore
 from . import openai_convert as oc
 from .http_body import read_body
 from .http_convert import dumps, parse_json
-from .http_generate import close_stream, first_delivered, sse
+from .http_generate import EventStream, Last, close_stream, first_delivered, sse
 from .internal_error import InternalErrors, internal_error
 
 JSON_TYPE = "application/json"
@@ -78,9 +78,10 @@ def _internal_error(message: str) -> Response:
 
 
 class OpenAIApi:
-    def __init__(self, core: InferenceCore, max_body_bytes: int) -> None:
+    def __init__(self, core: InferenceCore, max_body_bytes: int, stream_interval_us: int = 0) -> None:
         self.core = core
         self.max_body_bytes = max_body_bytes
+        self.stream_interval_ns = stream_interval_us * 1000  # --stream-interval-us (streams only)
         self.created = int(time.time())
         # Each loaded version's contract, worked out once (a reload is a new version object).
         self._contracts: weakref.WeakKeyDictionary[object, oc.TextModel | oc.ModelNotServed] = (
@@ -141,6 +142,8 @@ class OpenAIApi:
         )
         doc = parse_json(body)
         text_request = parse(doc, self._contract(oc.model_name(doc)))
+        if text_request.stream:
+            text_request.core.stream_interval_ns = self.stream_interval_ns
         stream = self.core.infer_stream(text_request.core)
         progress = oc.Progress()
         if not text_request.stream:
@@ -155,40 +158,53 @@ class OpenAIApi:
             return Response(dumps(oc.whole(text_request, "".join(pieces), progress)), media_type=JSON_TYPE)
         # An error before the model's first response is an ordinary error answer.
         first = await first_delivered(stream)
-        return StreamingResponse(_events(text_request, progress, first, stream), media_type=SSE_TYPE)
+        return EventStream(_events(text_request, progress, first, stream))
 
 
 async def _events(
     request: oc.TextRequest, progress: oc.Progress, first: InferResponse | None, stream: AsyncIterator[InferResponse]
 ) -> AsyncIterator[bytes]:
+    # As in http_generate: the events of responses that were waiting together (with
+    # --stream-interval-us, those of one interval) go out in one write, each its own event;
+    # the end of the stream (finish reason, usage, [DONE]) goes out in one write.
+    pending: list[bytes] = []
     try:
         if request.kind == "chat.completion":
-            yield sse(oc.chunk(request, None))
+            pending.append(sse(oc.chunk(request, None)))
         if first is not None:
             text = progress.piece(first)
             if text:
-                yield sse(oc.chunk(request, text))
+                pending.append(sse(oc.chunk(request, text)))
+        if pending and (first is None or not first.more):
+            yield b"".join(pending)
+            pending.clear()
         async for response in stream:
             if response.error is not None:
                 raise response.error
             text = progress.piece(response)
             if text:
-                yield sse(oc.chunk(request, text))
-        yield sse(oc.chunk(request, "", progress.finish_reason))
+                pending.append(sse(oc.chunk(request, text)))
+            if pending and not response.more and not response.final:
+                yield b"".join(pending)
+                pending.clear()
+        pending.append(sse(oc.chunk(request, "", progress.finish_reason)))
         if request.include_usage:
-            yield sse(oc.usage_chunk(request, progress))
+            pending.append(sse(oc.usage_chunk(request, progress)))
     except InferdError as e:
-        yield sse(error_doc(*_of(e)))
+        pending.append(sse(error_doc(*_of(e))))
     except Exception as e:  # the status is sent already: the client learns it from the stream
-        yield sse(error_doc(internal_error(e, f"OpenAI {request.kind} stream of model {request.model!r}"), 500))
+        pending.append(
+            sse(error_doc(internal_error(e, f"OpenAI {request.kind} stream of model {request.model!r}"), 500))
+        )
     finally:
         await close_stream(stream)
-    yield DONE
+    pending.append(DONE)
+    yield Last(b"".join(pending))
 
 
-def build_openai_app(core: InferenceCore, max_body_bytes: int) -> Starlette:
+def build_openai_app(core: InferenceCore, max_body_bytes: int, stream_interval_us: int = 0) -> Starlette:
     """The ``/v1`` app, mounted into the HTTP app by ``http_service.build_app``."""
-    api = OpenAIApi(core, max_body_bytes)
+    api = OpenAIApi(core, max_body_bytes, stream_interval_us)
     return Starlette(
         routes=[
             Route("/models", api.list_models, methods=["GET"]),
