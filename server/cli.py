@@ -116,7 +116,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_bool,
         default=d.allow_client_shm,
         metavar="BOOL",
-        help="let clients on this host register system shared memory regions and pass tensors through them "
+        help="let clients on this host register system and CUDA shared memory regions and pass tensors through them "
         "(default false, as in Triton)",
     )
     p.add_argument(
