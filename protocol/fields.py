@@ -27,7 +27,10 @@ def set_parameter(target: Any, value: bool | int | float | str) -> None:
     if isinstance(value, bool):  # before int: a bool is an int too
         target.bool_param = value
     elif isinstance(value, int):
-        target.int64_param = value
+        if value >= 1 << 63:  # a uint64 (a correlation id from 2**63 up): int64_param cannot hold it
+            target.uint64_param = value
+        else:
+            target.int64_param = value
     elif isinstance(value, float):
         target.double_param = value
     else:

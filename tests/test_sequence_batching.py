@@ -581,6 +581,25 @@ def test_grpc_sequence_id_is_read_as_a_uint64(seq_server: RunningServer, kind: s
     assert np.frombuffer(response.raw_output_contents[0], "<u8").tolist() == [corr]
 
 
+@pytest.mark.parametrize("seq", [7, 2**63 + 5, 2**64 - 1])
+def test_inferds_client_sends_the_whole_uint64_range(seq_server: RunningServer, seq: int) -> None:
+    """inferd's own client: ids from 2**63 up travel as uint64_param (int64_param cannot hold
+    them), smaller ones as int64_param, as tritonclient's Python client sends them."""
+    from inferd.clients.client import InferenceClient, build_infer_request
+
+    message = build_infer_request("acc", {"INPUT": np.ones((1, 1), np.int32)}, parameters={"sequence_id": seq})
+    assert message.parameters["sequence_id"].WhichOneof("parameter_choice") == (
+        "uint64_param" if seq >= 2**63 else "int64_param"
+    )
+    client = InferenceClient(seq_server.grpc_url)
+    try:
+        params = {"sequence_id": seq, "sequence_start": True, "sequence_end": True}
+        out = client.infer("acc", {"INPUT": np.ones((1, 1), np.int32)}, parameters=params)
+    finally:
+        client.close()
+    assert out["CORR_OUT"].reshape(-1).tolist() == [seq]
+
+
 # --- statistics and leaks ---------------------------------------------------------------------
 def test_a_thousand_short_sequences_leave_nothing_behind(seq_server: RunningServer) -> None:
     """1,000 sequences of two requests on one stream (most wait in the backlog for one of the
