@@ -155,7 +155,7 @@ class ResponseChannel:
                         f"{self.limit} wait to be sent (--max-buffered-responses); the request is cancelled"
                     )
                     self._wake()
-                    raise self._failure
+                    raise _detached(self._failure)
                 self._items.append((response, now))
                 self._sent_final_response = final
             if final:
@@ -180,7 +180,7 @@ class ResponseChannel:
             if self._ended:
                 return
             self._ended = True
-            self._failure = error
+            self._failure = _detached(error)
             self._wake()
 
     def _wake(self) -> bool:
@@ -213,7 +213,7 @@ class ResponseChannel:
                     break
                 if self._ended:
                     if self._failure is not None:
-                        raise self._failure
+                        raise _detached(self._failure)
                     return None
                 assert self._loop is not None, "a channel made without a loop has no consumer"
                 waiter = self._waiter = self._loop.create_future()
@@ -253,6 +253,17 @@ class ResponseChannel:
             self._items.clear()
             if self._failure is None:
                 self._failure = Cancelled(f"{self.label}: the request was cancelled")
+
+
+def _detached(error: InferdError) -> InferdError:
+    """A copy of ``error`` without its traceback, cause and context. The channel keeps its
+    failure for as long as it lives, and the sender's finalizer keeps the channel (until the
+    sender goes); a raised exception holds the frames it passed through, the model's sender
+    among their locals: kept on the channel, it would keep the sender alive for good. So the
+    channel stores an error it did not raise, and raises a fresh copy each time."""
+    copy = type(error).__new__(type(error), *error.args)
+    copy.__dict__.update(error.__dict__)
+    return copy
 
 
 class _Pacer:

@@ -322,6 +322,68 @@ def test_a_slow_consumer_fails_its_request_at_the_bound(dserver: RunningServer) 
     assert _metric(dserver, "endless_send_errors") > errors_before  # the send failed in the model
 
 
+def test_no_sender_survives_an_overflowed_request(dserver: RunningServer) -> None:
+    """The overflow is raised in the model's send: the channel must not keep the raised error,
+    whose traceback holds the send's frame and so the sender (the sender's finalizer keeps the
+    channel, so the sender would live for good)."""
+    manager = dserver.server.manager
+    senders_before = pb_utils.InferenceResponseSender.alive()
+    seen_before = _metric(dserver, "endless_cancellations_seen")
+
+    async def overflow() -> str:
+        stream = dserver.server.core.infer_stream(InferRequest("endless", {"SIZE": np.array([16], np.int32)}))
+        try:
+            await stream.__anext__()
+            await asyncio.sleep(0.5)  # not reading: the model's sends overflow the channel
+            async for _ in stream:
+                pass
+        except ChannelOverflow as e:
+            return e.message
+        finally:
+            await stream.aclose()
+        return ""
+
+    old = manager.max_buffered_responses
+    manager.max_buffered_responses = 4
+    try:
+        message = dserver.call(overflow())
+    finally:
+        manager.max_buffered_responses = old
+    assert "--max-buffered-responses" in message
+    deadline = time.monotonic() + 5
+    while _metric(dserver, "endless_cancellations_seen") == seen_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(dserver, "endless_cancellations_seen") > seen_before  # the model saw it and returned
+    while pb_utils.InferenceResponseSender.alive() > senders_before and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert pb_utils.InferenceResponseSender.alive() <= senders_before
+
+
+def test_a_channel_keeps_no_raised_error() -> None:
+    """What the channel raises and keeps carries no traceback (its frames would keep the
+    model's sender and whatever else their locals hold alive as long as the channel)."""
+    channel = ResponseChannel(None, "m", "1", limit=1)
+    sender = pb_utils.InferenceResponseSender(channel, ["Y"])
+    y = pb_utils.Tensor("Y", np.zeros(1, np.float32))
+    sender.send(pb_utils.InferenceResponse([y]))
+    with pytest.raises(pb_utils.TritonError, match="--max-buffered-responses"):
+        sender.send(pb_utils.InferenceResponse([y]))
+    assert channel.cancelled and isinstance(channel._failure, ChannelOverflow)
+    assert channel._failure.__traceback__ is None
+    alive = pb_utils.InferenceResponseSender.alive()
+    del sender
+    assert pb_utils.InferenceResponseSender.alive() == alive - 1  # freed at once, no collection needed
+
+    failed = ResponseChannel(None, "m", "1")
+    try:
+        raise InferdError("execute failed")
+    except InferdError as e:
+        failed.fail(e)
+    assert failed._failure is not None and failed._failure.__traceback__ is None
+    assert failed._failure.message == "execute failed" and type(failed._failure) is InferdError
+
+
 def test_a_client_that_does_not_read_gets_the_error_over_grpc(tmp_path: Path) -> None:
     """End to end: big responses fill the transport and the stream's queue, then the request's
     own bound gives and the client, once it reads again, finds the error after the responses."""
