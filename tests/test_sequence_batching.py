@@ -182,6 +182,35 @@ class TritonPythonModel:
         return responses
 '''
 
+SHAPES_CONFIG = """name: "seq_shapes"
+backend: "python"
+max_batch_size: 2
+input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+sequence_batching { direct { } }
+"""
+
+SHAPES_MODEL = '''
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Each row's sum, slowly (20 ms an execution), so that requests queue in their slots."""
+
+    def execute(self, requests):
+        time.sleep(0.02)
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT", pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy().sum(1, keepdims=True).astype(np.int32))]
+            )
+            for r in requests
+        ]
+'''
+
 PLAIN_DIRECT = "direct { }"
 FULL_DIRECT = "direct { max_queue_delay_microseconds: 2000000 minimum_slot_utilization: 1.0 }"
 OLDEST = "oldest { max_candidate_sequences: 4 preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 2000000 }"
@@ -197,7 +226,11 @@ def build(repo: Path) -> Path:
     idle = "max_sequence_idle_microseconds: 200000"
     write(repo, "acc_idle", acc_config("acc_idle", mbs=0, extra=idle), acc_model(batched=False))
     write(repo, "acc_one", acc_config("acc_one", mbs=1, extra="max_sequence_idle_microseconds: 30000000"), acc_model())
-    for name, config, model in (("seq_py", PY_CONFIG, PY_MODEL), ("bls_seq", BLS_CONFIG, BLS_MODEL)):
+    for name, config, model in (
+        ("seq_py", PY_CONFIG, PY_MODEL),
+        ("bls_seq", BLS_CONFIG, BLS_MODEL),
+        ("seq_shapes", SHAPES_CONFIG, SHAPES_MODEL),
+    ):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(config)
         (repo / name / "1" / "model.py").write_text(model)
@@ -395,6 +428,56 @@ def test_oldest_batches_requests_of_different_sequences(seq_server: RunningServe
     s = stats(client, "acc_oldest")
     assert batches(s) == {4: 3} and (s.inference_count, s.execution_count) == (12, 3)
     client.close()
+
+
+def test_a_slot_whose_shapes_differ_is_not_starved(seq_server: RunningServer) -> None:
+    """Direct: while slot 0's sequence always has a request queued, slot 1's request of another
+    row shape (which cannot share its batch) still runs once it is the oldest, not after the
+    whole of slot 0's sequence."""
+    client = grpcclient.InferenceServerClient(seq_server.grpc_url)
+    answered: queue.Queue[None] = queue.Queue()
+    seen: list[str] = []  # which sequence each response came from, in order
+    errors: list[Any] = []
+    total = 30
+
+    def on_response(result: Any, error: Any) -> None:
+        if error is not None:
+            errors.append(error)
+        seen.append("a")
+        answered.put(None)
+
+    def send_a(i: int) -> None:
+        client.async_stream_infer(
+            "seq_shapes", [ints(grpcclient, 1)], sequence_id=71, sequence_start=i == 0, sequence_end=i == total - 1
+        )
+
+    client.start_stream(callback=on_response)
+    send_a(0)
+    send_a(1)  # two in flight: slot 0 never runs dry
+    other = grpcclient.InferenceServerClient(seq_server.grpc_url)
+    b: queue.Queue[Any] = queue.Queue()
+    sent = 2
+    while sent < total:
+        answered.get(timeout=10)
+        if sent == 3:  # slot 0 busy with its queue: slot 1 starts a sequence of rows of two
+            other.async_infer(
+                "seq_shapes",
+                [ints(grpcclient, 5, shape=(1, 2))],
+                callback=lambda result, error: (seen.append("b"), b.put(error or result)),
+                sequence_id=72,
+                sequence_start=True,
+                sequence_end=True,
+            )
+        send_a(sent)
+        sent += 1
+    answer = b.get(timeout=10)
+    assert not isinstance(answer, InferenceServerException), answer
+    assert int(answer.as_numpy("OUTPUT")[0, 0]) == 10
+    client.stop_stream()
+    assert not errors, errors
+    assert seen.index("b") < 6, seen  # before: after all 30 of sequence 71's requests
+    client.close()
+    other.close()
 
 
 # --- slots, idleness, backlog -----------------------------------------------------------------

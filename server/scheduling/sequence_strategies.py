@@ -2,8 +2,8 @@
 
 * **direct**: a task per instance forms one batch at a time from the front request of each slot,
   slot ``i`` in row ``i``, from slot 0 up to the last slot with a request; a slot without one (or
-  whose request cannot merge with the first one's shapes) gets a request with READY false, as
-  Triton fills it. With ``max_queue_delay_microseconds`` and ``minimum_slot_utilization`` both
+  whose request cannot merge with the shapes of the oldest front request) gets a request with
+  READY false, as Triton fills it. With ``max_queue_delay_microseconds`` and ``minimum_slot_utilization`` both
   set, a batch waits until that share of the slots has a request or its oldest request has
   waited the delay. The next batch is formed once the previous one has run, so a sequence's
   requests run one at a time, in order.
@@ -98,11 +98,12 @@ class DirectStrategy:
                 step = self._front(slot)
                 if step is None:
                     continue
-                if first is None:
+                # The batch takes the shapes of the oldest front request: a slot whose shapes
+                # differ from the others' runs once its request is the oldest, never starved.
+                if first is None or step.work.enqueue_ns < oldest:
                     first, oldest = step, step.work.enqueue_ns
                 ready += 1
                 last = slot.index
-                oldest = min(oldest, step.work.enqueue_ns)
             if first is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
