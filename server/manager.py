@@ -576,6 +576,7 @@ class ModelManager:
                     plan.signature,
                     label,
                     len(workers),
+                    plan.spec.sequence_batching,
                 )
                 seconds = await run_samples(workers, samples, label)
                 log.debug("%s: warmup (%d sample(s)) took %.3fs", label, len(samples), seconds)
