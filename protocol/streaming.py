@@ -9,7 +9,11 @@ loop, woken through ``loop.call_soon_threadsafe`` only while it waits.
 The channel is bounded: at most ``limit`` responses wait for a consumer that reads slower than
 the model sends (the server's ``--max-buffered-responses``). The send that would exceed it
 fails in the model, the request is cancelled (the model sees ``is_cancelled()``), and the
-consumer reads the responses already buffered and then the error.
+consumer reads the responses already buffered and then the error. A ``blocking`` channel (an
+ensemble step under ``max_inflight_requests``) instead makes that send wait until the consumer
+takes a response, the request ends or is cancelled: back-pressure on the model, as Triton
+pauses a faster upstream step. Only a send from another thread than the consumer's loop waits
+(the loop cannot wait for itself); one from the loop fails as above.
 
 A channel may be paced (``interval_ns``, the server's ``--stream-interval-us``, set by the
 front ends that write a stream's waiting responses together): once the consumer has taken
@@ -80,6 +84,7 @@ class ResponseChannel:
         limit: int = DEFAULT_BUFFERED_RESPONSES,
         label: str = "",
         interval_ns: int = 0,
+        blocking: bool = False,
     ) -> None:
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else 0
@@ -90,6 +95,9 @@ class ResponseChannel:
         self.label = label or f"model '{model_name}' version {model_version}"
         self._items: deque[tuple[InferResponse, int]] = deque()  # (response, monotonic ns when sent)
         self._lock = threading.Lock()
+        # Blocking: a send that finds ``limit`` responses waiting waits here for room.
+        self.blocking = blocking
+        self._room = threading.Condition(self._lock) if blocking else None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False  # the model sent the final flag (or was failed): sends raise from here on
         self._ended = False  # nothing more reaches the consumer
@@ -148,6 +156,11 @@ class ResponseChannel:
             if self._ended:
                 return  # cancelled: dropped, as Triton drops them
             if response is not None:
+                if len(self._items) >= self.limit and self._room is not None and not self._on_loop():
+                    while len(self._items) >= self.limit and not self._ended:
+                        self._room.wait()
+                    if self._ended:
+                        return  # cancelled while it waited: dropped
                 if len(self._items) >= self.limit:
                     self._cancelled = self._ended = True
                     self._failure = ChannelOverflow(
@@ -163,12 +176,15 @@ class ResponseChannel:
             first, self._first = self._first, False
             # Held (paced): a response within the interval waits for the interval's end.
             woke = (final or now >= self._hold_until) and self._wake()
-        if woke and (first or final) and _yield_cpu is not None and threading.get_ident() != self._loop_thread:
+        if woke and (first or final) and _yield_cpu is not None and not self._on_loop():
             # The consumer's loop waits for the GIL, which this thread would otherwise keep up
             # to the switch interval (5 ms): hand it over now for the first response (time to
             # first token) and the last (the client's next request). Not for every response:
             # the others are written together when the loop gets its turn.
             _yield_cpu()
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
 
     def fail(self, error: InferdError) -> None:
         """End the request with ``error`` unless its final flag was already sent (execute
@@ -181,6 +197,8 @@ class ResponseChannel:
                 return
             self._ended = True
             self._failure = _detached(error)
+            if self._room is not None:
+                self._room.notify_all()
             self._wake()
 
     def _wake(self) -> bool:
@@ -208,6 +226,8 @@ class ResponseChannel:
                 if items and (now >= hold or self._ended):
                     item = items.popleft()
                     item[0].more = more = bool(items)
+                    if self._room is not None:
+                        self._room.notify()
                     if self.interval_ns and not more:
                         self._hold_until = (now or time.monotonic_ns()) + self.interval_ns
                     break
@@ -251,6 +271,8 @@ class ResponseChannel:
             self._cancelled = True
             self._ended = True
             self._items.clear()
+            if self._room is not None:
+                self._room.notify_all()
             if self._failure is None:
                 self._failure = Cancelled(f"{self.label}: the request was cancelled")
 

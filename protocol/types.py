@@ -48,6 +48,10 @@ class InferRequest:
     # the final one at once (ResponseChannel's pacing): set by the front ends that write a
     # stream's waiting responses together (HTTP Server-Sent Events, --stream-interval-us).
     stream_interval_ns: int = 0
+    # A decoupled model's responses waiting for the consumer: 0, at most the server's
+    # --max-buffered-responses, past which the request fails; more, at most this many, past
+    # which the model's send waits for room (an ensemble's max_inflight_requests).
+    response_window: int = 0
 
 
 class ModelOutputs(dict[str, np.ndarray]):

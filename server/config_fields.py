@@ -233,7 +233,10 @@ FIELDS: dict[str, Rule] = {
     "ensemble_scheduling.step.input_map": _h("step input <- ensemble tensor"),
     "ensemble_scheduling.step.output_map": _h("step output -> ensemble tensor"),
     "ensemble_scheduling.step.model_namespace": _r("model namespaces are not supported"),
-    "ensemble_scheduling.max_inflight_requests": _r("a bound on an ensemble's in-flight steps is not supported yet"),
+    "ensemble_scheduling.max_inflight_requests": _h(
+        "per request, the most requests each step has running at once; a faster decoupled step waits "
+        "(its sends block) while a step of its flows is at the bound"
+    ),
     "instance_group": _h("the model's instances"),
     "instance_group.name": _h("instance group name"),
     "instance_group.kind": _h("KIND_CPU, KIND_GPU (refused where no GPU exists), KIND_MODEL, KIND_AUTO"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,9 @@ class Step:
 class EnsemblePlan:
     steps: list[Step]
     producers: dict[str, Step]  # ensemble tensor -> the step that makes it
+    # ensemble_scheduling.max_inflight_requests: per request, the most requests each step has
+    # running at once (0: no bound). Only a decoupled step's flows can reach it.
+    max_inflight: int = 0
 
     @property
     def dependencies(self) -> list[str]:
@@ -84,7 +88,7 @@ def plan_ensemble(config: mc.ModelConfig, source: str) -> EnsemblePlan:
         if t.name not in producers:
             raise ModelLoadError(f"{source}: ensemble output '{t.name}' is not produced by any step")
     _check_acyclic(steps, producers, source)
-    return EnsemblePlan(steps, producers)
+    return EnsemblePlan(steps, producers, config.ensemble_scheduling.max_inflight_requests)
 
 
 def _check_acyclic(steps: list[Step], producers: dict[str, Step], source: str) -> None:
@@ -359,13 +363,28 @@ async def _next(stream: AsyncGenerator[InferResponse, None]) -> InferResponse:
 _closing: set[asyncio.Task[None]] = set()
 
 
+def _close_later(stream: AsyncGenerator[InferResponse, None] | None) -> None:
+    if stream is None:
+        return
+    closing = asyncio.ensure_future(stream.aclose())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+
+
 class DecoupledEnsembleScheduler(EnsembleScheduler):
     """An ensemble with decoupled steps, run as Triton runs it (see ``DecoupledLayout``): the
     ensemble is decoupled, each completed flow of the output scope is sent, as it completes, to
     the request's response channel, and the final flag follows once the decoupled steps sent
     theirs and every flow they started finished (on the last response, or alone). An error, in
     any step of any flow or as a decoupled step's error response, fails the request: no further
-    flows, the running ones cancelled, as a failure of a plain ensemble's step does."""
+    flows, the running ones cancelled, as a failure of a plain ensemble's step does.
+
+    With ``max_inflight_requests`` (``plan.max_inflight``), a step already running that many
+    requests for this request takes the next flow that reaches it only when one of them ends
+    (in the order they came); while any flow waits so, no decoupled step's next response is
+    read, and each decoupled step's channel holds at most that many responses, past which its
+    model's send waits: the faster upstream model is paused, as in Triton, and what the request
+    holds stays bounded."""
 
     def __init__(
         self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str, layout: DecoupledLayout
@@ -389,39 +408,72 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
         layout = self.layout
         done: asyncio.Queue[asyncio.Future[Any]] = asyncio.Queue()
         running: dict[asyncio.Future[Any], _Call] = {}
-        busy = 0  # step calls running and decoupled streams before their final flag
+        busy = 0  # step calls running or waiting for room, and decoupled streams before their final flag
         answers: list[tuple[dict[str, np.ndarray], dict[str, Scalar]]] = []
+        bound = self.plan.max_inflight
+        inflight = [0] * len(self.plan.steps)  # step index -> its requests running
+        parked: dict[int, deque[_Flow]] = {}  # step index -> flows waiting for room at it
+        paused: list[_Call] = []  # decoupled streams not read while a flow of theirs is parked
 
         def start(flow: _Flow) -> None:
             """Run the flow's steps whose inputs it has; note its answer once it has the outputs."""
             nonlocal busy
             tensors = flow.tensors
             for step in [s for s in flow.waiting if all(t in tensors for t in s.inputs.values())]:
-                if work.deadline_ns is not None and time.monotonic_ns() >= work.deadline_ns:
-                    raise work.expired_error(self.label, f"before {step.label}")
                 flow.waiting.remove(step)
-                request = InferRequest(
-                    step.model_name,
-                    {i: a for i, t in step.inputs.items() if (a := tensors[t]) is not None},
-                    step.model_version,
-                    outputs=list(step.outputs),
-                    parameters=dict(params),
-                    deadline_ns=work.deadline_ns,
-                )
-                span = None
-                if trace is not None:
-                    request.trace = span = trace.step(step.model_name, step.model_version, step.index)
-                if step.index in layout.decoupled:
-                    stream = self.caller.infer_stream(request)
-                    arm(_Call(flow, step, span, stream))
-                else:
-                    call = asyncio.ensure_future(self.caller.infer(request))
-                    running[call] = _Call(flow, step, span, None)
-                    call.add_done_callback(done.put_nowait)
                 busy += 1
+                if bound and inflight[step.index] >= bound:
+                    parked.setdefault(step.index, deque()).append(flow)
+                else:
+                    launch(flow, step)
             if flow.scope == layout.output_scope and not flow.answered and all(t in tensors for t in wanted):
                 flow.answered = True
                 answers.append(({t: a for t in wanted if (a := tensors[t]) is not None}, flow.parameters))
+
+        def launch(flow: _Flow, step: Step) -> None:
+            if work.deadline_ns is not None and time.monotonic_ns() >= work.deadline_ns:
+                raise work.expired_error(self.label, f"before {step.label}")
+            tensors = flow.tensors
+            request = InferRequest(
+                step.model_name,
+                {i: a for i, t in step.inputs.items() if (a := tensors[t]) is not None},
+                step.model_version,
+                outputs=list(step.outputs),
+                parameters=dict(params),
+                deadline_ns=work.deadline_ns,
+                response_window=bound,
+            )
+            span = None
+            if trace is not None:
+                request.trace = span = trace.step(step.model_name, step.model_version, step.index)
+            inflight[step.index] += 1
+            if step.index in layout.decoupled:
+                stream = self.caller.infer_stream(request)
+                arm(_Call(flow, step, span, stream))
+            else:
+                call = asyncio.ensure_future(self.caller.infer(request))
+                running[call] = _Call(flow, step, span, None)
+                call.add_done_callback(done.put_nowait)
+
+        def blocked(step: Step) -> bool:
+            """Whether a flow made of a response of decoupled ``step`` waits for room."""
+            return any(s.index in parked for s in self._steps_of.get(step.index, ()))
+
+        def ended(step: Step) -> None:
+            """One of ``step``'s requests ended: the next flow parked at it runs, and the paused
+            decoupled streams none of whose flows is still parked are read again."""
+            inflight[step.index] -= 1
+            waiting = parked.get(step.index)
+            if waiting:
+                launch(waiting.popleft(), step)
+                if not waiting:
+                    del parked[step.index]
+            if paused:
+                still = [call for call in paused if blocked(call.step)]
+                for call in paused:
+                    if call not in still:
+                        arm(call)
+                paused[:] = still
 
         def arm(call: _Call) -> None:
             assert call.stream is not None
@@ -442,6 +494,7 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                 call.span.end(call.step.model_version, {})
                 call.span = None
             busy -= 1
+            ended(call.step)
             start(flow)
 
         sent_final = False
@@ -465,6 +518,7 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                         for model_output, tensor in step.outputs.items():
                             call.flow.tensors[tensor] = response.outputs.get(model_output)
                         busy -= 1
+                        ended(step)
                         start(call.flow)
                         continue
                     try:
@@ -486,11 +540,18 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                         dict(r.parameters),
                     )
                     call.ended = r.final
-                    arm(call)  # the next response, or (after the final flag) the end of the stream
                     if r.final:
                         finished(call, flow)
                     else:
                         start(flow)
+                    # The next response, or (after the final flag) the end of the stream; not
+                    # while a flow of this step's waits for room (max_inflight_requests). A
+                    # step whose flows do not wait (one that is itself at the bound) goes on:
+                    # its ending is what makes room.
+                    if parked and blocked(step):
+                        paused.append(call)
+                    else:
+                        arm(call)
                 last = len(answers) - 1
                 for i, (outputs, parameters) in enumerate(answers):
                     channel.send(outputs, parameters, final=busy == 0 and i == last)
@@ -502,6 +563,8 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                 if channel.cancelled:  # the client left: no further flows, the running ones cancelled
                     raise Cancelled(f"{self.label}: the request was cancelled")
         finally:
+            for call in paused:  # taken out of ``running`` with their last response: close them
+                _close_later(call.stream)
             for task, call in running.items():
                 if not task.done():
                     task.cancel()  # a running step's request, or a decoupled step's stream, cancelled
@@ -510,9 +573,7 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                     task.exception()  # seen: a failure it ended with is the request's no more
                 if call.stream is not None:
                     # Its response was taken, not read: close the stream (cancels that step's request).
-                    closing = asyncio.ensure_future(call.stream.aclose())
-                    _closing.add(closing)
-                    closing.add_done_callback(_closing.discard)
+                    _close_later(call.stream)
                 if call.span is not None:
                     call.span.end(error="cancelled: the ensemble request ended first")
         elapsed = time.monotonic_ns() - started

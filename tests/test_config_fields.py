@@ -85,7 +85,6 @@ def plan(tmp_path: Path, extra: str, backend_model: bool = True, name: str = "m"
         ("cc_model_filenames { key: '8.0' value: 'a.onnx' }", "cc_model_filenames"),
         ("instance_group [ { kind: KIND_CPU passive: true } ]", "instance_group.passive"),
         ("instance_group [ { kind: KIND_CPU profile: '0' } ]", "instance_group.profile"),
-        ("ensemble_scheduling { max_inflight_requests: 4 }", "ensemble_scheduling.max_inflight_requests"),
     ],
 )
 def test_refused_fields_name_themselves(tmp_path: Path, extra: str, field: str) -> None:

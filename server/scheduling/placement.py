@@ -22,6 +22,9 @@ may be a full garbage collection or the kernel switching the loop out, which any
 
 While a request is the server's only one (load.py), the limits are ALONE_MAX_NS and
 ALONE_MAX_BYTES instead: nothing else waits for the loop, so the hop would only add latency.
+
+A request whose model's sends may wait for its consumer (a blocking response channel: an
+ensemble step under max_inflight_requests) never runs on the loop: the consumer is the loop.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class ExecutionPlacement:
             return False
         if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
             return False
-        return sum(w.nbytes() for w in batch) <= INLINE_MAX_BYTES
+        return sum(w.nbytes() for w in batch) <= INLINE_MAX_BYTES and not _sends_may_wait(batch)
 
     def on_loop_alone(self, batch: Sequence[Work]) -> bool:
         """Whether ``batch`` may hold the loop given that nothing else is waiting for it."""
@@ -73,7 +76,7 @@ class ExecutionPlacement:
             return False
         if self.inline_wall_ns is not None and self.inline_wall_ns > ALONE_MAX_NS:
             return False
-        return sum(w.nbytes() for w in batch) <= ALONE_MAX_BYTES
+        return sum(w.nbytes() for w in batch) <= ALONE_MAX_BYTES and not _sends_may_wait(batch)
 
     def ran_on_loop(self, wall_ns: int) -> None:
         self._loop_runs += 1
@@ -90,3 +93,7 @@ class ExecutionPlacement:
         self.thread_cpu_ns = _average(self.thread_cpu_ns, cpu_ns)
         if self.inline_wall_ns is not None:
             self.inline_wall_ns *= _FADE
+
+
+def _sends_may_wait(batch: Sequence[Work]) -> bool:
+    return any(w.info is not None and w.info.responses is not None and w.info.responses.blocking for w in batch)
