@@ -282,13 +282,16 @@ void Call::StartNextWrite(std::unique_lock<std::mutex>& lock) {
   if (!out_.empty()) {
     writing_ = true;
     bool last = reply_ && out_.size() == 1;
+    // More queued behind this message (a stream's responses that came together): let grpc
+    // hold it, so the queue goes out in one write instead of one syscall per message.
+    bool more = out_.size() > 1;
     grpc::ByteBuffer* next = &out_.front();
     if (last) finished_ = true;
     lock.unlock();
     if (last) {
       StartWriteAndFinish(next, grpc::WriteOptions(), status_);
     } else {
-      StartWrite(next);
+      StartWrite(next, more ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions());
     }
     return;
   }

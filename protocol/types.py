@@ -46,7 +46,8 @@ class InferRequest:
     trace: Any = None
     # A decoupled model's responses after the first are taken at most once per this many ns,
     # the final one at once (ResponseChannel's pacing): set by the front ends that write a
-    # stream's waiting responses together (HTTP Server-Sent Events, --stream-interval-us).
+    # stream's waiting responses together (--stream-interval-us: HTTP Server-Sent Events and
+    # gRPC ModelStreamInfer).
     stream_interval_ns: int = 0
     # A decoupled model's responses waiting for the consumer: 0, at most the server's
     # --max-buffered-responses, past which the request fails; more, at most this many, past

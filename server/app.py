@@ -128,7 +128,7 @@ class InferdServer:
             if frontend == "native":
                 limits = s.request_limits
                 self.grpc_server = NativeServer(
-                    service_handlers(self.core, s.grpc_restrictions, limits, self.refusals),
+                    service_handlers(self.core, s.grpc_restrictions, limits, self.refusals, s.stream_interval_us),
                     _address(s.grpc_host(), s.grpc_port),
                     s.grpc_max_message_bytes,
                     channel_arguments(s.grpc_max_message_bytes, limits, s.grpc_channel_options),
@@ -144,6 +144,7 @@ class InferdServer:
                     restrictions=s.grpc_restrictions,
                     limits=s.request_limits,
                     refusals=self.refusals,
+                    stream_interval_us=s.stream_interval_us,
                 )
             await self.grpc_server.start()
             if isinstance(self.grpc_server, NativeServer):  # grpc.aio cannot count its arrivals

@@ -217,10 +217,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         type=_stream_interval,
         default=d.stream_interval_us,
         metavar="US",
-        help="HTTP Server-Sent Event streams only (generate_stream, OpenAI stream: true; not gRPC "
-        "ModelStreamInfer, which writes each response as it comes): after writing to a stream, write its "
-        "next responses together at most this many microseconds later, one event each (default "
-        "%(default)s; 0: write as soon as possible). The first and the final response are never held",
+        help="decoupled models' streams (HTTP generate_stream and OpenAI stream: true, one event per "
+        "response; gRPC ModelStreamInfer, one message per response): after writing to a stream, write its "
+        "next responses together at most this many microseconds later (default %(default)s; 0: write as "
+        "soon as possible). The first and the final response are never held",
     )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default=d.model_control_mode)
     p.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs)

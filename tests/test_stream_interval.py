@@ -1,21 +1,24 @@
 """--stream-interval-us: a decoupled model's responses after a write are held for the interval
 and written together, one event each; the first and the final response are never held, and a
 model that goes quiet has what is held written once the interval is over (protocol/streaming.py,
-server/frontends/http_generate.py)."""
+server/frontends/http_generate.py; gRPC ModelStreamInfer, server/frontends/grpc_service.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import queue
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from inferd.protocol.errors import Cancelled
 from inferd.protocol.streaming import DEFAULT_STREAM_INTERVAL_US, ResponseChannel, _Pacer
 from inferd.server.cli import add_serve_arguments, settings_from_args
@@ -228,6 +231,49 @@ def test_served_openai_stream_is_paced_the_same_way(http: httpx.Client) -> None:
     assert "".join(texts) == "abc" and events[-1][1] == {"done": True}
     held = next(t for t, e in events if "choices" in e and e["choices"][0]["text"] == "b")
     assert INTERVAL_S - 0.05 <= held < INTERVAL_S + 0.25
+
+
+def _grpc_stream(url: str, model: str, text: str, **inputs: int) -> list[tuple[float, Any]]:
+    """(seconds after sending each response arrived, the response) of one ModelStreamInfer request."""
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: results.put((time.monotonic(), (result, error))))
+    tensors = [grpcclient.InferInput("text_input", [1], "BYTES")]
+    tensors[0].set_data_from_numpy(np.array([text.encode()], dtype=object))
+    for name, value in inputs.items():
+        tensors.append(grpcclient.InferInput(name, [1], "INT32" if name == "max_tokens" else "INT64"))
+        tensors[-1].set_data_from_numpy(np.array([value], np.int32 if name == "max_tokens" else np.int64))
+    start = time.monotonic()
+    client.async_stream_infer(model, tensors)
+    out = []
+    while True:
+        at, (result, error) = results.get(timeout=30)
+        assert error is None, error
+        out.append((at - start, result))
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+    client.stop_stream()
+    client.close()
+    return out
+
+
+def _text(result: Any) -> str:
+    return result.as_numpy("text_output").reshape(-1)[0].decode()
+
+
+def test_grpc_stream_is_paced_one_message_per_response(paced_server: RunningServer) -> None:
+    """ModelStreamInfer follows the flag too: one message per response, in order; the first and
+    the final are not held, a response within the interval is held until the interval is over."""
+    quick = _grpc_stream(paced_server.grpc_url, "pieces", "x")
+    assert [_text(r) for _, r in quick] == ["a", "b", "c"]
+    assert quick[0][0] < 0.2 and quick[-1][0] < 0.25
+    quiet = _grpc_stream(paced_server.grpc_url, "pieces", "quiet")
+    assert [_text(r) for _, r in quiet] == ["a", "b", "c"]
+    (a, _), (b, _), (c, _) = quiet
+    assert a < 0.2 and INTERVAL_S - 0.05 <= b < INTERVAL_S + 0.25 and c >= 0.6
+    charlm = _grpc_stream(paced_server.grpc_url, "charlm", "First Citizen:\n", max_tokens=40, seed=7)
+    assert len(charlm) == 40 and all(len(_text(r)) == 1 for _, r in charlm)
+    assert charlm[-1][0] < INTERVAL_S  # the final is not held
 
 
 # --- the flag --------------------------------------------------------------------------------------

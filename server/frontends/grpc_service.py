@@ -95,12 +95,19 @@ def _refused(message: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, core: InferenceCore, limits: RequestLimits | None = None, refusals: Refusals | None = None
+        self,
+        core: InferenceCore,
+        limits: RequestLimits | None = None,
+        refusals: Refusals | None = None,
+        stream_interval_us: int = 0,
     ) -> None:
+        """``stream_interval_us``: the server's ``--stream-interval-us``, how often at most a
+        decoupled request's responses are written to its stream (the first and final never wait)."""
         self.core = core
         self.limits = limits or RequestLimits()
         self.refusals = refusals or Refusals()
         self.codec = InferCodec(core.shared_memory, self.limits.max_elements)
+        self.stream_interval_ns = stream_interval_us * 1000
 
     async def _decode(self, data: bytes, remaining_s: float | None = None) -> InferRequest:
         """``codec.decode``, on a worker thread for a big message that fits no learnt layout."""
@@ -188,6 +195,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     request.traceparent = traceparent
                 if self._decoupled(request):
                     done.set_result(None)
+                    # Paced: the responses of one interval reach the stream together, and the
+                    # native front end writes them in one go.
+                    request.stream_interval_ns = self.stream_interval_ns
                 empty_final = wants_empty_final(request)
                 final = False
                 async with aclosing(self.core.infer_stream(request)) as responses:
@@ -431,10 +441,11 @@ def service_handlers(
     restrictions: Restrictions | None = None,
     limits: RequestLimits | None = None,
     refusals: Refusals | None = None,
+    stream_interval_us: int = 0,
 ) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
     """Every RPC the gRPC port serves, by service and method name; both front ends (grpc.aio
     here, grpc++ in grpc_native.py) run these same handlers."""
-    inference = InferenceServicer(core, limits, refusals)
+    inference = InferenceServicer(core, limits, refusals, stream_interval_us)
     return dict(
         (
             _inference_handlers(inference, restrictions or {}),
@@ -526,6 +537,7 @@ def build_server(
     channel_options: Sequence[tuple[str, int]] = (),
     limits: RequestLimits | None = None,
     refusals: Refusals | None = None,
+    stream_interval_us: int = 0,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the grpc.aio server bound to ``address``; returns it and the bound port. With
     ``credentials`` the port serves TLS only (tls.py); ``restrictions`` guard API categories
@@ -534,7 +546,7 @@ def build_server(
     limits = limits or RequestLimits()
     options = channel_arguments(max_message_bytes, limits, channel_options)
     server = grpc.aio.server(options=options)
-    for service, handlers in service_handlers(core, restrictions, limits, refusals).items():
+    for service, handlers in service_handlers(core, restrictions, limits, refusals, stream_interval_us).items():
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         server.add_registered_method_handlers(service, handlers)
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
