@@ -13,8 +13,12 @@ Goals: at 8 streams, served tokens/s >= 70% of in-process; at every concurrency,
 median TTFT <= 2 x the in-process median TTFT (the prompt's steps and one sampled step, at the
 same concurrency) + one round trip.
 
-The server (``inferd serve``, HTTP, only charlm loaded) runs on CPU 0; the clients and the
-in-process runs on the other CPUs (``--no-pin`` to share).
+With ``--grpc``, each concurrency also has a "served gRPC" row: the same requests on
+``ModelStreamInfer`` from a raw grpc.aio client (one stream per client, one request at a time;
+TTFT from writing the request to the first message). The goals are read on the HTTP rows.
+
+The server (``inferd serve``, HTTP and, with ``--grpc``, gRPC; only charlm loaded) runs on CPU 0;
+the clients and the in-process runs on the other CPUs (``--no-pin`` to share).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness import Bench, markdown, module_main
-from .servers import BUNDLED_REPOSITORY, INFERD_LOADED, split_cpus, start
+from .servers import BUNDLED_REPOSITORY, INFERD_LOADED, INFERD_READY_LINE, split_cpus, start
 
 MODEL = "charlm"
 MODEL_FILE = BUNDLED_REPOSITORY / MODEL / "1" / "model.py"
@@ -40,7 +44,7 @@ HTTP_READY_LINE = "HTTP (KServe v2) listening on"
 
 @dataclass
 class Point:
-    where: str  # "served" | "in-process"
+    where: str  # "served" | "served gRPC" | "in-process" | "in-process batched"
     streams: int
     tokens: int
     seconds: float
@@ -203,6 +207,59 @@ async def served(url: str, streams: int, seconds: float, warmup: float, prompt: 
     return Point("served", streams, sum(counts), seconds, ttfts, errors)
 
 
+async def served_grpc(address: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
+    import grpc
+
+    from ..protocol.pb import grpc_service_pb2 as pb
+    from ..protocol.pb import grpc_service_pb2_grpc as pb_grpc
+
+    def request(seed: int) -> pb.ModelInferRequest:
+        msg = pb.ModelInferRequest(model_name=MODEL)
+        msg.inputs.add(name="text_input", datatype="BYTES", shape=[1]).contents.bytes_contents.append(prompt.encode())
+        msg.inputs.add(name="max_tokens", datatype="INT32", shape=[1]).contents.int_contents.append(max_tokens)
+        msg.inputs.add(name="temperature", datatype="FP32", shape=[1]).contents.fp32_contents.append(0.8)
+        msg.inputs.add(name="seed", datatype="INT64", shape=[1]).contents.int64_contents.append(seed)
+        return msg
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        begin, end = start + warmup, start + warmup + seconds
+        counts = [0] * streams
+        ttfts: list[float] = []
+        errors = 0
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            call = stub.ModelStreamInfer()
+            seed = i
+            while loop.time() < end:
+                sent = loop.time()
+                await call.write(request(seed))
+                first = True
+                while True:
+                    message = await call.read()
+                    now = loop.time()
+                    if message is grpc.aio.EOF:
+                        errors += 1
+                        return
+                    if message.error_message:
+                        errors += 1
+                    if first and begin <= sent:
+                        ttfts.append(now - sent)
+                    first = False
+                    if begin <= now < end and message.infer_response.outputs:
+                        counts[i] += 1
+                    if message.infer_response.parameters["triton_final_response"].bool_param:
+                        break
+                seed += streams
+            await call.done_writing()
+
+        await asyncio.gather(*(one(i) for i in range(streams)))
+    return Point("served gRPC", streams, sum(counts), seconds, ttfts, errors)
+
+
 async def round_trip(url: str, n: int = 200) -> float:
     import httpx
 
@@ -215,15 +272,23 @@ async def round_trip(url: str, n: int = 200) -> float:
     return statistics.median(times)
 
 
-def start_server(cpus: list[int] | None) -> Any:
+def start_server(cpus: list[int] | None, grpc: bool = False) -> Any:
     argv = [
         sys.executable,
         *("-m", "inferd.server.cli", "serve"),
         *("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"),
-        *("--allow-grpc", "false", "--allow-metrics", "false"),
+        *("--allow-grpc", "true" if grpc else "false", "--allow-metrics", "false"),
         *("--model-repository", str(BUNDLED_REPOSITORY), "--model-control-mode", "explicit", "--load-model", MODEL),
     ]
     return start("inferd", argv, cpus, ready_line=HTTP_READY_LINE, wait_for=INFERD_LOADED)
+
+
+def grpc_address(server: Any) -> str:
+    """The gRPC port the server logged (it binds gRPC before HTTP)."""
+    for line in server.log:
+        if INFERD_READY_LINE in line:
+            return "127.0.0.1:" + line.rsplit(":", 1)[1].split()[0]
+    raise RuntimeError("the server logged no gRPC port")
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -231,7 +296,7 @@ def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
     # The ceiling is the better of the two in-process drives at each concurrency.
     inproc: dict[int, Point] = {}
     for p in points:
-        if p.where != "served" and (p.streams not in inproc or p.rate > inproc[p.streams].rate):
+        if not p.where.startswith("served") and (p.streams not in inproc or p.rate > inproc[p.streams].rate):
             inproc[p.streams] = p
     rows, lines, ok = [], [], True
     for p in points:
@@ -244,7 +309,7 @@ def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
                 f"{p.rate / p.streams:,.0f}",
                 f"{p.ttft() * 1e3:.2f}",
                 f"{p.ttft(0.9) * 1e3:.2f}",
-                f"{p.rate / base.rate:.0%}" if p.where == "served" and base.rate else "-",
+                f"{p.rate / base.rate:.0%}" if p.where.startswith("served") and base.rate else "-",
                 str(p.errors),
             ]
         )
@@ -284,6 +349,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=128, help="characters per request (default 128)")
     p.add_argument("--prompt", default="First Citizen:\n", help="the prompt (default 'First Citizen:\\n')")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients apart")
+    p.add_argument("--grpc", action="store_true", help="also stream over gRPC ModelStreamInfer (a row per concurrency)")
 
 
 def run(a: argparse.Namespace) -> int:
@@ -294,14 +360,18 @@ def run(a: argparse.Namespace) -> int:
     )
     generator = load_generator()
     points: list[Point] = []
-    server = start_server(server_cpus)
+    server = start_server(server_cpus, a.grpc)
     try:
         url = f"http://{server.url}"
+        address = grpc_address(server) if a.grpc else ""
         rtt = asyncio.run(round_trip(url))
+        drives = ("in-process", "in-process batched", "served", *(("served gRPC",) if a.grpc else ()))
         for streams in a.concurrency:
-            for where in ("in-process", "in-process batched", "served"):
+            for where in drives:
                 if where == "served":
                     point = asyncio.run(served(url, streams, a.duration, a.warmup, a.prompt, a.max_tokens))
+                elif where == "served gRPC":
+                    point = asyncio.run(served_grpc(address, streams, a.duration, a.warmup, a.prompt, a.max_tokens))
                 elif where == "in-process":
                     point = in_process(generator, streams, a.duration, a.warmup, a.prompt, a.max_tokens)
                 else:

@@ -72,11 +72,14 @@ def test_protocol_benchmark_runs_end_to_end() -> None:
 
 @pytest.mark.slow
 def test_generate_benchmark_runs_end_to_end() -> None:
-    done = inferd(*("perf", "bench", "generate", "--concurrency", "1", "--duration", "0.3", "--warmup", "0.1"))
+    done = inferd(
+        *("perf", "bench", "generate", "--concurrency", "1", "--duration", "0.3", "--warmup", "0.1", "--grpc")
+    )
     assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a goal not met on this machine
     rows = [r.split("|")[1:-1] for r in done.stdout.splitlines() if r.startswith(("| in-process ", "| served "))]
-    assert [r[0].strip() for r in rows] == ["in-process", "in-process batched", "served"]
-    assert all(float(r[2].replace(",", "")) > 0 for r in rows) and rows[2][-1].strip() == "0"
+    assert [r[0].strip() for r in rows] == ["in-process", "in-process batched", "served", "served gRPC"]
+    assert all(float(r[2].replace(",", "")) > 0 for r in rows)
+    assert rows[2][-1].strip() == "0" and rows[3][-1].strip() == "0"
     assert "TTFT" in done.stdout
 
 
