@@ -9,11 +9,12 @@ loop, woken through ``loop.call_soon_threadsafe`` only while it waits.
 The channel is bounded: at most ``limit`` responses wait for a consumer that reads slower than
 the model sends (the server's ``--max-buffered-responses``). The send that would exceed it
 fails in the model, the request is cancelled (the model sees ``is_cancelled()``), and the
-consumer reads the responses already buffered and then the error. A ``blocking`` channel (an
-ensemble step under ``max_inflight_requests``) instead makes that send wait until the consumer
-takes a response, the request ends or is cancelled: back-pressure on the model, as Triton
-pauses a faster upstream step. Only a send from another thread than the consumer's loop waits
-(the loop cannot wait for itself); one from the loop fails as above.
+consumer reads the responses already buffered and then the error. A channel with a ``window``
+(an ensemble step under ``max_inflight_requests``) also makes a send that finds ``window``
+responses waiting wait until the consumer takes one, the request ends or is cancelled:
+back-pressure on the model, as Triton pauses a faster upstream step. Only a send from another
+thread than the consumer's loop waits (the loop cannot wait for itself: a nested ensemble sends
+from it); one from the loop goes on up to ``limit``.
 
 A channel may be paced (``interval_ns``, the server's ``--stream-interval-us``, set by the
 front ends that write a stream's waiting responses together): once the consumer has taken
@@ -84,7 +85,7 @@ class ResponseChannel:
         limit: int = DEFAULT_BUFFERED_RESPONSES,
         label: str = "",
         interval_ns: int = 0,
-        blocking: bool = False,
+        window: int = 0,
     ) -> None:
         self._loop = loop
         self._loop_thread = threading.get_ident() if loop is not None else 0
@@ -95,9 +96,9 @@ class ResponseChannel:
         self.label = label or f"model '{model_name}' version {model_version}"
         self._items: deque[tuple[InferResponse, int]] = deque()  # (response, monotonic ns when sent)
         self._lock = threading.Lock()
-        # Blocking: a send that finds ``limit`` responses waiting waits here for room.
-        self.blocking = blocking
-        self._room = threading.Condition(self._lock) if blocking else None
+        # A send from another thread that finds ``window`` responses waiting waits here for room.
+        self.window = window
+        self._room = threading.Condition(self._lock) if window else None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False  # the model sent the final flag (or was failed): sends raise from here on
         self._ended = False  # nothing more reaches the consumer
@@ -156,8 +157,8 @@ class ResponseChannel:
             if self._ended:
                 return  # cancelled: dropped, as Triton drops them
             if response is not None:
-                if len(self._items) >= self.limit and self._room is not None and not self._on_loop():
-                    while len(self._items) >= self.limit and not self._ended:
+                if self._room is not None and len(self._items) >= self.window and not self._on_loop():
+                    while len(self._items) >= self.window and not self._ended:
                         self._room.wait()
                     if self._ended:
                         return  # cancelled while it waited: dropped

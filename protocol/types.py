@@ -49,9 +49,9 @@ class InferRequest:
     # stream's waiting responses together (--stream-interval-us: HTTP Server-Sent Events and
     # gRPC ModelStreamInfer).
     stream_interval_ns: int = 0
-    # A decoupled model's responses waiting for the consumer: 0, at most the server's
-    # --max-buffered-responses, past which the request fails; more, at most this many, past
-    # which the model's send waits for room (an ensemble's max_inflight_requests).
+    # A decoupled model's responses waiting for the consumer past which its send (from another
+    # thread than the loop's) waits for room (an ensemble's max_inflight_requests); 0: never
+    # waits. The server's --max-buffered-responses bounds them either way.
     response_window: int = 0
 
 

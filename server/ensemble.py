@@ -382,9 +382,9 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
     With ``max_inflight_requests`` (``plan.max_inflight``), a step already running that many
     requests for this request takes the next flow that reaches it only when one of them ends
     (in the order they came); while any flow waits so, no decoupled step's next response is
-    read, and each decoupled step's channel holds at most that many responses, past which its
-    model's send waits: the faster upstream model is paused, as in Triton, and what the request
-    holds stays bounded."""
+    read, and a decoupled step's model that sends from its own threads finds at most that many
+    responses waiting, past which its send waits: the faster upstream model is paused, as in
+    Triton, and what the request holds stays bounded."""
 
     def __init__(
         self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str, layout: DecoupledLayout

@@ -112,16 +112,15 @@ class ModelVersion:
         consumer: see ResponseChannel) is raised after the responses sent before it. Closing
         the iteration early cancels the request: the model sees ``is_cancelled()``."""
         start = time.monotonic_ns()
-        window = request.response_window
         channel = ResponseChannel(
             asyncio.get_running_loop(),
             self.name,
             str(self.version),
             request.id,
-            window or limit,
+            limit,
             self.label,
             request.stream_interval_ns,
-            blocking=window > 0,
+            request.response_window,
         )
         run = asyncio.ensure_future(self.infer(request, channel))
         run.add_done_callback(partial(_executed, channel))

@@ -279,9 +279,9 @@ def test_a_decoupled_step_at_the_bound_goes_on_while_the_one_before_it_waits(ser
 
 
 # --- the channel ---------------------------------------------------------------------------------
-def test_a_blocking_channel_makes_a_thread_wait_for_room_and_the_loop_fail() -> None:
+def test_a_window_makes_a_thread_wait_for_room_and_the_loop_go_on_to_the_limit() -> None:
     async def main() -> None:
-        channel = ResponseChannel(asyncio.get_running_loop(), "m", "1", limit=2, blocking=True)
+        channel = ResponseChannel(asyncio.get_running_loop(), "m", "1", limit=4, window=2)
         channel.send({"i": np.array([0])})
         channel.send({"i": np.array([1])})
         sent = threading.Event()
@@ -293,15 +293,17 @@ def test_a_blocking_channel_makes_a_thread_wait_for_room_and_the_loop_fail() -> 
         assert item is not None and int(item[0].outputs["i"][0]) == 0
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
         assert sent.is_set()
-        with pytest.raises(ChannelOverflow):  # on the consumer's own loop a send cannot wait
-            channel.send({"i": np.array([3])})
+        channel.send({"i": np.array([3])})  # on the consumer's own loop a send cannot wait: it goes on
+        channel.send({"i": np.array([4])})  # ... to the limit (4 waiting)
+        with pytest.raises(ChannelOverflow):
+            channel.send({"i": np.array([5])})
 
     asyncio.run(main())
 
 
-def test_cancelling_a_blocking_channel_releases_a_waiting_send() -> None:
+def test_cancelling_a_windowed_channel_releases_a_waiting_send() -> None:
     async def main() -> None:
-        channel = ResponseChannel(asyncio.get_running_loop(), "m", "1", limit=1, blocking=True)
+        channel = ResponseChannel(asyncio.get_running_loop(), "m", "1", window=1)
         channel.send({"i": np.array([0])})
         thread = threading.Thread(target=channel.send, args=({"i": np.array([1])},))
         thread.start()

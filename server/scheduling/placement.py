@@ -23,7 +23,7 @@ may be a full garbage collection or the kernel switching the loop out, which any
 While a request is the server's only one (load.py), the limits are ALONE_MAX_NS and
 ALONE_MAX_BYTES instead: nothing else waits for the loop, so the hop would only add latency.
 
-A request whose model's sends may wait for its consumer (a blocking response channel: an
+A request whose model's sends may wait for its consumer (a response channel with a window: an
 ensemble step under max_inflight_requests) never runs on the loop: the consumer is the loop.
 """
 
@@ -96,4 +96,4 @@ class ExecutionPlacement:
 
 
 def _sends_may_wait(batch: Sequence[Work]) -> bool:
-    return any(w.info is not None and w.info.responses is not None and w.info.responses.blocking for w in batch)
+    return any(w.info is not None and w.info.responses is not None and w.info.responses.window for w in batch)
