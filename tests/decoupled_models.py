@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .models import write_python
+
 # Triton's repeat example, in its flow: IN's elements come back one response each, the i-th
 # after DELAY[i] ms, from a thread the model starts; execute returns after WAIT ms; the final
 # flag is sent alone. A response's parameters carry its index.
@@ -217,20 +219,13 @@ ensemble_scheduling { step [
 """
 
 
-def _model(repo: Path, name: str, code: str, config: str) -> None:
-    (repo / name / "1").mkdir(parents=True)
-    (repo / name / "1" / "model.py").write_text(code)
-    (repo / name / "config.pbtxt").write_text(config)
-
-
 def build(repo: Path) -> Path:
-    _model(repo, "repeat", REPEAT, REPEAT_CONFIG.format(name="repeat"))
-    _model(repo, "square", SQUARE, SQUARE_CONFIG)
+    write_python(repo, "repeat", REPEAT_CONFIG.format(name="repeat"), REPEAT)
+    write_python(repo, "square", SQUARE_CONFIG, SQUARE)
     (repo / "square" / "warmup").mkdir()
     (repo / "square" / "warmup" / "three").write_bytes((3).to_bytes(4, "little"))
-    _model(repo, "endless", ENDLESS, ENDLESS_CONFIG)
-    _model(repo, "params", PARAMS, PARAMS_CONFIG)
-    _model(repo, "double", DOUBLE, DOUBLE_CONFIG)
-    (repo / "double_then_repeat" / "1").mkdir(parents=True)
-    (repo / "double_then_repeat" / "config.pbtxt").write_text(PIPELINE_CONFIG)
+    write_python(repo, "endless", ENDLESS_CONFIG, ENDLESS)
+    write_python(repo, "params", PARAMS_CONFIG, PARAMS)
+    write_python(repo, "double", DOUBLE_CONFIG, DOUBLE)
+    write_python(repo, "double_then_repeat", PIPELINE_CONFIG)
     return repo

@@ -31,6 +31,17 @@ def write(repo: Path, name: str, config: str | None, model: onnx.ModelProto | No
     return folder
 
 
+def write_python(repo: Path, name: str, config: str, code: str | None = None) -> Path:
+    """A model folder with ``config.pbtxt`` and version 1: its ``model.py`` (a Python model) or
+    nothing (an ensemble)."""
+    folder = repo / name
+    (folder / "1").mkdir(parents=True)
+    if code is not None:
+        (folder / "1" / "model.py").write_text(code)
+    (folder / "config.pbtxt").write_text(config)
+    return folder
+
+
 def binary_model(op: str, elem_type: int, size: int = 4) -> onnx.ModelProto:
     """OUTPUT0 = op(INPUT0, INPUT1) over [batch, size]."""
     shape = ["batch", size]

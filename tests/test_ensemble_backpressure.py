@@ -10,7 +10,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import tritonclient.grpc as grpcclient
 from inferd.protocol.streaming import ChannelOverflow, ResponseChannel
 
 from .conftest import RunningServer, start_server, test_settings
+from .models import write_python
 
 COUNT = 20
 SLOW_S = 0.02
@@ -166,23 +166,16 @@ ensemble_scheduling {
 """
 
 
-def _model(repo: Path, name: str, config: str, code: str | None = None) -> None:
-    (repo / name / "1").mkdir(parents=True)
-    if code is not None:
-        (repo / name / "1" / "model.py").write_text(code)
-    (repo / name / "config.pbtxt").write_text(config)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("ensemble_backpressure")
-    _model(repo, "burst", BURST_CONFIG, BURST)
-    _model(repo, "slow", SLOW_CONFIG, SLOW)
-    _model(repo, "bounded", ensemble("bounded", "max_inflight_requests: 2"))
-    _model(repo, "unbounded", ensemble("unbounded", ""))
-    _model(repo, "plain", PLAIN)
-    _model(repo, "fan", FAN_CONFIG, FAN)
-    _model(repo, "nested", NESTED)
+    write_python(repo, "burst", BURST_CONFIG, BURST)
+    write_python(repo, "slow", SLOW_CONFIG, SLOW)
+    write_python(repo, "bounded", ensemble("bounded", "max_inflight_requests: 2"))
+    write_python(repo, "unbounded", ensemble("unbounded", ""))
+    write_python(repo, "plain", PLAIN)
+    write_python(repo, "fan", FAN_CONFIG, FAN)
+    write_python(repo, "nested", NESTED)
     running = start_server(test_settings(repo))
     yield running
     running.stop()

@@ -14,7 +14,6 @@ import queue
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,6 +32,7 @@ from inferd.server.ensemble import decoupled_layout, plan_ensemble
 from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, start_server, test_settings
+from .models import write_python
 
 # Text -> its characters' codes.
 TOKENIZE = """
@@ -225,22 +225,15 @@ ensemble_scheduling {{ step [
 """
 
 
-def _model(repo: Path, name: str, config: str, code: str | None = None) -> None:
-    (repo / name / "1").mkdir(parents=True)
-    if code is not None:
-        (repo / name / "1" / "model.py").write_text(code)
-    (repo / name / "config.pbtxt").write_text(config)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo = tmp_path_factory.mktemp("ensemble_decoupled")
-    _model(repo, "tokenize", TOKENIZE_CONFIG, TOKENIZE)
-    _model(repo, "generate", GENERATE_CONFIG, GENERATE)
-    _model(repo, "detokenize", DETOKENIZE_CONFIG, DETOKENIZE)
-    _model(repo, "fanout", FANOUT_CONFIG, FANOUT)
-    _model(repo, "pipeline", PIPELINE)
-    _model(repo, "chained", CHAINED)
+    write_python(repo, "tokenize", TOKENIZE_CONFIG, TOKENIZE)
+    write_python(repo, "generate", GENERATE_CONFIG, GENERATE)
+    write_python(repo, "detokenize", DETOKENIZE_CONFIG, DETOKENIZE)
+    write_python(repo, "fanout", FANOUT_CONFIG, FANOUT)
+    write_python(repo, "pipeline", PIPELINE)
+    write_python(repo, "chained", CHAINED)
     running = start_server(test_settings(repo))
     yield running
     running.stop()
