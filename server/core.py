@@ -29,7 +29,7 @@ from .model_files import DEFAULT_MAX_BYTES, check_files
 from .repository import check_model_name
 from .shm import RegionStatus, SharedMemoryRegistry, write_outputs
 from .stats import ModelStats
-from .tracing import RequestTrace, Tracer
+from .tracing import AnyTrace, Tracer
 from .traffic import policy_from_json
 
 SERVER_NAME = "inferd"
@@ -111,9 +111,9 @@ class InferenceCore:
 
     # Tracing on: the request is traced when the tracer samples it (or its caller's trace
     # continues); the span ends with the core's answer.
-    def _start_trace(self, request: InferRequest) -> RequestTrace | None:
+    def _start_trace(self, request: InferRequest) -> AnyTrace | None:
         trace = self.tracer.start(
-            request.model_name, request.model_version, request.id, request.traceparent, request.inputs
+            request.model_name, request.model_version, request.id, request.traceparent, request.inputs, request.received
         )
         request.trace = trace
         return trace

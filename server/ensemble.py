@@ -274,7 +274,7 @@ class EnsembleScheduler(Scheduler):
                     )
                     if trace is not None:
                         request.trace = step_traces[step.index] = trace.step(
-                            step.model_name, step.model_version, step.index
+                            step.model_name, step.model_version, step.index, request.inputs
                         )
                     running[asyncio.ensure_future(self.caller.infer(request))] = step
                 if not running:
@@ -445,7 +445,7 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
             )
             span = None
             if trace is not None:
-                request.trace = span = trace.step(step.model_name, step.model_version, step.index)
+                request.trace = span = trace.step(step.model_name, step.model_version, step.index, request.inputs)
             inflight[step.index] += 1
             if step.index in layout.decoupled:
                 stream = self.caller.infer_stream(request)

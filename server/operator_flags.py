@@ -12,7 +12,7 @@ from typing import Any
 from .flag_values import parse_bool
 from .frontends.access import build_restrictions, parse_restriction
 from .tls import TlsError, TlsFiles, check_files
-from .tracing import parse_trace_config
+from .tracing import DEPRECATED_FLAGS, parse_trace_config
 
 PORTS = ("grpc", "http", "metrics")
 
@@ -71,9 +71,18 @@ def add_operator_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="[MODE,]SETTING=VALUE",
         help="tracing, as Triton's flag: level=OFF|TIMESTAMPS|TENSORS, rate=N (every N-th request), count=N "
-        "(-1: no limit), mode=opentelemetry, opentelemetry,url=URL, opentelemetry,resource=KEY=VALUE, "
+        "(-1: no limit), mode=opentelemetry|triton (default opentelemetry), triton,file=PATH, "
+        "triton,log-frequency=N, opentelemetry,url=URL, opentelemetry,resource=KEY=VALUE, "
         "opentelemetry,bsp_max_queue_size|bsp_schedule_delay|bsp_max_export_batch_size=N (repeatable)",
     )
+    for flag, (setting, placeholder) in DEPRECATED_FLAGS.items():
+        p.add_argument(
+            f"--{flag}",
+            action="append",
+            default=[],
+            metavar="VALUE",
+            help=f"deprecated in Triton: --trace-config {setting}=<{placeholder}>",
+        )
 
 
 def _tls(a: argparse.Namespace, port: str) -> TlsFiles | None:
@@ -113,5 +122,7 @@ def _settings(a: argparse.Namespace) -> dict[str, Any]:
             a.grpc_restricted_protocol, "--grpc-restricted-protocol", prefix="triton-grpc-protocol-"
         ),
         "http_restrictions": build_restrictions(a.http_restricted_api, "--http-restricted-api"),
-        "trace": parse_trace_config(a.trace_config),
+        "trace": parse_trace_config(
+            a.trace_config, {flag: getattr(a, flag.replace("-", "_")) for flag in DEPRECATED_FLAGS}
+        ),
     }

@@ -1,5 +1,7 @@
-"""Request tracing with OpenTelemetry, configured as Triton configures it (``--trace-config``,
-the TraceSetting RPC and ``/v2[/models/<m>]/trace/setting``).
+"""Request tracing, configured as Triton configures it (``--trace-config``, the TraceSetting RPC
+and ``/v2[/models/<m>]/trace/setting``), in Triton's two modes: ``opentelemetry`` (spans,
+described here; inferd's default) and ``triton`` (JSON trace files: trace_file.py), chosen by
+``mode=`` or by giving a mode's own settings (``triton,file=...``, ``opentelemetry,url=...``).
 
 A traced request is one span named after its model (kind SERVER, Triton's ``triton.*``
 attributes) with children ``queue``, ``compute_input``, ``compute_infer`` and
@@ -14,14 +16,15 @@ TENSORS adds each input's and output's name, datatype and shape as span events (
 data). Settings are global, and per model once a model is given its own; a model's setting
 that was never given (or was cleared) follows the global one.
 
-Cost: with every level OFF, ``Tracer.active`` is False, front ends and the core test only it,
-and OpenTelemetry is never imported. A traced request adds a few tuples on the event loop;
-trace_export.py batches and exports them over OTLP/HTTP (``opentelemetry,url=...``,
-``bsp_*``) on its own thread.
+Cost: with every level OFF (or, in the triton mode, no file), ``Tracer.active`` is False, front
+ends and the core test only it, and neither OpenTelemetry nor the file writer is started. A
+traced request adds a few tuples on the event loop; trace_export.py batches and exports them
+over OTLP/HTTP (``opentelemetry,url=...``, ``bsp_*``) on its own thread.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -42,6 +45,7 @@ from .trace_export import (
     available,
     resource_attributes,
 )
+from .trace_file import FileTrace, FileTracer
 
 if TYPE_CHECKING:
     from .stats import ExecutionTimes
@@ -53,23 +57,33 @@ DEFAULT_RATE = 1000
 DEFAULT_URL = "http://localhost:4318/v1/traces"
 DEFAULT_SERVICE = "inferd"
 BSP_SETTINGS = ("bsp_max_queue_size", "bsp_schedule_delay", "bsp_max_export_batch_size")
-TRITON_MODE = (
-    "Triton's 'triton' trace mode (JSON trace files) is not implemented by inferd; use "
-    "--trace-config mode=opentelemetry (spans exported over OTLP/HTTP)"
-)
+MODES = ("opentelemetry", "triton")
+# Triton's deprecated flags: the --trace-config setting each one gives, and its placeholder.
+DEPRECATED_FLAGS = {
+    "trace-file": ("triton,file", "filepath"),
+    "trace-level": ("level", "OFF|TIMESTAMPS|TENSORS"),
+    "trace-rate": ("rate", "rate value"),
+    "trace-count": ("count", "count value"),
+    "trace-log-frequency": ("triton,log-frequency", "log frequency value"),
+}
+NO_FILE = "trace file name is not given"
 
 
 # --- --trace-config -----------------------------------------------------------------------------
 @dataclass
 class TraceConfig:
-    """What ``--trace-config`` said: global settings and the OpenTelemetry exporter's."""
+    """What ``--trace-config`` said: global settings, the mode, and the mode's own settings."""
 
     level: tuple[str, ...] = ()  # empty: OFF
     rate: int = DEFAULT_RATE
     count: int = -1
+    mode: str = "opentelemetry"
     url: str = DEFAULT_URL
     resource: dict[str, str] = field(default_factory=dict)
     bsp: dict[str, int] = field(default_factory=dict)
+    file: str = ""  # triton mode
+    log_frequency: int = 0  # triton mode
+    warnings: list[str] = field(default_factory=list)  # logged when the server starts
 
 
 def _uint(setting: str, text: str) -> int:
@@ -100,51 +114,41 @@ def _level(levels: tuple[str, ...], text: str) -> tuple[str, ...]:
     return levels if word in levels else (*levels, word)
 
 
-def parse_trace_config(values: Iterable[str]) -> TraceConfig:
+def parse_trace_config(values: Iterable[str], deprecated: Mapping[str, Iterable[str]] | None = None) -> TraceConfig:
     """Every ``--trace-config`` value, in order: ``<setting>=<value>`` (global) or
-    ``<mode>,<setting>=<value>`` (the mode's own); raises ValueError naming what is wrong."""
+    ``<mode>,<setting>=<value>`` (the mode's own), after the values of Triton's deprecated
+    flags (``deprecated``: flag name -> its values), which they override as in Triton; raises
+    ValueError naming what is wrong."""
     config = TraceConfig()
-    for text in values:
-        head, equals, value = text.partition("=")
-        mode, comma, setting = head.rpartition(",") if "," in head else ("", "", head)
-        if not equals or not setting or not value:
-            raise ValueError(f"--trace-config takes <setting>=<value> or <mode>,<setting>=<value>, got '{text}'")
-        if mode == "triton":
-            raise ValueError(f"--trace-config {text}: {TRITON_MODE}")
-        if mode == "opentelemetry":
-            if setting == "url":
-                config.url = value
-            elif setting == "resource":
-                key, eq, attr = value.partition("=")
-                if not eq or not key:
-                    raise ValueError(f"--trace-config opentelemetry,resource takes <key>=<value>, got '{value}'")
-                config.resource[key] = attr
-            elif setting in BSP_SETTINGS:
-                config.bsp[setting] = _uint(setting, value)
-            else:
-                raise ValueError(
-                    f"--trace-config: the opentelemetry mode has no setting '{setting}' (it has url, resource, "
-                    f"{', '.join(BSP_SETTINGS)})"
-                )
+    modes: dict[str, str] = {}  # mode -> the first value that selected it
+    values = list(values)
+    given = {text.partition("=")[0] for text in values}
+    for flag, (setting, placeholder) in DEPRECATED_FLAGS.items():
+        flag_values = list((deprecated or {}).get(flag, ()))
+        if not flag_values:
             continue
-        if mode:
-            raise ValueError(f"--trace-config: unknown trace mode '{mode}' (inferd has 'opentelemetry')")
-        if setting == "mode":
-            if value == "triton":
-                raise ValueError(f"--trace-config mode=triton: {TRITON_MODE}")
-            if value != "opentelemetry":
-                raise ValueError(f"--trace-config mode must be opentelemetry (or Triton's triton), not '{value}'")
-        elif setting == "level":
-            config.level = _level(config.level, value)
-        elif setting == "rate":
-            config.rate = _uint("rate", value)
-        elif setting == "count":
-            config.count = _count(value)
-        elif setting in ("file", "log-frequency", "log_frequency"):
-            raise ValueError(f"--trace-config {setting}: {TRITON_MODE}")
-        else:
-            raise ValueError(f"--trace-config: unknown setting '{setting}' (global ones: level, rate, count, mode)")
-    if config.level and not available():
+        config.warnings.append(
+            f"'--{flag}' has been deprecated and will be removed in future releases. Please use "
+            f"'--trace-config {setting}=<{placeholder}>' instead."
+        )
+        if setting in given and setting != "level":
+            config.warnings.append(
+                f"Overriding deprecated '--{flag}' in favor of the value in --trace-config {setting}"
+            )
+        for value in flag_values:
+            try:
+                _apply(config, f"{setting}={value}", modes, f"--{flag}={value}")
+            except ValueError as e:
+                raise ValueError(f"--{flag}={value}: {e}") from None
+    for text in values:
+        _apply(config, text, modes, f"--trace-config {text}")
+    if len(modes) > 1:
+        raise ValueError(
+            f"{modes['triton']} and {modes['opentelemetry']} select different trace modes (triton, "
+            "opentelemetry): give the settings of one mode"
+        )
+    config.mode = next(iter(modes), "opentelemetry")
+    if config.mode == "opentelemetry" and config.level and not available():
         raise ValueError(f"--trace-config level={','.join(config.level)}: {MISSING}")
     bsp = config.bsp
     if bsp.get("bsp_max_export_batch_size", 512) > bsp.get("bsp_max_queue_size", 2048):
@@ -152,19 +156,73 @@ def parse_trace_config(values: Iterable[str]) -> TraceConfig:
     return config
 
 
+def _apply(config: TraceConfig, text: str, modes: dict[str, str], source: str) -> None:
+    """One ``[<mode>,]<setting>=<value>``; ``modes`` notes which mode it selects, if one."""
+    head, equals, value = text.partition("=")
+    mode, _, setting = head.rpartition(",") if "," in head else ("", "", head)
+    if not equals or not setting or not value:
+        raise ValueError(f"--trace-config takes <setting>=<value> or <mode>,<setting>=<value>, got '{text}'")
+    if mode == "triton":
+        if setting == "file":
+            config.file = value
+        elif setting in ("log-frequency", "log_frequency"):
+            config.log_frequency = _uint("triton,log-frequency", value)
+        else:
+            raise ValueError(f"--trace-config: the triton mode has no setting '{setting}' (it has file, log-frequency)")
+    elif mode == "opentelemetry":
+        if setting == "url":
+            config.url = value
+        elif setting == "resource":
+            key, eq, attr = value.partition("=")
+            if not eq or not key:
+                raise ValueError(f"--trace-config opentelemetry,resource takes <key>=<value>, got '{value}'")
+            config.resource[key] = attr
+        elif setting in BSP_SETTINGS:
+            config.bsp[setting] = _uint(setting, value)
+        else:
+            raise ValueError(
+                f"--trace-config: the opentelemetry mode has no setting '{setting}' (it has url, resource, "
+                f"{', '.join(BSP_SETTINGS)})"
+            )
+    elif mode:
+        raise ValueError(f"--trace-config: unknown trace mode '{mode}' (triton or opentelemetry)")
+    elif setting == "mode":
+        mode = value.lower()
+        if mode not in MODES:
+            raise ValueError(f"--trace-config mode must be triton or opentelemetry, not '{value}'")
+    elif setting == "level":
+        config.level = _level(config.level, value)
+    elif setting == "rate":
+        config.rate = _uint("rate", value)
+    elif setting == "count":
+        config.count = _count(value)
+    elif setting in ("file", "log-frequency", "log_frequency"):
+        raise ValueError(f"--trace-config {text}: '{setting}' is a setting of the triton mode: triton,{setting}=...")
+    else:
+        raise ValueError(f"--trace-config: unknown setting '{setting}' (global ones: level, rate, count, mode)")
+    if mode:
+        modes.setdefault(mode, source)
+
+
 # --- settings, global and per model -------------------------------------------------------------
 class _Setting:
     """One setting object: the global one, or a model's. A model's fields not in ``own``
-    follow the global ones. Sampling state (requests seen, traces left) lives here."""
+    follow the global ones. Sampling state (requests seen, traces left) lives here, and, in
+    the triton mode, which of its traces are running and collected (trace_file.FileSetting)."""
 
-    __slots__ = ("level", "rate", "count", "own", "seen")
+    __slots__ = ("level", "rate", "count", "log_frequency", "own", "seen", "key", "inflight", "pending")
+    _keys = itertools.count()
 
-    def __init__(self, level: tuple[str, ...], rate: int, count: int) -> None:
+    def __init__(self, level: tuple[str, ...], rate: int, count: int, log_frequency: int) -> None:
         self.level = level
         self.rate = rate
         self.count = count
+        self.log_frequency = log_frequency
         self.own: set[str] = set()
         self.seen = 0
+        self.key = next(self._keys)
+        self.inflight = 0
+        self.pending = 0
 
     def sample(self) -> bool:
         if not self.level or self.rate == 0 or self.count == 0:
@@ -179,16 +237,22 @@ class _Setting:
 
 
 class Tracer:
-    """The server's trace settings and, once a level is on, its OpenTelemetry tracer."""
+    """The server's trace settings and, once a level is on, its OpenTelemetry tracer or its
+    trace file's writer."""
 
     def __init__(self, config: TraceConfig | None = None, exporter: Any = None) -> None:
-        self.config = config if config is not None else TraceConfig()
-        self.global_setting = _Setting(self.config.level, self.config.rate, self.config.count)
+        self.config = c = config if config is not None else TraceConfig()
+        self.triton = c.mode == "triton"
+        self.global_setting = _Setting(c.level, c.rate, c.count, c.log_frequency)
         self.models: dict[str, _Setting] = {}
         # The one test every request makes: False while every level is OFF.
         self.active = False
         self._exporter = exporter  # tests and embedders: spans go there instead of OTLP
-        self._sink: SdkSink | OtlpHttpSink | None = None
+        self._sink: SdkSink | OtlpHttpSink | FileTracer | None = None
+        for warning in c.warnings:
+            log.warning("tracing: %s", warning)
+        if self.triton and c.level and not c.file:
+            log.warning("tracing: no request is traced: %s (--trace-config triton,file=<path>)", NO_FILE)
         self._refresh()
 
     def use_exporter(self, exporter: Any) -> None:
@@ -200,27 +264,35 @@ class Tracer:
         self._refresh()
 
     def _refresh(self) -> None:
-        self.active = bool(self.global_setting.level) or any(s.level for s in self.models.values())
+        c = self.config
+        levels = bool(self.global_setting.level) or any(s.level for s in self.models.values())
+        self.active = levels and (bool(c.file) or not self.triton)  # Triton's "trace file name is not given"
         if self.active and self._sink is None:
-            resource = resource_attributes(self.config.resource)
+            if self.triton:
+                self._sink = FileTracer(c.file)
+                every = f", every {c.log_frequency} traces to {c.file}.<k>" if c.log_frequency else ""
+                log.info("tracing: Triton trace file %s%s", c.file, every)
+                return
+            resource = resource_attributes(c.resource)
             if self._exporter is not None:
                 self._sink = SdkSink(self._exporter, resource)
             else:
-                self._sink = OtlpHttpSink(self.config.url, resource, self.config.bsp)
-                log.info("tracing: OpenTelemetry spans to %s (OTLP/HTTP)", self.config.url)
+                self._sink = OtlpHttpSink(c.url, resource, c.bsp)
+                log.info("tracing: OpenTelemetry spans to %s (OTLP/HTTP)", c.url)
 
     # --- TraceSetting ---------------------------------------------------------------------------
     def settings(self, model: str = "") -> dict[str, list[str]]:
-        """Triton's trace settings answer (every value a list of strings)."""
+        """Triton's trace settings answer (every value a list of strings), in Triton's order."""
         s = self.models.get(model, self.global_setting) if model else self.global_setting
         c = self.config
-        answer = {
-            "trace_level": list(s.level) or ["OFF"],
-            "trace_rate": [str(s.rate)],
-            "trace_count": [str(s.count)],
-            "trace_mode": ["opentelemetry"],
-            "url": [c.url],
-        }
+        answer = {"trace_level": list(s.level) or ["OFF"], "trace_rate": [str(s.rate)], "trace_count": [str(s.count)]}
+        if self.triton:
+            answer["log_frequency"] = [str(s.log_frequency)]
+            answer["trace_file"] = [c.file]
+            answer["trace_mode"] = ["triton"]
+            return answer
+        answer["trace_mode"] = ["opentelemetry"]
+        answer["url"] = [c.url]
         if c.resource:
             answer["resource"] = [f"{k}={v}" for k, v in c.resource.items()]
         for key in BSP_SETTINGS:
@@ -232,26 +304,35 @@ class Tracer:
         """Apply a TraceSetting request: ``None`` clears a setting (a model's falls back to the
         global one); settings not named stay. Raises InvalidArgument / Unimplemented."""
         parsed: dict[str, Any] = {}
+        known = tuple(ATTRIBUTES) if self.triton else ("trace_level", "trace_rate", "trace_count")
         for key, values in changes.items():
             if key == "trace_file":
                 raise Unimplemented("trace file location can not be updated through network protocol")
-            if key == "log_frequency":
-                raise Unimplemented(f"'log_frequency' belongs to trace files: {TRITON_MODE}")
-            if key not in ("trace_level", "trace_rate", "trace_count"):
-                raise InvalidArgument(f"unknown trace setting '{key}' (trace_level, trace_rate, trace_count)")
+            if key == "log_frequency" and not self.triton:
+                raise Unimplemented(
+                    "'log_frequency' is a setting of Triton's triton trace mode (JSON trace files); this server "
+                    "traces in the opentelemetry mode (--trace-config triton,file=<path> selects the triton mode)"
+                )
+            if key not in known:
+                raise InvalidArgument(f"unknown trace setting '{key}' ({', '.join(known)})")
             parsed[key] = None if values is None else _setting_value(key, values)
-        if parsed.get("trace_level") and self._sink is None and not available():
-            raise Unimplemented(MISSING)
+        if parsed.get("trace_level"):
+            if self.triton and not self.config.file:
+                raise InvalidArgument(f"Attempting to set invalid trace setting: {NO_FILE}")
+            if not self.triton and self._sink is None and not available():
+                raise Unimplemented(MISSING)
         if model and model not in self.models:
             g = self.global_setting
-            self.models[model] = _Setting(g.level, g.rate, g.count)
+            self.models[model] = _Setting(g.level, g.rate, g.count, g.log_frequency)
         target = self.models[model] if model else self.global_setting
-        attribute = {"trace_level": "level", "trace_rate": "rate", "trace_count": "count"}
+        if isinstance(self._sink, FileTracer):  # as when Triton replaces a setting: what it collected is written
+            for s in [target] if model else [target, *self.models.values()]:
+                self._sink.flush(s)
         for key, value in parsed.items():
-            name = attribute[key]
+            name = ATTRIBUTES[key]
             if value is None:
                 target.own.discard(name)
-                setattr(target, name, getattr(self.global_setting, name) if model else _DEFAULTS[name])
+                setattr(target, name, getattr(self.global_setting, name) if model else self._default(name))
             else:
                 target.own.add(name)
                 setattr(target, name, value)
@@ -264,15 +345,32 @@ class Tracer:
         self._refresh()
         return self.settings(model)
 
+    def _default(self, name: str) -> Any:
+        # log_frequency falls back to --trace-config's, as in Triton; the others to the defaults.
+        return self.config.log_frequency if name == "log_frequency" else _DEFAULTS[name]
+
     # --- requests -------------------------------------------------------------------------------
     def start(
-        self, model: str, version: str, request_id: str, traceparent: str | None, inputs: Mapping[str, Any]
-    ) -> RequestTrace | None:
+        self,
+        model: str,
+        version: str,
+        request_id: str,
+        traceparent: str | None,
+        inputs: Mapping[str, Any],
+        received: tuple[str, int, int] | None = None,
+    ) -> AnyTrace | None:
         """A trace for this request, or None when it is not sampled."""
         setting = self.models.get(model, self.global_setting)
         sink = self._sink
         if sink is None or not setting.level:
             return None
+        if isinstance(sink, FileTracer):  # a traceparent does not force a trace in this mode
+            if not setting.sample():
+                return None
+            levels = setting.level
+            return sink.start(
+                setting, model, version, request_id, inputs, "TIMESTAMPS" in levels, "TENSORS" in levels, received
+            )
         parent = parse_traceparent(traceparent) if traceparent else None
         if parent is None and not setting.sample():
             return None
@@ -295,12 +393,16 @@ class Tracer:
         return trace
 
     def shutdown(self) -> None:
-        """Flush and stop the exporter (blocks up to its timeout: call off the event loop)."""
+        """Flush and stop the exporter or the file writer (blocks: call off the event loop)."""
+        if isinstance(self._sink, FileTracer):
+            for s in [self.global_setting, *self.models.values()]:
+                self._sink.flush(s)
         if self._sink is not None:
             self._sink.shutdown()
 
 
 _DEFAULTS = {"level": (), "rate": DEFAULT_RATE, "count": -1}
+ATTRIBUTES = {"trace_level": "level", "trace_rate": "rate", "trace_count": "count", "log_frequency": "log_frequency"}
 
 
 def _setting_value(key: str, values: list[str]) -> Any:
@@ -322,7 +424,7 @@ def _setting_value(key: str, values: list[str]) -> Any:
         number = int(text)
     except ValueError:
         raise InvalidArgument(f"Unable to parse '{key}', got: {text}") from None
-    low, high = (0, 2**32 - 1) if key == "trace_rate" else (-1, 2**31 - 1)
+    low, high = (-1, 2**31 - 1) if key == "trace_count" else (0, 2**32 - 1)
     if not low <= number <= high:
         raise InvalidArgument(f"Unable to parse '{key}', value is out of range [ {low}, {high} ], got: {text}")
     return number
@@ -419,12 +521,15 @@ class RequestTrace:
             )
         )
 
-    def step(self, model: str, version: str, index: int) -> RequestTrace:
-        """A child trace for an ensemble step, started now."""
+    def step(self, model: str, version: str, index: int, inputs: Mapping[str, Any] | None = None) -> RequestTrace:
+        """A child trace for an ensemble step, started now (``inputs``: the step's, for TENSORS)."""
         attributes = {"triton.model_name": model, "inferd.ensemble_step": index}
-        return RequestTrace(
+        child = RequestTrace(
             self.sink, self.trace, self.span_id, model, INTERNAL, self.offset, attributes, self.tensors, False
         )
+        if self.tensors and inputs is not None:
+            child.tensor_events("TENSOR_QUEUE_INPUT", inputs)
+        return child
 
     def tensor_events(self, activity: str, tensors: Mapping[str, Any]) -> None:
         from ..protocol.codec import of_array
@@ -463,3 +568,7 @@ class RequestTrace:
         )
         if self.root:
             self.sink.submit(self.trace)
+
+
+# A request's trace: spans (opentelemetry mode) or a trace file's records (triton mode).
+AnyTrace = RequestTrace | FileTrace

@@ -186,11 +186,11 @@ REFUSED: dict[str, Refusal] = {
     "grpc-restricted-protocol": Refusal("restricted APIs are not available in this build"),
     "http-restricted-api": Refusal("restricted APIs are not available in this build"),
     "trace-config": Refusal("tracing is not available in this build"),
-    "trace-file": Refusal("it is deprecated in Triton; use --trace-config"),
-    "trace-level": Refusal("it is deprecated in Triton; use --trace-config level=<OFF|TIMESTAMPS|TENSORS>"),
-    "trace-rate": Refusal("it is deprecated in Triton; use --trace-config rate=<N>"),
-    "trace-count": Refusal("it is deprecated in Triton; use --trace-config count=<N>"),
-    "trace-log-frequency": Refusal("it is deprecated in Triton; use --trace-config"),
+    "trace-file": Refusal("tracing is not available in this build"),
+    "trace-level": Refusal("tracing is not available in this build"),
+    "trace-rate": Refusal("tracing is not available in this build"),
+    "trace-count": Refusal("tracing is not available in this build"),
+    "trace-log-frequency": Refusal("tracing is not available in this build"),
 }
 
 

@@ -231,9 +231,9 @@ def test_trace_config_flag() -> None:
     assert config.bsp == {"bsp_schedule_delay": 100}
     assert parse_trace_config(["level=TIMESTAMPS", "level=OFF"]).level == ()
     for bad, words in [
-        ("triton,file=/tmp/t.json", "'triton' trace mode"),
-        ("mode=triton", "'triton' trace mode"),
-        ("file=/tmp/t.json", "'triton' trace mode"),
+        ("file=/tmp/t.json", "a setting of the triton mode"),
+        ("mode=jaeger", "mode must be triton or opentelemetry"),
+        ("triton,url=x", "the triton mode has no setting 'url'"),
         ("level=LOUD", "OFF, TIMESTAMPS or TENSORS"),
         ("rate=-1", "rate"),
         ("count=-2", "count"),

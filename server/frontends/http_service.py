@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
@@ -167,8 +168,11 @@ class HttpApi:
     async def infer(self, request: Request) -> Response:
         p = request.path_params
         model, version = p["model"], p.get("version", "")
+        traced = self.core.tracer.active
+        began = time.monotonic_ns() if traced else 0
         header_length = conv.parse_header_length(request.headers.get("inference-header-content-length"))
         body = await self._body(request, header_length)
+        read = time.monotonic_ns() if traced else 0
         json_size = len(body) if header_length is None else header_length
         try:
             core_request, fmt = await _off_loop(
@@ -184,8 +188,9 @@ class HttpApi:
         except TooManyElements:
             self.refusals.count("http", "too_many_elements")
             raise
-        if self.core.tracer.active:
+        if traced:
             core_request.traceparent = request.headers.get("traceparent")
+            core_request.received = ("HTTP", began, read)
         self._check_json_outputs(model, version, core_request.outputs, fmt)
         response = await self.core.infer(core_request)
         # JSON text is a few times the size of the numbers it holds.

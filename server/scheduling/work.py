@@ -30,7 +30,7 @@ class Work:
     input_bytes: int | None = None  # of all inputs, when the caller already counted them
     key: tuple[Any, ...] | None = None  # batch_key(), kept: the batcher compares it on every plan
     info: RequestInfo | None = None  # the client's request id and parameters, when it sent any
-    trace: Any = None  # a tracing.RequestTrace when this request is traced
+    trace: Any = None  # a tracing.RequestTrace or trace_file.FileTrace when this request is traced
 
     def nbytes(self) -> int:
         if self.input_bytes is None:
