@@ -25,6 +25,7 @@ from inferd.server.tracing import Tracer, parse_trace_config
 from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, start_server, test_settings
+from .models import ADD_TWICE as ENSEMBLE
 from .models import bundled, string_identity_model, write
 
 CORE = [
@@ -38,21 +39,6 @@ CORE = [
 ]
 FRONT = ["HTTP_RECV_START", "HTTP_RECV_END", "GRPC_WAITREAD_START", "GRPC_WAITREAD_END"]
 BACK = ["HTTP_SEND_START", "HTTP_SEND_END", "GRPC_SEND_START", "GRPC_SEND_END"]
-ENSEMBLE = """\
-name: "add_twice"
-platform: "ensemble"
-max_batch_size: 8
-input [ { name: "A" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 16 ] } ]
-ensemble_scheduling { step [
-  { model_name: "add_sub" model_version: -1
-    input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1" value: "B" }
-    output_map { key: "OUTPUT0" value: "sum" } output_map { key: "OUTPUT1" value: "diff" } },
-  { model_name: "add_sub" model_version: -1
-    input_map { key: "INPUT0" value: "sum" } input_map { key: "INPUT1" value: "diff" }
-    output_map { key: "OUTPUT0" value: "OUT" } }
-] }
-"""
 STRINGS = """\
 name: "strings"
 platform: "onnxruntime_onnx"

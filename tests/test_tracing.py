@@ -23,27 +23,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from .conftest import RunningServer, start_server, test_settings
+from .models import ADD_TWICE as ENSEMBLE
 from .models import bundled, write
 
 ONES = np.ones((1, 16), np.float32)
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
-ENSEMBLE = """\
-name: "add_twice"
-platform: "ensemble"
-max_batch_size: 8
-input [ { name: "A" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 16 ] } ]
-ensemble_scheduling { step [
-  { model_name: "add_sub" model_version: -1
-    input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1" value: "B" }
-    output_map { key: "OUTPUT0" value: "sum" } output_map { key: "OUTPUT1" value: "diff" } },
-  { model_name: "add_sub" model_version: -1
-    input_map { key: "INPUT0" value: "sum" } input_map { key: "INPUT1" value: "diff" }
-    output_map { key: "OUTPUT0" value: "OUT" } }
-] }
-"""
 
 
 @pytest.fixture(scope="module")
