@@ -46,7 +46,16 @@ struct Event {
   double deadline;     // seconds since the epoch; 0 for none (the first event only)
   grpc::ByteBuffer payload;
   bool has_payload;
+  // The first event only: when the call began waiting for its message and when it was read
+  // (steady clock ns, Python's time.monotonic_ns), for Triton's trace files.
+  int64_t wait_start = 0;
+  int64_t wait_end = 0;
 };
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 class Frontend;
 
@@ -73,6 +82,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
   Frontend* frontend_;
   grpc::GenericCallbackServerContext* ctx_;
   uint64_t id_;
+  int64_t created_ns_;
   bool first_read_ = true;
   grpc::ByteBuffer in_;
   std::mutex mu_;
@@ -147,7 +157,8 @@ class Frontend {
     }
   }
 
-  // The events queued since the last drain, as (kind, id, method, payload, deadline) tuples.
+  // The events queued since the last drain, as (kind, id, method, payload, deadline, waited)
+  // tuples; waited is (wait start, wait end) in the first event of a call, else None.
   py::list Drain() {
     uint64_t count;
     ssize_t n = read(fd_, &count, sizeof count);
@@ -162,7 +173,8 @@ class Frontend {
       py::object method = e.method.empty() ? py::object(py::none()) : py::object(py::str(e.method));
       py::object payload = e.has_payload ? py::object(ToBytes(e.payload)) : py::object(py::none());
       py::object deadline = e.deadline > 0 ? py::object(py::float_(e.deadline)) : py::none();
-      out.append(py::make_tuple(e.kind, e.id, method, payload, deadline));
+      py::object waited = e.wait_end ? py::object(py::make_tuple(e.wait_start, e.wait_end)) : py::none();
+      out.append(py::make_tuple(e.kind, e.id, method, payload, deadline, waited));
     }
     return out;
   }
@@ -247,7 +259,7 @@ double EpochDeadline(grpc::GenericCallbackServerContext* ctx) {
 }
 
 Call::Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx)
-    : frontend_(frontend), ctx_(ctx) {
+    : frontend_(frontend), ctx_(ctx), created_ns_(SteadyNs()) {
   id_ = frontend_->Register(this);
   StartRead(&in_);
 }
@@ -259,6 +271,8 @@ void Call::OnReadDone(bool ok) {
     e.method = ctx_->method();
     if (e.method.empty()) e.method = "/";
     e.deadline = EpochDeadline(ctx_);
+    e.wait_start = created_ns_;
+    e.wait_end = SteadyNs();
   }
   if (ok) e.payload.Swap(&in_);
   frontend_->Push(std::move(e));

@@ -44,8 +44,9 @@ class InferRequest:
     # the front end read it, and the request's trace once the core decided to trace it.
     traceparent: str | None = None
     trace: Any = None
-    # Set only while tracing is on, by the front ends that can tell: when they began and ended
-    # reading the request (monotonic ns), for Triton's trace files (HTTP_RECV_START/_END).
+    # Set only while tracing is on, by the front ends that can tell: "HTTP" or "GRPC", and when
+    # they began and ended reading the request (monotonic ns), for Triton's trace files
+    # (HTTP_RECV_START/_END, GRPC_WAITREAD_START/_END).
     received: tuple[str, int, int] | None = None
     # A decoupled model's responses after the first are taken at most once per this many ns,
     # the final one at once (ResponseChannel's pacing): set by the front ends that write a

@@ -10,10 +10,11 @@ QUEUE_START, COMPUTE_START, COMPUTE_INPUT_END, COMPUTE_OUTPUT_START, COMPUTE_END
 timestamps the statistics take; an ensemble has no COMPUTE_*, its steps have them),
 REQUEST_END. Nanoseconds of the steady clock (``time.monotonic_ns``), as Triton's. Before them,
 for an HTTP request, HTTP_RECV_START and HTTP_RECV_END: from when its route began reading the
-body to when it had it all (Triton's start at the first byte; the headers come before). No other
-front-end timestamps (GRPC_WAITREAD_*, *_SEND_*): the send happens after the trace ends, and
-grpc++ reads the message before Python sees the call. Triton's trace_summary.py summarizes a
-trace only if it has HTTP_RECV_START or GRPC_WAITREAD_START: HTTP traces, then. At level TENSORS, then
+body to when it had it all (Triton's start at the first byte; the headers come before); for a
+unary gRPC request on the native front end, GRPC_WAITREAD_START and GRPC_WAITREAD_END: from when
+grpc++ began the call and waited for its message to when it had read it, as in Triton. No send
+timestamps (*_SEND_*): the send happens after the trace ends. Triton's trace_summary.py
+summarizes a trace only if it has HTTP_RECV_START or GRPC_WAITREAD_START. At level TENSORS, then
 ``{"id", "activity", "tensor": {"name", "data", "shape", "dtype"}}`` for each input as queued
 (TENSOR_QUEUE_INPUT) and each output (TENSOR_BACKEND_OUTPUT), with the tensor's whole data.
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inferd")
 
+# A front end's reading of the request: Triton's timestamp names.
+_RECEIVED = {"HTTP": ("HTTP_RECV_START", "HTTP_RECV_END"), "GRPC": ("GRPC_WAITREAD_START", "GRPC_WAITREAD_END")}
 MAX_QUEUED_BYTES = 64 << 20  # traces formatted and written by the writer thread, not yet done
 _FLOATS = frozenset(("FP16", "FP32", "FP64", "BF16"))
 
@@ -225,7 +228,8 @@ class FileTrace:
         if self.timestamps:
             if self.received is not None:
                 frontend, began, read = self.received
-                stamps += ((f"{frontend}_RECV_START", began), (f"{frontend}_RECV_END", read))
+                start_name, end_name = _RECEIVED[frontend]
+                stamps += ((start_name, began), (end_name, read))
             stamps.append(("REQUEST_START", self.start))
             if self.queued:
                 stamps.append(("QUEUE_START", self.queued))

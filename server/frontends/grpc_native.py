@@ -57,12 +57,17 @@ class _Abort(Exception):
 class NativeContext:
     """The part of grpc.aio's ServicerContext that the handlers use."""
 
-    __slots__ = ("_frontend", "_id", "_deadline")
+    __slots__ = ("_frontend", "_id", "_deadline", "waited")
 
-    def __init__(self, frontend: Any, call_id: int, deadline: float | None) -> None:
+    def __init__(
+        self, frontend: Any, call_id: int, deadline: float | None, waited: tuple[int, int] | None = None
+    ) -> None:
         self._frontend = frontend
         self._id = call_id
         self._deadline = deadline
+        # When grpc++ began waiting for the call's message and when it had it (monotonic ns):
+        # Triton's GRPC_WAITREAD_START/_END in trace files. grpc.aio's context has no such times.
+        self.waited = waited
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
         raise _Abort(code, details)
@@ -215,10 +220,10 @@ class NativeServer:
     def _on_events(self) -> None:
         frontend = self._frontend
         calls = self._calls
-        for kind, call_id, method, payload, deadline in frontend.drain():
+        for kind, call_id, method, payload, deadline, waited in frontend.drain():
             if method is not None:
                 try:
-                    self._begin(call_id, method, payload, deadline)
+                    self._begin(call_id, method, payload, deadline, waited)
                 except Exception as e:  # a fault here must not lose the other events of the drain
                     calls.pop(call_id, None)
                     frontend.finish(call_id, _INTERNAL, internal_error(e, f"gRPC {method}"))
@@ -235,13 +240,20 @@ class NativeServer:
             elif isinstance(call, _Stream):
                 call.requests.deliver(payload)
 
-    def _begin(self, call_id: int, method: str, payload: bytes | None, deadline: float | None) -> None:
+    def _begin(
+        self,
+        call_id: int,
+        method: str,
+        payload: bytes | None,
+        deadline: float | None,
+        waited: tuple[int, int] | None = None,
+    ) -> None:
         handler = self._handlers.get(method)
         frontend = self._frontend
         if handler is None:
             frontend.finish(call_id, _UNIMPLEMENTED, "Method not found!")
             return
-        context = NativeContext(frontend, call_id, deadline)
+        context = NativeContext(frontend, call_id, deadline, waited)
         parse = handler.request_deserializer
         if handler.request_streaming or handler.response_streaming:
             self._begin_stream(call_id, handler, context, payload)

@@ -155,6 +155,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         core_request = await self._decode(request, context.time_remaining())
         if self.core.tracer.active:
             core_request.traceparent = _traceparent(context)
+            waited = getattr(context, "waited", None)  # the native front end's
+            if waited is not None:
+                core_request.received = ("GRPC", *waited)
         return self.codec.encode(await self.core.infer(core_request))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
