@@ -157,7 +157,7 @@ class ResponseChannel:
             if self._ended:
                 return  # cancelled: dropped, as Triton drops them
             if response is not None:
-                if self._room is not None and len(self._items) >= self.window and not self._on_loop():
+                if self._room is not None and not self._on_loop():
                     while len(self._items) >= self.window and not self._ended:
                         self._room.wait()
                     if self._ended:

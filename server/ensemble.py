@@ -364,7 +364,7 @@ _closing: set[asyncio.Task[None]] = set()
 
 
 def _close_later(stream: AsyncGenerator[InferResponse, None] | None) -> None:
-    if stream is None:
+    if stream is None:  # a step's one response, not a stream
         return
     closing = asyncio.ensure_future(stream.aclose())
     _closing.add(closing)
@@ -469,9 +469,11 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                 if not waiting:
                     del parked[step.index]
             if paused:
-                still = [call for call in paused if blocked(call.step)]
+                still = []
                 for call in paused:
-                    if call not in still:
+                    if blocked(call.step):
+                        still.append(call)
+                    else:
                         arm(call)
                 paused[:] = still
 
@@ -571,9 +573,8 @@ class DecoupledEnsembleScheduler(EnsembleScheduler):
                     continue
                 if not task.cancelled():
                     task.exception()  # seen: a failure it ended with is the request's no more
-                if call.stream is not None:
-                    # Its response was taken, not read: close the stream (cancels that step's request).
-                    _close_later(call.stream)
+                # A stream whose response was taken, not read: close it (cancels that step's request).
+                _close_later(call.stream)
                 if call.span is not None:
                     call.span.end(error="cancelled: the ensemble request ended first")
         elapsed = time.monotonic_ns() - started

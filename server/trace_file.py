@@ -45,6 +45,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..protocol.codec import as_bytes, of_array
+
 if TYPE_CHECKING:
     from .stats import ExecutionTimes
 
@@ -204,8 +206,6 @@ class FileTrace:
         return child
 
     def record_tensors(self, activity: str, tensors: Mapping[str, Any]) -> None:
-        from ..protocol.codec import of_array
-
         for name, array in tensors.items():
             if array is None:
                 continue
@@ -433,15 +433,9 @@ def tensor_data(array: np.ndarray, datatype: str) -> str:
     replaced), which is how trace_summary.py reads them."""
     flat = array.reshape(-1)
     if datatype == "BYTES":
-        return ",".join('"' + _text(v).replace('"', '""') + '"' for v in flat.tolist())
+        return ",".join('"' + as_bytes(v).decode("utf-8", "replace").replace('"', '""') + '"' for v in flat.tolist())
     if datatype == "BOOL":
         return ",".join("1" if v else "0" for v in flat.tolist())
     if datatype in _FLOATS:
         return ",".join([f"{v:g}" for v in flat.astype(np.float64).tolist()])
     return ",".join(map(str, flat.tolist()))
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
