@@ -166,45 +166,64 @@ def in_process_batched(
 
 
 # --- served ---------------------------------------------------------------------------------------
+class _Window:
+    """What a served drive counts, on the running loop's clock: pieces of text that arrive
+    inside the measured window, and each request's time to its first piece (for requests sent
+    inside it)."""
+
+    def __init__(self, streams: int, warmup: float, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        start = self.loop.time()
+        self.begin, self.end = start + warmup, start + warmup + seconds
+        self.counts = [0] * streams
+        self.ttfts: list[float] = []
+        self.errors = 0
+
+    def open(self) -> bool:
+        return self.loop.time() < self.end
+
+    def arrived(self, stream: int, sent: float, pieces: int, first: bool) -> None:
+        """``pieces`` arrived for ``stream``'s request sent at ``sent``; ``first``: its first ones."""
+        now = self.loop.time()
+        if first and self.begin <= sent:
+            self.ttfts.append(now - sent)
+        if self.begin <= now < self.end:
+            self.counts[stream] += pieces
+
+    def point(self, where: str, streams: int, seconds: float) -> Point:
+        return Point(where, streams, sum(self.counts), seconds, self.ttfts, self.errors)
+
+
 async def served(url: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
     import httpx
 
     limits = httpx.Limits(max_connections=streams + 1, max_keepalive_connections=streams + 1)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        begin, end = start + warmup, start + warmup + seconds
-        counts = [0] * streams
-        ttfts: list[float] = []
-        errors = 0
+        w = _Window(streams, warmup, seconds)
 
         async def one(i: int) -> None:
-            nonlocal errors
             seed = i
-            while loop.time() < end:
+            while w.open():
                 body = {"text_input": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed}
-                sent = loop.time()
+                sent = w.loop.time()
                 first = True
                 async with client.stream("POST", f"/v2/models/{MODEL}/generate_stream", json=body) as r:
                     if r.status_code != 200:
-                        errors += 1
+                        w.errors += 1
                         await r.aread()
                         continue
                     async for data in r.aiter_bytes():
                         # One event per character: counting event starts is enough (and cheap).
                         n = data.count(b"data: ")
                         if b'"error"' in data:
-                            errors += 1
-                        now = loop.time()
-                        if first and n and begin <= sent:
-                            ttfts.append(now - sent)
+                            w.errors += 1
+                        w.arrived(i, sent, n, first and n > 0)
+                        if n:
                             first = False
-                        if begin <= now < end:
-                            counts[i] += n
                 seed += streams
 
         await asyncio.gather(*(one(i) for i in range(streams)))
-    return Point("served", streams, sum(counts), seconds, ttfts, errors)
+    return w.point("served", streams, seconds)
 
 
 async def served_grpc(address: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
@@ -223,41 +242,31 @@ async def served_grpc(address: str, streams: int, seconds: float, warmup: float,
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        begin, end = start + warmup, start + warmup + seconds
-        counts = [0] * streams
-        ttfts: list[float] = []
-        errors = 0
+        w = _Window(streams, warmup, seconds)
 
         async def one(i: int) -> None:
-            nonlocal errors
             call = stub.ModelStreamInfer()
             seed = i
-            while loop.time() < end:
-                sent = loop.time()
+            while w.open():
+                sent = w.loop.time()
                 await call.write(request(seed))
                 first = True
                 while True:
                     message = await call.read()
-                    now = loop.time()
                     if message is grpc.aio.EOF:
-                        errors += 1
+                        w.errors += 1
                         return
                     if message.error_message:
-                        errors += 1
-                    if first and begin <= sent:
-                        ttfts.append(now - sent)
+                        w.errors += 1
+                    w.arrived(i, sent, 1 if message.infer_response.outputs else 0, first)
                     first = False
-                    if begin <= now < end and message.infer_response.outputs:
-                        counts[i] += 1
                     if message.infer_response.parameters["triton_final_response"].bool_param:
                         break
                 seed += streams
             await call.done_writing()
 
         await asyncio.gather(*(one(i) for i in range(streams)))
-    return Point("served gRPC", streams, sum(counts), seconds, ttfts, errors)
+    return w.point("served gRPC", streams, seconds)
 
 
 async def round_trip(url: str, n: int = 200) -> float:
