@@ -7,7 +7,9 @@ At each ``--concurrency`` (default 1, 8, 32 streams) each client loops: one requ
 ``--max-tokens`` characters (seeded, temperature 0.8, prompt ``--prompt``), read to its end;
 tokens/s counts every character received in the measured window; time to first token (TTFT) is
 from sending the request to the first event (in-process: from calling the generator to its first
-piece). The round trip is the median of ``GET /v2/health/ready`` on a kept-alive connection.
+piece). The round trip is the median of ``GET /v2/health/ready`` on a kept-alive connection. The
+HTTP clients are ``sse_client.Connection`` (a raw asyncio HTTP/1.1 client): a client library's
+own cost per streamed request would be counted as the server's.
 
 Goals: at 8 streams, served tokens/s >= 70% of in-process; at every concurrency, the served
 median TTFT <= 2 x the in-process median TTFT (the prompt's steps and one sampled step, at the
@@ -16,6 +18,9 @@ same concurrency) + one round trip.
 With ``--grpc``, each concurrency also has a "served gRPC" row: the same requests on
 ``ModelStreamInfer`` from a raw grpc.aio client (one stream per client, one request at a time;
 TTFT from writing the request to the first message). The goals are read on the HTTP rows.
+With ``--triton``, a "Triton (HTTP)" row per concurrency is NVIDIA's Triton (the PyTriton wheel,
+installed on first use as ``bench triton`` installs it) serving the same ``charlm`` folder through
+its Python backend, pinned to CPU 0 as inferd is, and driven by the same HTTP clients.
 
 The server (``inferd serve``, HTTP and, with ``--grpc``, gRPC; only charlm loaded) runs on CPU 0;
 the clients and the in-process runs on the other CPUs (``--no-pin`` to share).
@@ -25,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,10 +43,12 @@ from typing import Any
 
 from .harness import Bench, markdown, module_main
 from .servers import BUNDLED_REPOSITORY, INFERD_LOADED, INFERD_READY_LINE, split_cpus, start
+from .sse_client import Connection, HttpError
 
 MODEL = "charlm"
 MODEL_FILE = BUNDLED_REPOSITORY / MODEL / "1" / "model.py"
 HTTP_READY_LINE = "HTTP (KServe v2) listening on"
+TRITON = "Triton (HTTP)"
 
 
 @dataclass
@@ -194,25 +203,22 @@ class _Window:
         return Point(where, streams, sum(self.counts), seconds, self.ttfts, self.errors)
 
 
-async def served(url: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
-    import httpx
+async def served(
+    url: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int, where: str = "served"
+) -> Point:
+    w = _Window(streams, warmup, seconds)
+    path = f"/v2/models/{MODEL}/generate_stream"
 
-    limits = httpx.Limits(max_connections=streams + 1, max_keepalive_connections=streams + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        w = _Window(streams, warmup, seconds)
-
-        async def one(i: int) -> None:
-            seed = i
+    async def one(i: int) -> None:
+        connection = Connection.to(url)
+        seed = i
+        try:
             while w.open():
                 body = {"text_input": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed}
                 sent = w.loop.time()
                 first = True
-                async with client.stream("POST", f"/v2/models/{MODEL}/generate_stream", json=body) as r:
-                    if r.status_code != 200:
-                        w.errors += 1
-                        await r.aread()
-                        continue
-                    async for data in r.aiter_bytes():
+                try:
+                    async for data in connection.stream(path, body):
                         # One event per character: counting event starts is enough (and cheap).
                         n = data.count(b"data: ")
                         if b'"error"' in data:
@@ -220,10 +226,14 @@ async def served(url: str, streams: int, seconds: float, warmup: float, prompt: 
                         w.arrived(i, sent, n, first and n > 0)
                         if n:
                             first = False
+                except HttpError:
+                    w.errors += 1
                 seed += streams
+        finally:
+            await connection.close()
 
-        await asyncio.gather(*(one(i) for i in range(streams)))
-    return w.point("served", streams, seconds)
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    return w.point(where, streams, seconds)
 
 
 async def served_grpc(address: str, streams: int, seconds: float, warmup: float, prompt: str, max_tokens: int) -> Point:
@@ -270,14 +280,15 @@ async def served_grpc(address: str, streams: int, seconds: float, warmup: float,
 
 
 async def round_trip(url: str, n: int = 200) -> float:
-    import httpx
-
-    async with httpx.AsyncClient(base_url=url) as client:
+    connection = Connection.to(url)
+    try:
         times = []
         for _ in range(n):
             t = time.perf_counter()
-            await client.get("/v2/health/ready")
+            await connection.get("/v2/health/ready")
             times.append(time.perf_counter() - t)
+    finally:
+        await connection.close()
     return statistics.median(times)
 
 
@@ -290,6 +301,17 @@ def start_server(cpus: list[int] | None, grpc: bool = False) -> Any:
         *("--model-repository", str(BUNDLED_REPOSITORY), "--model-control-mode", "explicit", "--load-model", MODEL),
     ]
     return start("inferd", argv, cpus, ready_line=HTTP_READY_LINE, wait_for=INFERD_LOADED)
+
+
+def start_triton(cpus: list[int] | None, venv: Path | None, repository: Path) -> Any:
+    """NVIDIA's Triton (from the PyTriton wheel, installed on first use) serving the same charlm
+    folder (copied into ``repository``) through its Python backend, pinned as inferd is: the
+    peer for the served rows."""
+    from . import triton_server
+
+    install = triton_server.ensure(venv)
+    shutil.copytree(BUNDLED_REPOSITORY / MODEL, repository / MODEL)
+    return triton_server.start(install, repository, [MODEL], cpus)
 
 
 def grpc_address(server: Any) -> str:
@@ -305,7 +327,7 @@ def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
     # The ceiling is the better of the two in-process drives at each concurrency.
     inproc: dict[int, Point] = {}
     for p in points:
-        if not p.where.startswith("served") and (p.streams not in inproc or p.rate > inproc[p.streams].rate):
+        if p.where.startswith("in-process") and (p.streams not in inproc or p.rate > inproc[p.streams].rate):
             inproc[p.streams] = p
     rows, lines, ok = [], [], True
     for p in points:
@@ -318,7 +340,7 @@ def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
                 f"{p.rate / p.streams:,.0f}",
                 f"{p.ttft() * 1e3:.2f}",
                 f"{p.ttft(0.9) * 1e3:.2f}",
-                f"{p.rate / base.rate:.0%}" if p.where.startswith("served") and base.rate else "-",
+                f"{p.rate / base.rate:.0%}" if not p.where.startswith("in-process") and base.rate else "-",
                 str(p.errors),
             ]
         )
@@ -359,6 +381,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="First Citizen:\n", help="the prompt (default 'First Citizen:\\n')")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients apart")
     p.add_argument("--grpc", action="store_true", help="also stream over gRPC ModelStreamInfer (a row per concurrency)")
+    p.add_argument(
+        "--triton",
+        action="store_true",
+        help="also serve charlm from NVIDIA's Triton (its Python backend, the same model.py) on CPU 0: a row per concurrency",
+    )
+    p.add_argument("--triton-venv", type=Path, default=None, help="Triton's environment (see bench triton)")
 
 
 def run(a: argparse.Namespace) -> int:
@@ -369,16 +397,25 @@ def run(a: argparse.Namespace) -> int:
     )
     generator = load_generator()
     points: list[Point] = []
+    scratch = Path(tempfile.mkdtemp(prefix="inferd-bench-generate-"))
+    triton = start_triton(server_cpus, a.triton_venv, scratch) if a.triton else None
     server = start_server(server_cpus, a.grpc)
     try:
         url = f"http://{server.url}"
         address = grpc_address(server) if a.grpc else ""
         rtt = asyncio.run(round_trip(url))
         drives = ("in-process", "in-process batched", "served", *(("served gRPC",) if a.grpc else ()))
+        drives += (TRITON,) if triton else ()
         for streams in a.concurrency:
             for where in drives:
                 if where == "served":
                     point = asyncio.run(served(url, streams, a.duration, a.warmup, a.prompt, a.max_tokens))
+                elif where == TRITON:
+                    assert triton is not None
+                    triton_url = f"http://127.0.0.1:{triton.http_port}"
+                    point = asyncio.run(
+                        served(triton_url, streams, a.duration, a.warmup, a.prompt, a.max_tokens, TRITON)
+                    )
                 elif where == "served gRPC":
                     point = asyncio.run(served_grpc(address, streams, a.duration, a.warmup, a.prompt, a.max_tokens))
                 elif where == "in-process":
@@ -392,6 +429,9 @@ def run(a: argparse.Namespace) -> int:
                 )
     finally:
         server.stop()
+        if triton is not None:
+            triton.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     table, lines, ok = render(points, rtt)
     print(
         f"charlm, {a.max_tokens} characters per request, prompt of {len(a.prompt)}; {a.duration:g} s per point; "

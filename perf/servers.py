@@ -24,6 +24,7 @@ class ServerProcess:
     proc: subprocess.Popen[str]
     port: int
     log: list[str] = field(default_factory=list)
+    http_port: int = 0  # where a server's HTTP port is not ``port`` (Triton's: gRPC, HTTP and metrics apart)
 
     @property
     def url(self) -> str:

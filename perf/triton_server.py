@@ -219,7 +219,8 @@ def start(
     timeout: float = READY_TIMEOUT_S,
 ) -> ServerProcess:
     """``tritonserver`` on ``repository`` (pinned to ``cpus``; its Python stubs, its children,
-    inherit the affinity), once ServerReady and ``models`` are ready; its ``port`` is gRPC's."""
+    inherit the affinity), once ServerReady and ``models`` are ready; its ``port`` is gRPC's,
+    ``http_port`` HTTP's."""
     env = dict(os.environ, **install.env())
     for attempt in (1, 2):
         grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
@@ -234,7 +235,7 @@ def start(
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        server = ServerProcess(name, proc, grpc_port, lines)
+        server = ServerProcess(name, proc, grpc_port, lines, http_port)
         if wait_ready(server.url, models, proc, timeout):
             return server
         server.stop(timeout=5)
