@@ -277,8 +277,23 @@ _KIND_OK = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 _KIND_NAME = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "U": "strings"}
 
 
+# What np.asarray makes of one plain JSON value: the type its kind checks read. A Python int
+# outside int64 is left to np.asarray (uint64 or object), as are other types.
+_SCALAR_DTYPES: dict[type, np.dtype[Any]] = {
+    bool: np.dtype(np.bool_),
+    int: np.dtype(np.int64),
+    float: np.dtype(np.float64),
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _numbers(data: list[Any], dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
     target = dt.dtype
+    if len(data) == 1:  # a scalar (generate's inputs, parameters-like tensors): no inference pass
+        value = data[0]
+        dtype = _SCALAR_DTYPES.get(type(value))
+        if dtype is not None and (dtype.kind != "i" or _INT64_MIN <= value <= _INT64_MAX):
+            return _checked(np.array(data, dtype=dtype), dt, shape, what)
     try:
         array = np.asarray(data)
     except (ValueError, TypeError):
@@ -287,13 +302,22 @@ def _numbers(data: list[Any], dt: codec.DataType, shape: tuple[int, ...], what: 
         raise InvalidArgument(f"{what}: 'data' is not a regular (non-ragged) array of shape {list(shape)}")
     if array.size == 0:
         return np.empty(shape, dtype=target)
+    return _checked(array, dt, shape, what)
+
+
+def _checked(array: np.ndarray, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``array`` (what np.asarray made of the JSON data) as ``dt``, if its values fit."""
+    target = dt.dtype
     kind = array.dtype.kind
     if kind not in _KIND_OK[target.kind]:
         got = _KIND_NAME.get(kind, "nulls, objects or out-of-range numbers")
         raise InvalidArgument(f"{what}: {dt.name} data must be {_KIND_NAME[target.kind]}, got {got}")
     if target.kind in "iu" and array.dtype != target:
         info = np.iinfo(target)
-        lo, hi = int(array.min()), int(array.max())
+        if array.size == 1:
+            lo = hi = int(array.reshape(-1)[0])
+        else:
+            lo, hi = int(array.min()), int(array.max())
         if lo < info.min or hi > info.max:
             bad = lo if lo < info.min else hi
             raise InvalidArgument(f"{what}: value {bad} does not fit {dt.name}")
