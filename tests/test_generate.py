@@ -253,3 +253,30 @@ def test_decode_and_encode_round_trip() -> None:
         )
     )
     assert doc == {"id": "7", "model_name": "m", "model_version": "1", "p": 1.5, "text_output": "ok"}
+
+
+async def _raw_exchange(url: str) -> tuple[bytes, int, list[bytes], bytes]:
+    from inferd.perf.sse_client import Connection, HttpError
+
+    connection = Connection.to(url)
+    try:
+        live = await connection.get("/v2/health/live")
+        with pytest.raises(HttpError) as refused:
+            await connection.get("/v2/models/no_such_model")
+        body = {"text_input": "a", "max_tokens": 3, "seed": 1}
+        chunks = [c async for c in connection.stream("/v2/models/charlm/generate_stream", body)]
+        again = await connection.get("/v2/health/live")
+    finally:
+        await connection.close()
+    return live, refused.value.status, chunks, again
+
+
+def test_the_bench_raw_client_reads_lengths_chunks_and_errors_on_one_connection(text_server: RunningServer) -> None:
+    """perf/sse_client.py, which `bench generate` times streams with, against the real server."""
+    import asyncio
+
+    live, status, chunks, again = asyncio.run(_raw_exchange(text_server.http_url))
+    assert live == b"" and again == b""
+    assert status == 404
+    stream = b"".join(chunks)
+    assert stream.count(b"data: ") == 3 and stream.endswith(b"\n\n")
