@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from inferd.protocol import codec
 from inferd.protocol.errors import InvalidArgument
 from inferd.server.frontends import http_convert
