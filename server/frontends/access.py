@@ -170,7 +170,7 @@ def category_of_route(path: str) -> str:
         ) from None
 
 
-class _HttpGuard:
+class HttpGuard:
     """The ASGI app of one restricted route: the header, or 403."""
 
     def __init__(self, app: Any, restriction: Restriction) -> None:
@@ -196,7 +196,7 @@ def guard_routes(routes: Iterable[Any], restrictions: Restrictions) -> None:
     for route in routes:
         restriction = restrictions.get(category_of_route(route.path))
         if restriction is not None:
-            route.app = _HttpGuard(route.app, restriction)
+            route.app = HttpGuard(route.app, restriction)
 
 
 # --- gRPC ---------------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ from ...protocol.messages import message_to_dict
 from ..core import InferenceCore
 from . import http_convert as conv
 from . import http_metadata as meta
-from .access import Restrictions, guard_routes
+from .access import HttpGuard, Restrictions, guard_routes
 from .http_body import read_body
 from .http_generate import GenerateApi
+from .http_hot import HotRoutes
 from .http_origin import OriginGuard
 from .http_traffic import traffic_routes
 from .internal_error import InternalErrors
@@ -355,6 +356,10 @@ def _refused(message: str) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+# The inference routes HotRoutes serves directly (with and without a version).
+HOT_PATHS = ("/infer", "/generate", "/generate_stream")
+
+
 def _routes(api: HttpApi, stream_interval_us: int = 0) -> list[BaseRoute]:
     get, post = ["GET"], ["POST"]
     generate = GenerateApi(api.core, api.max_body_bytes, stream_interval_us)  # Triton's generate extension
@@ -425,15 +430,19 @@ def build_app(
     routes += status_routes(core, status_latency)
     if openai:
         routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes, stream_interval_us)))
+    handlers = {InferdError: _inferd_error, HTTPException: _http_error, ClientDisconnect: _disconnected}
     app = Starlette(
         routes=routes,
         # Any other exception is a server fault: logged, and answered "internal error".
         middleware=[Middleware(InternalErrors, respond=_internal_error)],
-        exception_handlers={
-            InferdError: _inferd_error,
-            HTTPException: _http_error,
-            ClientDisconnect: _disconnected,
-        },
+        exception_handlers=handlers,  # type: ignore[arg-type]
     )
     guard_routes(app.routes, restrictions or {})
-    return OriginGuard(app, allowed_origins)
+    # The inference routes (the first ones) skip the router and the middlewares, but for a
+    # restricted category, whose guard the route holds.
+    hot = [
+        r
+        for r in app.routes
+        if isinstance(r, Route) and r.path.endswith(HOT_PATHS) and not isinstance(r.app, HttpGuard)
+    ]
+    return OriginGuard(HotRoutes(app, hot, handlers, _internal_error), allowed_origins)
