@@ -92,6 +92,7 @@ def guarded_protocol(limits: RequestLimits, refusals: Refusals) -> type[asyncio.
         # httptools' parser callbacks (h11 has none: its states are read after each chunk).
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
+            self.cycle.transport = HeldHeaders(self.transport, self.loop)
             self._arm(_BODY)
 
         def on_message_complete(self) -> None:
@@ -104,3 +105,53 @@ def guarded_protocol(limits: RequestLimits, refusals: Refusals) -> type[asyncio.
                 self._arm(_HEADERS)  # the next request's headers are timed from now
 
     return GuardedProtocol
+
+
+# A body up to this size is joined to the held headers (one bytes object); a larger one goes
+# with them as two buffers of one writelines call.
+_JOIN_MAX = 64 * 1024
+
+
+class HeldHeaders:
+    """The connection's transport as one response's cycle sees it: uvicorn writes the status
+    line and headers as soon as the app starts the response, then the body in a second write,
+    so every response cost two send calls (and, on loopback, two wake-ups of the client).
+    The first write of the response waits for the next one made in the same step of the event
+    loop and goes out with it; if none comes (a stream whose first chunk is not ready), it goes
+    out alone on the loop's next iteration. Closing writes what is held first."""
+
+    __slots__ = ("_transport", "_loop", "_held", "_first")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        held = self._held
+        if held is None:
+            self._transport.write(data)
+            return
+        self._held = None
+        if len(data) <= _JOIN_MAX:
+            self._transport.write(held + data)
+        else:
+            self._transport.writelines((held, data))
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
