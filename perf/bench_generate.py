@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from .harness import Bench, markdown, module_main
-from .servers import BUNDLED_REPOSITORY, INFERD_LOADED, INFERD_READY_LINE, split_cpus, start
+from .servers import BUNDLED_REPOSITORY, HTTP_READY_LINE, INFERD_LOADED, INFERD_READY_LINE, split_cpus, start
 from .sse_client import Connection, HttpError
 
 MODEL = "charlm"
 MODEL_FILE = BUNDLED_REPOSITORY / MODEL / "1" / "model.py"
-HTTP_READY_LINE = "HTTP (KServe v2) listening on"
 TRITON = "Triton (HTTP)"
 
 

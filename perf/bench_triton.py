@@ -47,7 +47,7 @@ from .harness import (
     ratio,
 )
 from .points import Load, Served, measure
-from .servers import ServerProcess, baseline_argv, split_cpus, start, start_inferd
+from .servers import HTTP_READY_LINE, ServerProcess, baseline_argv, split_cpus, start, start_inferd
 from .transport import RequestFailed
 
 TRITON = "triton"
@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help=f"Triton's virtual environment, created and installed on first use (default {triton_server.default_venv()})",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["grpc", "http"],
+        default="grpc",
+        help="perf_analyzer's protocol: gRPC (default) or KServe v2 HTTP with binary tensors (no grpc-floor row)",
     )
     add_baseline_argument(p)
 
@@ -166,7 +172,24 @@ def goal_lines(raw: dict[tuple[str, str], list[Served]], points: list[str]) -> l
     return lines
 
 
-def _warm_up(binary: str, servers: dict[str, ServerProcess], points: list[str], seconds: float) -> None:
+def http_url(server: ServerProcess) -> str:
+    """Where a server's HTTP front end listens (Triton's port is known; inferd logs its own)."""
+    if server.http_port:
+        return f"127.0.0.1:{server.http_port}"
+    for line in server.log:
+        if HTTP_READY_LINE in line:
+            return "127.0.0.1:" + line.rsplit(":", 1)[1].split()[0]
+    raise RuntimeError(f"{server.name} logged no HTTP port")
+
+
+def _warm_up(
+    binary: str,
+    servers: dict[str, ServerProcess],
+    urls: dict[str, str],
+    points: list[str],
+    seconds: float,
+    protocol: str,
+) -> None:
     """Unmeasured load on every server's models, at each model's heaviest point, so that the
     first round does not pay for first calls (sessions, arenas, threads)."""
     if seconds <= 0:
@@ -176,12 +199,14 @@ def _warm_up(binary: str, servers: dict[str, ServerProcess], points: list[str], 
         best = heaviest.get(pt.model)
         if best is None or pt.concurrency * pt.batch > best.concurrency * best.batch:
             heaviest[pt.model] = pt
-    for server, proc in servers.items():
+    for server in servers:
         for pt in heaviest.values():
             if not serves(server, pt.model):
                 continue
             try:
-                perf_analyzer.measure(binary, proc.url, model_for(server, pt), pt.batch, pt.concurrency, seconds)
+                perf_analyzer.measure(
+                    binary, urls[server], model_for(server, pt), pt.batch, pt.concurrency, seconds, protocol=protocol
+                )
             except RuntimeError as e:
                 print(f"# warm-up of {model_for(server, pt)} on {server} failed: {e}", file=sys.stderr)
 
@@ -203,7 +228,7 @@ def run(a: argparse.Namespace) -> int:
     print(
         f"# {ncpu} CPUs; "
         + ("servers on CPU 0, load generator on CPUs 1.." if server_cpus else "no pinning")
-        + f"; load: {load.label}; Triton: {triton_server.PYTRITON} in {install.venv}",
+        + f"; load: {load.label} over {a.protocol}; Triton: {triton_server.PYTRITON} in {install.venv}",
         file=sys.stderr,
     )
     points: list[str] = [n for n in POINTS if n in a.points]
@@ -215,25 +240,30 @@ def run(a: argparse.Namespace) -> int:
         triton_repo = triton_models.build(Path(tmp) / TRITON, "triton")
         inferd_repo = triton_models.build(Path(tmp) / INFERD, "inferd")
         names = [TRITON, INFERD, INFERD_ONNX, *(b.name for b in builds[1:])]
-        if any(serves(FLOOR, POINTS[n].model) for n in points):
+        if a.protocol == "grpc" and any(serves(FLOOR, POINTS[n].model) for n in points):
             names.append(FLOOR)
+        http = ["--allow-http", "true"] if a.protocol == "http" else []
         try:
             servers[TRITON] = triton_server.start(install, triton_repo, PYTHON_MODELS, server_cpus)
-            servers[INFERD] = start_inferd(INFERD, builds[0].env, server_cpus, inferd_repo, PYTHON_MODELS)
-            servers[INFERD_ONNX] = start_inferd(INFERD_ONNX, builds[0].env, server_cpus, inferd_repo, ONNX_MODELS)
+            servers[INFERD] = start_inferd(INFERD, builds[0].env, server_cpus, inferd_repo, PYTHON_MODELS, http)
+            servers[INFERD_ONNX] = start_inferd(INFERD_ONNX, builds[0].env, server_cpus, inferd_repo, ONNX_MODELS, http)
             for build in builds[1:]:
-                servers[build.name] = start_inferd(build.name, build.env, server_cpus, inferd_repo, PYTHON_MODELS)
+                servers[build.name] = start_inferd(build.name, build.env, server_cpus, inferd_repo, PYTHON_MODELS, http)
             if FLOOR in names:
                 tuned = ["--io-sched", "batch", "--event-loop", "uvloop"]
                 servers[FLOOR] = start(FLOOR, [*baseline_argv(), *tuned], server_cpus)
-            _warm_up(binary, servers, points, a.warmup)
+            urls = {n: http_url(s) if a.protocol == "http" else s.url for n, s in servers.items()}
+            _warm_up(binary, servers, urls, points, a.warmup, a.protocol)
 
             def one(key: tuple[str, str]) -> Served:
                 name, server = key
                 pt = POINTS[name]
                 proc = servers[server]
+                model = model_for(server, pt)
                 try:
-                    return measure(load, proc.url, model_for(server, pt), pt.batch, pt.concurrency, cpu=proc.cpu_s)
+                    return measure(
+                        load, urls[server], model, pt.batch, pt.concurrency, cpu=proc.cpu_s, protocol=a.protocol
+                    )
                 except (RuntimeError, RequestFailed) as e:  # perf_analyzer or the statistics failed
                     print(f"# {name} {server}: {e}", file=sys.stderr)
                     return Served(0.0, errors=1)
@@ -243,7 +273,9 @@ def run(a: argparse.Namespace) -> int:
         finally:
             for s in servers.values():
                 s.stop()
-    print(f"load: {load.label}; points are clients x batch; infer/s in rows (inferences) per second\n")
+    print(
+        f"load: {load.label} over {a.protocol}; points are clients x batch; infer/s in rows (inferences) per second\n"
+    )
     print(table(raw, points, names))
     print("\n" + "\n".join(goal_lines(raw, points)))
     return exit_status(raw)

@@ -81,8 +81,9 @@ def measure(
     duration_s: float,
     timeout_s: float = 300,
     extra: Sequence[str] = (),
+    protocol: str = "grpc",
 ) -> PaPoint:
-    """``concurrency`` requests in flight over gRPC for about ``duration_s``: the average of 3
+    """``concurrency`` requests in flight over ``protocol`` (grpc or http) for about ``duration_s``: the average of 3
     windows of a third each, at least 200 ms (stability is not asked for: ``-s 100`` accepts
     the first three). ``extra`` is appended to the command line (``--shared-memory system``)."""
     window_ms = max(int(duration_s * 1000 / 3), 200)
@@ -93,7 +94,7 @@ def measure(
             "-m",
             model,
             "-i",
-            "grpc",
+            protocol,
             "-u",
             url,
             "-b",

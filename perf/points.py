@@ -140,14 +140,18 @@ async def pa_point(
     duration: float,
     server_stats: bool = True,
     cpu: CpuClock | None = None,
+    protocol: str = "grpc",
 ) -> Served:
-    """perf_analyzer holds the load; the server's statistics over its whole run (warm-up included)
-    and, with ``cpu``, its CPU time sampled right before and after perf_analyzer runs."""
-    transport = make_transport("grpc", url)
+    """perf_analyzer holds the load over ``protocol`` (grpc or http: ``url`` is that front end's);
+    the server's statistics over its whole run (warm-up included) and, with ``cpu``, its CPU time
+    sampled right before and after perf_analyzer runs."""
+    transport = make_transport(protocol, url)
     try:
         before = await transport.statistics(model, "") if server_stats else None
         cpu_before = cpu() if cpu is not None else 0.0
-        pt = await asyncio.to_thread(perf_analyzer.measure, binary, url, model, batch, concurrency, duration)
+        pt = await asyncio.to_thread(
+            perf_analyzer.measure, binary, url, model, batch, concurrency, duration, protocol=protocol
+        )
         cpu_after = cpu() if cpu is not None else 0.0
         after = await transport.statistics(model, "") if server_stats else None
     finally:
@@ -164,12 +168,16 @@ def measure(
     concurrency: int,
     server_stats: bool = True,
     cpu: CpuClock | None = None,
+    protocol: str = "grpc",
 ) -> Served:
-    """One point under ``load``; ``cpu`` samples the server's CPU seconds (Served.server_cpu_ms)."""
+    """One point under ``load``; ``cpu`` samples the server's CPU seconds (Served.server_cpu_ms).
+    ``protocol`` http is for perf_analyzer's load only."""
     if load.perf_analyzer is not None:
         return asyncio.run(
-            pa_point(load.perf_analyzer, url, model, batch, concurrency, load.duration, server_stats, cpu)
+            pa_point(load.perf_analyzer, url, model, batch, concurrency, load.duration, server_stats, cpu, protocol)
         )
+    if protocol != "grpc":
+        raise ValueError("inferd's Python load generator drives gRPC only here; use perf_analyzer for HTTP")
     return asyncio.run(
         python_point(url, model, batch, concurrency, load.warmup, load.duration, load.processes, server_stats, cpu)
     )

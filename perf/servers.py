@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The line inferd logs once its HTTP front end listens (the port follows it).
+HTTP_READY_LINE = "HTTP (KServe v2) listening on"
 _PORT = re.compile(r"listening on [\w.\-\[\]:]*?:(\d+)\s*$")
 
 

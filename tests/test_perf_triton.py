@@ -210,3 +210,16 @@ def test_help() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "inferd perf bench triton" in done.stdout and "--triton-venv" in done.stdout and "--points" in done.stdout
+
+
+def test_http_url_reads_tritons_port_or_inferds_log() -> None:
+    from inferd.perf.bench_triton import http_url
+    from inferd.perf.servers import HTTP_READY_LINE, ServerProcess
+
+    triton = ServerProcess("triton", None, 8001, [], http_port=8000)  # type: ignore[arg-type]
+    assert http_url(triton) == "127.0.0.1:8000"
+    log = ["gRPC (KServe v2) listening on 127.0.0.1:40001", f"{HTTP_READY_LINE} 127.0.0.1:40002 (TLS)"]
+    inferd = ServerProcess("inferd", None, 40001, log)  # type: ignore[arg-type]
+    assert http_url(inferd) == "127.0.0.1:40002"
+    with pytest.raises(RuntimeError, match="no HTTP port"):
+        http_url(ServerProcess("inferd", None, 40001, log[:1]))  # type: ignore[arg-type]
