@@ -42,24 +42,41 @@ def guarded_protocol(limits: RequestLimits, refusals: Refusals) -> type[asyncio.
     h11_based = base.__name__ == "H11Protocol"
 
     class GuardedProtocol(base):  # type: ignore[misc, valid-type]
+        # One timer per connection, checked lazily: a phase sets its deadline, and the timer,
+        # when it fires, closes the connection if the deadline passed or waits for the later one.
+        # Re-arming a loop timer three times per request cost more than the request's routing.
         _timer: asyncio.TimerHandle | None = None
         _phase = _HEADERS
+        _deadline: float | None = None  # loop time; None while the app has the request
+        _timer_at = 0.0  # when the pending timer fires
 
         def _arm(self, phase: str) -> None:
             self._phase = phase
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             if phase == _HEADERS:
-                self._timer = self.loop.call_later(limits.http_header_timeout_s, self._expire, "header_timeout")
+                self._deadline = self.loop.time() + limits.http_header_timeout_s
             elif phase == _BODY:
-                self._timer = self.loop.call_later(limits.http_body_timeout_s, self._expire, "body_timeout")
+                self._deadline = self.loop.time() + limits.http_body_timeout_s
+            else:
+                self._deadline = None
+                return
+            if self._timer is not None and self._deadline >= self._timer_at:
+                return  # the timer fires first and finds the later deadline
+            if self._timer is not None:
+                self._timer.cancel()  # a shorter limit than the pending one (body < header timeout)
+            self._timer_at = self._deadline
+            self._timer = self.loop.call_at(self._deadline, self._check)
 
-        def _expire(self, reason: str) -> None:
+        def _check(self) -> None:
             self._timer = None
-            if not self.transport.is_closing():
-                refusals.count("http", reason)
-                self.transport.close()
+            deadline = self._deadline
+            if deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < deadline:
+                self._timer_at = deadline
+                self._timer = self.loop.call_at(deadline, self._check)
+                return
+            refusals.count("http", "header_timeout" if self._phase == _HEADERS else "body_timeout")
+            self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -71,6 +88,9 @@ def guarded_protocol(limits: RequestLimits, refusals: Refusals) -> type[asyncio.
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._arm(_APP)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:

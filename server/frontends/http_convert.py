@@ -398,8 +398,41 @@ def _binary_only_message(name: str, datatype: str) -> str:
     )
 
 
+# JSON headers of all-binary responses, by model, version and output layout (see _binary).
+_BINARY_HEADERS: dict[tuple[object, ...], bytes] = {}
+_BINARY_HEADERS_MAX = 1024
+
+
 def response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
     """The body, and the JSON header's length when binary data follows it (else None)."""
+    if response.outputs and not (response.id or response.parameters or response.in_shared_memory):
+        answer = _binary(response, fmt)
+        if answer is not None:
+            return answer
+    return _response_to_http(response, fmt)
+
+
+def _binary(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int] | None:
+    """The usual tritonclient answer: every output numeric and sent as binary data. Its JSON
+    header depends only on the model, the version and each output's name, datatype and shape,
+    so it is made once (by the general path) and reused."""
+    key: list[object] = [response.model_name, response.model_version]
+    for name, array in response.outputs.items():
+        if array.dtype.hasobject or not fmt.binary(name):
+            return None
+        key.append((name, codec.of_array(array).name, array.shape))
+    header = _BINARY_HEADERS.get(tuple(key))
+    if header is None:
+        body, length = _response_to_http(response, fmt)
+        assert length is not None
+        if len(_BINARY_HEADERS) >= _BINARY_HEADERS_MAX:
+            _BINARY_HEADERS.clear()
+        _BINARY_HEADERS[tuple(key)] = body[:length]
+        return body, length
+    return b"".join([header, *(codec.to_raw(a) for a in response.outputs.values())]), len(header)
+
+
+def _response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     in_region = response.in_shared_memory
