@@ -191,12 +191,12 @@ class ResponseChannel:
         """End the request with ``error`` unless its final flag was already sent (execute
         failed, or the model dropped the sender without sending the final flag)."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._ended:
+                # Over for the consumer already. A cancelled request's model (its execute may
+                # have handed the request to a thread before the cancel) still sends its final
+                # flag, which is dropped: closing the sender here would make that send raise.
                 return
-            self._closed = True
-            if self._ended:
-                return
-            self._ended = True
+            self._closed = self._ended = True
             self._failure = _detached(error)
             if self._room is not None:
                 self._room.notify_all()

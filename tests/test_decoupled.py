@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from inferd.backends import python_api as pb_utils
-from inferd.protocol.errors import InferdError
+from inferd.protocol.errors import Cancelled, InferdError
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.protocol.streaming import ChannelOverflow, ResponseChannel
@@ -448,3 +448,20 @@ def test_the_sender_follows_tritons_rules() -> None:
     with pytest.raises(pb_utils.TritonError, match="for decoupled models"):
         plain.get_response_sender()
     assert not plain.is_cancelled()
+
+
+def test_a_cancelled_request_still_takes_its_final_flag() -> None:
+    """The client left while execute ran: the front end cancels the channel and the execution's
+    future, whose callback fails the channel. The model, which already handed the request to its
+    own thread, sees is_cancelled() and sends the final flag, as Triton expects: dropped, not an
+    error (the bundled charlm's engine thread died of that error under load)."""
+    channel = ResponseChannel(None, "m", "1")
+    sender = pb_utils.InferenceResponseSender(channel, ["Y"])
+    channel.cancel()
+    channel.fail(Cancelled("m: the request was cancelled"))
+    assert sender.is_cancelled()
+    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.ones(1, np.float32))]))  # dropped
+    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    assert channel.closed and not channel._items
+    with pytest.raises(pb_utils.TritonError, match="Response sender has been closed"):
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
