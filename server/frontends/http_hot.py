@@ -5,7 +5,7 @@ every request an HTTP server gets. Through the Starlette app each one passes sev
 (the server-error and internal-error middlewares, the exception middleware, the router trying
 routes, the route, ``request_response`` and its exception wrapper), three of which wrap every
 message sent: about a tenth of the event loop's CPU per request at 16 clients
-(perf/reports/2026-12-07-generate-5.md). :class:`HotRoutes` matches those routes itself
+(perf/reports/2026-12-07-http-against-triton.md). :class:`HotRoutes` matches those routes itself
 (Starlette tries them first too, so no other route could have taken the request) and runs their
 endpoints with the same answers as that stack gives:
 
