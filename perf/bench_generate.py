@@ -315,10 +315,10 @@ def start_triton(cpus: list[int] | None, venv: Path | None, repository: Path) ->
 
 def grpc_address(server: Any) -> str:
     """The gRPC port the server logged (it binds gRPC before HTTP)."""
-    for line in server.log:
-        if INFERD_READY_LINE in line:
-            return "127.0.0.1:" + line.rsplit(":", 1)[1].split()[0]
-    raise RuntimeError("the server logged no gRPC port")
+    port = server.logged_port(INFERD_READY_LINE)
+    if port is None:
+        raise RuntimeError("the server logged no gRPC port")
+    return f"127.0.0.1:{port}"
 
 
 # --- report ---------------------------------------------------------------------------------------

@@ -174,12 +174,10 @@ def goal_lines(raw: dict[tuple[str, str], list[Served]], points: list[str]) -> l
 
 def http_url(server: ServerProcess) -> str:
     """Where a server's HTTP front end listens (Triton's port is known; inferd logs its own)."""
-    if server.http_port:
-        return f"127.0.0.1:{server.http_port}"
-    for line in server.log:
-        if HTTP_READY_LINE in line:
-            return "127.0.0.1:" + line.rsplit(":", 1)[1].split()[0]
-    raise RuntimeError(f"{server.name} logged no HTTP port")
+    port = server.http_port or server.logged_port(HTTP_READY_LINE)
+    if not port:
+        raise RuntimeError(f"{server.name} logged no HTTP port")
+    return f"127.0.0.1:{port}"
 
 
 def _warm_up(

@@ -17,7 +17,8 @@ from pathlib import Path
 
 # The line inferd logs once its HTTP front end listens (the port follows it).
 HTTP_READY_LINE = "HTTP (KServe v2) listening on"
-_PORT = re.compile(r"listening on [\w.\-\[\]:]*?:(\d+)\s*$")
+# "... listening on HOST:PORT", with inferd's " (TLS)" or " (TLS, client certificates required)".
+_PORT = re.compile(r"listening on [\w.\-\[\]:]*?:(\d+)(?: \(TLS[^)]*\))?\s*$")
 
 
 @dataclass
@@ -31,6 +32,14 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def logged_port(self, ready_line: str) -> int | None:
+        """The port on the first log line holding ``ready_line`` (inferd logs one per front end)."""
+        for line in self.log:
+            m = _PORT.search(line) if ready_line in line else None
+            if m:
+                return int(m.group(1))
+        return None
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc.poll() is None:

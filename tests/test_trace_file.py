@@ -69,24 +69,22 @@ def file(tmp_path: Path) -> Path:
     return tmp_path / "trace.json"
 
 
-def infer_grpc(server: RunningServer, model: str = "add_sub", request_id: str = "") -> None:
-    names = ("INPUT0", "INPUT1") if model == "add_sub" else ("A", "B")
+def _infer(client: Any, url: str, model: str, request_id: str) -> None:
+    """One request of X, X with tritonclient's ``client`` module (grpc or http: the same API)."""
     inputs = []
-    for name in names:
-        i = grpcclient.InferInput(name, [1, 16], "FP32")
+    for name in ("INPUT0", "INPUT1") if model == "add_sub" else ("A", "B"):
+        i = client.InferInput(name, [1, 16], "FP32")
         i.set_data_from_numpy(X)
         inputs.append(i)
-    grpcclient.InferenceServerClient(server.grpc_url).infer(model, inputs, request_id=request_id)
+    client.InferenceServerClient(url).infer(model, inputs, request_id=request_id)
+
+
+def infer_grpc(server: RunningServer, model: str = "add_sub", request_id: str = "") -> None:
+    _infer(grpcclient, server.grpc_url, model, request_id)
 
 
 def infer_http(server: RunningServer, model: str = "add_sub", request_id: str = "") -> None:
-    names = ("INPUT0", "INPUT1") if model == "add_sub" else ("A", "B")
-    inputs = []
-    for name in names:
-        i = httpclient.InferInput(name, [1, 16], "FP32")
-        i.set_data_from_numpy(X)
-        inputs.append(i)
-    httpclient.InferenceServerClient(server.http_url).infer(model, inputs, request_id=request_id)
+    _infer(httpclient, server.http_url, model, request_id)
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -416,18 +416,19 @@ def _binary(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int] | N
     """The usual tritonclient answer: every output numeric and sent as binary data. Its JSON
     header depends only on the model, the version and each output's name, datatype and shape,
     so it is made once (by the general path) and reused."""
-    key: list[object] = [response.model_name, response.model_version]
+    layout: list[object] = [response.model_name, response.model_version]
     for name, array in response.outputs.items():
         if array.dtype.hasobject or not fmt.binary(name):
             return None
-        key.append((name, codec.of_array(array).name, array.shape))
-    header = _BINARY_HEADERS.get(tuple(key))
+        layout.append((name, codec.of_array(array).name, array.shape))
+    key = tuple(layout)
+    header = _BINARY_HEADERS.get(key)
     if header is None:
         body, length = _response_to_http(response, fmt)
         assert length is not None
         if len(_BINARY_HEADERS) >= _BINARY_HEADERS_MAX:
             _BINARY_HEADERS.clear()
-        _BINARY_HEADERS[tuple(key)] = body[:length]
+        _BINARY_HEADERS[key] = body[:length]
         return body, length
     return b"".join([header, *(codec.to_raw(a) for a in response.outputs.values())]), len(header)
 

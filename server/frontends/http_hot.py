@@ -11,8 +11,8 @@ endpoints with the same answers as that stack gives:
 
 - an exception with a handler (``handlers``: InferdError, HTTPException, ClientDisconnect) is
   answered by it, unless the response already started;
-- anything else is a server fault: logged by :func:`internal_error` and answered with
-  ``respond("internal error")`` while nothing was sent, as :class:`InternalErrors` does.
+- anything else is a server fault, answered by :func:`answer_fault` as :class:`InternalErrors`
+  answers it (logged; "internal error" while nothing was sent).
 
 A route with an access restriction (access.py) is left to the app, whose guard answers it; so
 are the other methods on these paths (405) and every other path.
@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .internal_error import internal_error
+from .internal_error import answer_fault
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -87,6 +87,4 @@ class HotRoutes:
                     raise RuntimeError("Caught handled exception, but response already started.") from e
                 await (await handler(request, e))(scope, receive, sending)
         except Exception as e:
-            message = internal_error(e, f"HTTP {scope.get('method', '')} {scope.get('path', '')!r}")
-            if not started:
-                await self.respond(message)(scope, receive, send)
+            await answer_fault(e, scope, receive, send, started, self.respond)

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...protocol.errors import internal_error
 
-__all__ = ["InternalErrors", "internal_error"]
+__all__ = ["InternalErrors", "answer_fault", "internal_error"]
 
 
 class InternalErrors:
@@ -46,6 +46,14 @@ class InternalErrors:
         try:
             await self.app(scope, receive, sending)
         except Exception as e:
-            message = internal_error(e, f"HTTP {scope.get('method', '')} {scope.get('path', '')!r}")
-            if not started:
-                await self.respond(message)(scope, receive, send)
+            await answer_fault(e, scope, receive, send, started, self.respond)
+
+
+async def answer_fault(
+    error: Exception, scope: Scope, receive: Receive, send: Send, started: bool, respond: Callable[[str], Response]
+) -> None:
+    """A server fault of an HTTP request: logged (:func:`internal_error`, naming the request) and,
+    unless its response started, answered with ``respond("internal error")``."""
+    message = internal_error(error, f"HTTP {scope.get('method', '')} {scope.get('path', '')!r}")
+    if not started:
+        await respond(message)(scope, receive, send)
