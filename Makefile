@@ -36,7 +36,7 @@ $(VENV)/bin/python:
 	@echo "[inferd] creating $(VENV) (first run only)"
 	@$(PYTHON) -m venv $(VENV)
 
-$(SERVE_STAMP): pyproject.toml setup.py native/grpc_frontend.cc | $(VENV)/bin/python
+$(SERVE_STAMP): pyproject.toml setup.py native/grpc_frontend.cc native/shm_guard.c | $(VENV)/bin/python
 	@bash native/ensure-grpcpp.sh $(NATIVE)
 	@echo "[inferd] installing inferd with ONNX Runtime and tritonclient into $(VENV) (about 250 MB, first run only)"
 	@$(PIP) -e '.[onnx,client]'

@@ -40,6 +40,9 @@ class InferRequest:
     deadline_ns: int | None = None
     output_regions: dict[str, memoryview] | None = None
     classification: dict[str, int] | None = None
+    # The shared-memory guard's fault count (server/shm_guard.py) from before the front end
+    # first read a region for this request; None when the request uses no shared memory.
+    shared_epoch: int | None = None
     # Tracing (server/tracing.py), set only while it is on: the caller's W3C traceparent, as
     # the front end read it, and the request's trace once the core decided to trace it.
     traceparent: str | None = None

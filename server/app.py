@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 import grpc
 from prometheus_client import CollectorRegistry
 
+from . import shm_guard
 from .cache import ResponseCache
 from .core import InferenceCore
 from .frontends.asgi_server import AsgiServer
@@ -90,6 +91,11 @@ class InferdServer:
             SharedMemoryRegistry(enabled=settings.allow_client_shm),
             tracer=Tracer(settings.trace),
         )
+        if settings.allow_client_shm and not shm_guard.available():
+            log.warning(
+                "client shared memory is on without its guard (inferd.server._shm_guard was not built): a client "
+                "that truncates a registered shared memory object while a request uses it can end the server"
+            )
         self.core.max_load_file_bytes = settings.max_load_file_bytes
         self.core.server_name = settings.server_id
         self.core.logs = LogControl(settings.log_state())  # `inferd serve` installs its own

@@ -48,6 +48,7 @@ from ..protocol.errors import ModelLoadError
 from ..protocol.model_spec import ModelSpec
 from ..protocol.pb import model_config_pb2 as mc
 from ..protocol.types import InferRequest, Scalar
+from . import shm_guard
 from .scheduling.work import Work
 from .stats import ModelStats
 
@@ -178,6 +179,9 @@ class VersionCache:
         ``cache_miss`` (and to the request's duration)."""
         if request.output_regions or self.closed:  # outputs written into shared memory
             return await submit(work)
+        # Before anything reads the inputs: a shared-memory object truncated while they are
+        # hashed or computed on leaves zeros behind (shm_guard.py), and that result is not kept.
+        faults = shm_guard.epoch()
         lookup_start = time.monotonic_ns()
         if work.nbytes() >= HASH_OFFLOAD_BYTES:
             loop = asyncio.get_running_loop()
@@ -205,6 +209,8 @@ class VersionCache:
         shared: Outputs | None = None  # what the identical requests waiting on this run get
         try:
             result = await submit(work)
+            if shm_guard.epoch() != faults:  # maybe computed from lost pages: neither kept nor shared
+                return result  # (the request that used them fails in the core)
             insert_start = time.monotonic_ns()
             shared = self.store.insert(self.namespace, digest, result) if not self.closed else None
             if shared is None:  # not stored: they get read-only views of this run's outputs

@@ -19,6 +19,7 @@ from ..protocol.types import (
     ServerMetadata,
     TensorMetadata,
 )
+from . import shm_guard
 from .classification import classify
 from .config import TensorSpec
 from .cuda_shm import CudaRegionStatus
@@ -97,7 +98,7 @@ class InferenceCore:
         cancels the request: the model sees ``is_cancelled()`` and what it sends is dropped."""
         if self.tracer.active:
             return self._stream_traced(request)
-        if request.output_regions or request.classification:
+        if request.output_regions or request.classification or request.shared_epoch is not None:
             return self._stream_extended(request)
         return self.manager.infer_stream(request)
 
@@ -105,7 +106,7 @@ class InferenceCore:
         """The unary path: exactly one response (refused for decoupled models)."""
         if self.tracer.active:
             return self._infer_traced(request)
-        if request.output_regions or request.classification:
+        if request.output_regions or request.classification or request.shared_epoch is not None:
             return self._infer_extended(request)
         return self.manager.infer(request)
 
@@ -120,7 +121,7 @@ class InferenceCore:
 
     async def _infer_traced(self, request: InferRequest) -> InferResponse:
         trace = self._start_trace(request)
-        extended = request.output_regions or request.classification
+        extended = request.output_regions or request.classification or request.shared_epoch is not None
         call = self._infer_extended(request) if extended else self.manager.infer(request)
         if trace is None:
             return await call
@@ -134,7 +135,7 @@ class InferenceCore:
 
     async def _stream_traced(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         trace = self._start_trace(request)
-        extended = request.output_regions or request.classification
+        extended = request.output_regions or request.classification or request.shared_epoch is not None
         stream = self._stream_extended(request) if extended else self.manager.infer_stream(request)
         version = ""
         try:
@@ -167,6 +168,8 @@ class InferenceCore:
             response.outputs = classify(response.outputs, request.classification, model.labels, batched, model.label)
         if request.output_regions:
             response = write_outputs(response, request.output_regions)
+        if request.shared_epoch is not None:  # its regions' bytes were all there (shm_guard.py)
+            shm_guard.check(request.shared_epoch)
         return response
 
     # --- system shared memory -------------------------------------------------------------

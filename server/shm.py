@@ -15,7 +15,10 @@ Safety, as the server maps memory that another process owns:
   a request holds a memoryview of the mapping, so a region unregistered while it is in use is
   unmapped only when the last such view is released (``mmap.close`` refuses while views
   exist; the mapping is then freed by reference counting);
-- at most ``MAX_REGIONS`` regions per server.
+- at most ``MAX_REGIONS`` regions per server;
+- an object truncated while a request reads or writes it (after that ``fstat``) does not end
+  the server: ``shm_guard.py`` turns the fault into an error for the request and refuses the
+  region until it is registered again.
 
 CUDA shared memory regions (``server/cuda_shm.py``) live in the same registry, as in Triton's
 ``SharedMemoryManager``: one namespace of region names, one bound on their number, the same
@@ -40,6 +43,7 @@ import numpy as np
 from ..protocol import codec
 from ..protocol.errors import Code, InferdError, InvalidArgument, NotFound, ResourceExhausted, Unimplemented
 from ..protocol.types import InferResponse
+from . import shm_guard
 from .cuda_shm import (
     IPC_HANDLE_BYTES,
     CudaError,
@@ -49,6 +53,7 @@ from .cuda_shm import (
     check_device,
     output_target,
 )
+from .shm_guard import Watch
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,7 @@ class _Region:
     fd: int
     mapping: mmap.mmap
     start: int  # where the region starts in ``mapping`` (mappings start on a page boundary)
+    watch: Watch | None  # SIGBUS guard (None where the native module is missing)
 
 
 def _is_size(value: object) -> bool:
@@ -90,6 +96,9 @@ class SharedMemoryRegistry:
         self._directory = directory
         self._regions: dict[str, _Region | CudaRegion] = {}
         self._lock = threading.Lock()
+        # Region accesses so far: a front end compares it before and after decoding a request
+        # to tell whether the request uses shared memory (shm_guard.py).
+        self.views = 0
 
     def require_enabled(self) -> None:
         if not self.enabled:
@@ -116,7 +125,8 @@ class SharedMemoryRegistry:
             except BaseException:
                 os.close(fd)
                 raise
-            self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), fd, mapping, offset - base)
+            status = RegionStatus(name, key, offset, byte_size)
+            self._regions[name] = _Region(status, fd, mapping, offset - base, Watch.of(mapping))
 
     def _check_room(self, name: str) -> None:
         """ALREADY_EXISTS or RESOURCE_EXHAUSTED, for regions of either kind. Holds the lock."""
@@ -198,15 +208,18 @@ class SharedMemoryRegistry:
             region = self._regions.get(name)
             if region is None:
                 raise NotFound(f"{what}: Unable to find shared memory region: '{name}'")
+            self.views += 1
             size = region.status.byte_size
             if offset >= size:
                 raise InvalidArgument(f"{what}: Invalid offset for shared memory region: '{name}'")
             if offset + byte_size > size:
                 raise InvalidArgument(f"{what}: Invalid offset + byte size for shared memory region: '{name}'")
             if isinstance(region, _Region):
-                if os.fstat(region.fd).st_size < region.status.offset + size:
+                if os.fstat(region.fd).st_size < region.status.offset + size or (
+                    region.watch is not None and region.watch.broken()
+                ):
                     raise InvalidArgument(
-                        f"{what}: the shared memory object behind region '{name}' is smaller than when it was "
+                        f"{what}: the shared memory object behind region '{name}' shrank after the region was "
                         "registered; register it again"
                     )
                 start = region.start + offset
@@ -222,6 +235,16 @@ class SharedMemoryRegistry:
 
     def __len__(self) -> int:
         return len(self._regions)
+
+    def mark(self) -> tuple[int, int]:
+        """Taken before a request's tensors are decoded; see :meth:`epoch_if_used`."""
+        return shm_guard.epoch(), self.views
+
+    def epoch_if_used(self, mark: tuple[int, int]) -> int | None:
+        """The request's ``shared_epoch`` after decoding: the guard's count from ``mark`` if a
+        region was accessed since (maybe by a concurrent request: then it is checked needlessly),
+        else None."""
+        return mark[0] if self.views != mark[1] else None
 
     # --- CUDA shared memory (cuda_shm.py) ---------------------------------------------------
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
@@ -321,7 +344,9 @@ def _release(region: _Region | CudaRegion) -> None:
     try:
         region.mapping.close()
     except BufferError:
-        pass  # a request still reads or writes it: unmapped when its last view is released
+        return  # a request still reads or writes it: unmapped (and unwatched) when its last view goes
+    if region.watch is not None:
+        region.watch.release()
 
 
 # --- outputs --------------------------------------------------------------------------------

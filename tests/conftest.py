@@ -78,6 +78,8 @@ def test_settings(repo: Path, **overrides: object) -> Settings:
         grpc_frontend=GRPC_FRONTEND,
     )
     for k, v in overrides.items():
+        if not hasattr(s, k):  # a misspelt setting would silently test the default
+            raise AttributeError(f"Settings has no field {k!r}")
         setattr(s, k, v)
     return s
 

@@ -56,7 +56,7 @@ class InferCodec:
             raise InvalidArgument(f"ModelInfer: the request is not a valid ModelInferRequest message ({e})") from None
         request = request_from_pb(msg, remaining_s, self._regions, ElementBudget(self.max_elements))
         # (an input in shared memory has no raw bytes to template; a template keeps no output parameters)
-        if request.output_regions is None and request.classification is None:
+        if request.output_regions is None and request.classification is None and request.shared_epoch is None:
             self._wire.learn(data, request)
         return request
 
@@ -129,6 +129,7 @@ def request_from_pb(
     ``contents`` values decoded one by one."""
     budget = budget or ElementBudget(DEFAULT_MAX_ELEMENTS)
     model = msg.model_name
+    mark = regions.mark() if regions else None  # regions: truthy once one is registered
     raw = msg.raw_input_contents
     tensors = list(msg.inputs)  # one wrapper per tensor, made once (upb makes one per access)
     # Inputs in shared memory come first, so that one is refused as such; as in Triton, they
@@ -179,7 +180,11 @@ def request_from_pb(
     outputs, regions_out, classes = _requested_outputs(msg, regions) if len(msg.outputs) else (None, None, None)
     params: Mapping[str, Scalar] = PbParameters(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
-    return InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline, regions_out, classes)
+    request = InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline, regions_out, classes)
+    if mark is not None:
+        assert regions is not None
+        request.shared_epoch = regions.epoch_if_used(mark)
+    return request
 
 
 def _contents_beside_raw(name: str, model: str) -> str:

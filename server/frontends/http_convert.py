@@ -139,6 +139,7 @@ def request_from_json(
     if not isinstance(request_id, str):
         raise InvalidArgument(f"model '{model}': 'id' must be a string")
     params = _parameters(doc.get("parameters"), f"model '{model}'")
+    mark = regions.mark() if regions else None  # regions: truthy once one is registered
     default_binary = params.pop("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidArgument(f"model '{model}': parameter 'binary_data_output' must be true or false")
@@ -150,6 +151,9 @@ def request_from_json(
     request = InferRequest(
         model, inputs, version, request_id, outputs, params, output_regions=targets, classification=classes
     )
+    if mark is not None:
+        assert regions is not None
+        request.shared_epoch = regions.epoch_if_used(mark)
     return request, fmt
 
 
