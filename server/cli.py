@@ -301,10 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     add_serve_arguments(serve)
+    sub.add_parser(
+        "batch", help="score a JSON Lines file of requests offline (see 'inferd batch --help')", add_help=False
+    )
     plugins = plugin_commands()
     for name in sorted(plugins):
         sub.add_parser(name, help=f"see 'inferd {name} --help'", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "batch":
+        from . import batch_command
+
+        return batch_command.main(rest)
     if args.command in plugins:
         command_main = plugins[args.command].load()
         return int(command_main(rest))

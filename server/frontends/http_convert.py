@@ -27,6 +27,7 @@ from .request_limits import DEFAULT_MAX_ELEMENTS, ElementBudget, too_many_elemen
 MAX_JSON_DEPTH = 64
 # JSON has no 16-bit float; the protocol carries these only as binary data.
 BINARY_ONLY = frozenset({"FP16", "BF16"})
+FP16_MAX = 65504.0
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # bytes.translate table: '[' and '{' -> +1, ']' and '}' -> -1 (as int8), everything else deleted.
@@ -134,7 +135,10 @@ def request_from_json(
     binary: memoryview,
     regions: SharedMemoryRegistry | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    fp16_numbers: bool = False,
 ) -> tuple[InferRequest, OutputFormat]:
+    """``fp16_numbers``: FP16 input data may be JSON numbers (inferd batch, which has no binary
+    data); HTTP refuses them, as Triton does."""
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument(f"model '{model}': 'id' must be a string")
@@ -143,7 +147,7 @@ def request_from_json(
     default_binary = params.pop("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidArgument(f"model '{model}': parameter 'binary_data_output' must be true or false")
-    inputs = _inputs(model, doc.get("inputs"), binary, regions, ElementBudget(max_elements))
+    inputs = _inputs(model, doc.get("inputs"), binary, regions, ElementBudget(max_elements), fp16_numbers)
     fmt = OutputFormat(default_binary)
     outputs, targets, classes = _requested_outputs(model, doc.get("outputs"), fmt, regions)
     if targets:
@@ -178,7 +182,12 @@ def _name(t: Any, what: str) -> str:
 
 
 def _inputs(
-    model: str, value: Any, binary: memoryview, regions: SharedMemoryRegistry | None, budget: ElementBudget
+    model: str,
+    value: Any,
+    binary: memoryview,
+    regions: SharedMemoryRegistry | None,
+    budget: ElementBudget,
+    fp16_numbers: bool = False,
 ) -> dict[str, np.ndarray]:
     if not isinstance(value, list):
         raise InvalidArgument(f"model '{model}': 'inputs' must be a list of tensors")
@@ -212,7 +221,7 @@ def _inputs(
         if size is None:
             if "data" not in t:
                 raise InvalidArgument(f"{what}: has neither 'data' nor a 'binary_data_size' parameter")
-            inputs[name] = _from_json(t["data"], dt, shape, what)
+            inputs[name] = _from_json(t["data"], dt, shape, what, fp16_numbers)
             continue
         if "data" in t:
             raise InvalidArgument(f"{what}: has both 'data' and a 'binary_data_size' parameter")
@@ -249,8 +258,12 @@ def _from_binary(raw: memoryview, dt: codec.DataType, shape: tuple[int, ...], wh
     return array if array.flags.aligned else array.copy()
 
 
-def _from_json(data: Any, dt: codec.DataType, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _from_json(
+    data: Any, dt: codec.DataType, shape: tuple[int, ...], what: str, fp16_numbers: bool = False
+) -> np.ndarray:
     if dt.name in BINARY_ONLY:
+        if fp16_numbers and dt.name == "FP16":
+            return _fp16(_from_json(data, codec.datatype("FP32"), shape, what), what)
         raise InvalidArgument(
             f"{what}: {dt.name} data cannot be sent as JSON; send it as binary data "
             "(the 'binary_data_size' parameter of the binary tensor extension)"
@@ -264,6 +277,13 @@ def _from_json(data: Any, dt: codec.DataType, shape: tuple[int, ...], what: str)
     if dt.itemsize == 0:
         return _strings(data, count, shape, what)
     return _numbers(data, dt, shape, what)
+
+
+def _fp16(array: np.ndarray, what: str) -> np.ndarray:
+    finite = np.isfinite(array)
+    if np.any(np.abs(array[finite]) > FP16_MAX):
+        raise InvalidArgument(f"{what}: a value does not fit FP16 (at most {FP16_MAX:g} in magnitude)")
+    return array.astype(np.float16)
 
 
 def _nested_count(data: list[Any]) -> int:
@@ -407,13 +427,17 @@ _BINARY_HEADERS: dict[tuple[object, ...], bytes] = {}
 _BINARY_HEADERS_MAX = 1024
 
 
-def response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
-    """The body, and the JSON header's length when binary data follows it (else None)."""
+def response_to_http(
+    response: InferResponse, fmt: OutputFormat, numbers_for_binary_only: bool = False
+) -> tuple[bytes, int | None]:
+    """The body, and the JSON header's length when binary data follows it (else None).
+    ``numbers_for_binary_only``: FP16 and BF16 outputs asked for as JSON are written as JSON
+    numbers (their exact values) instead of refused (inferd batch: JSON is all it writes)."""
     if response.outputs and not (response.id or response.parameters or response.in_shared_memory):
         answer = _binary(response, fmt)
         if answer is not None:
             return answer
-    return _response_to_http(response, fmt)
+    return _response_to_http(response, fmt, numbers_for_binary_only)
 
 
 def _binary(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int] | None:
@@ -437,7 +461,9 @@ def _binary(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int] | N
     return b"".join([header, *(codec.to_raw(a) for a in response.outputs.values())]), len(header)
 
 
-def _response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes, int | None]:
+def _response_to_http(
+    response: InferResponse, fmt: OutputFormat, numbers_for_binary_only: bool = False
+) -> tuple[bytes, int | None]:
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     in_region = response.in_shared_memory
@@ -451,7 +477,9 @@ def _response_to_http(response: InferResponse, fmt: OutputFormat) -> tuple[bytes
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif dt.name in BINARY_ONLY:
-            raise InvalidArgument(_binary_only_message(name, dt.name))
+            if not numbers_for_binary_only:
+                raise InvalidArgument(_binary_only_message(name, dt.name))
+            entry["data"] = array.astype(np.float32).ravel().tolist()
         elif dt.itemsize == 0:
             entry["data"] = [codec.as_bytes(e).decode("utf-8", "replace") for e in array.ravel()]
         else:
