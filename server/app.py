@@ -24,6 +24,7 @@ from .frontends.grpc_native import NativeServer, choose_grpc_frontend
 from .frontends.grpc_service import build_server, channel_arguments, service_handlers
 from .frontends.http_service import build_app
 from .frontends.io_threads import apply_io_policy
+from .frontends.jobs import JobStore
 from .frontends.request_limits import Refusals
 from .frontends.status_page import LatencyReader
 from .loader import LoadLimits
@@ -97,6 +98,8 @@ class InferdServer:
                 "that truncates a registered shared memory object while a request uses it can end the server"
             )
         self.core.max_load_file_bytes = settings.max_load_file_bytes
+        # Asynchronous jobs (HTTP: /v2/jobs); each line is bounded as one request is.
+        self.jobs = JobStore(self.core, max_elements=settings.request_limits.max_elements)
         self.core.server_name = settings.server_id
         self.core.logs = LogControl(settings.log_state())  # `inferd serve` installs its own
         self.watcher: RepositoryWatcher | None = None
@@ -171,6 +174,7 @@ class InferdServer:
                     limits=s.request_limits,
                     refusals=self.refusals,
                     stream_interval_us=s.stream_interval_us,
+                    jobs=self.jobs,
                 )
                 self.http_server = AsgiServer(
                     app,
@@ -299,6 +303,7 @@ class InferdServer:
         if self.http_server is not None:
             draining.append(self.http_server.stop())
         await asyncio.gather(*draining)
+        await self.jobs.close()  # running jobs cancelled, their files removed
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.manager.close()

@@ -46,6 +46,7 @@ _MODEL_ROUTES = {
     "/infer": "inference",
     "/generate": "inference",
     "/generate_stream": "inference",
+    "/jobs": "inference",
     "/trace/setting": "trace",
     # Per-version traffic (rollouts: http_traffic.py) changes what the repository serves.
     "/traffic": "model-repository",
@@ -78,6 +79,11 @@ HTTP_CATEGORIES: dict[str, str] = {
     "/status": "statistics",
     # The OpenAI-compatible API (a Mount): completions and the model list are inference.
     "/v1": "inference",
+    # Asynchronous jobs (http_jobs.py): inference, submitted now and fetched later.
+    "/v2/jobs": "inference",
+    "/v2/jobs/{job}": "inference",
+    "/v2/jobs/{job}/results": "inference",
+    "/v2/jobs/{job}/cancel": "inference",
     **{prefix + suffix: c for prefix in _MODEL_PREFIXES for suffix, c in _MODEL_ROUTES.items()},
 }
 _INFERENCE_SERVICE = "/inference.GRPCInferenceService/"

@@ -122,26 +122,34 @@ class BatchRunner:
         self.max_elements = max_elements
         self.decoupled = core.model(model, version).decoupled
 
-    async def run(self, source: IO[bytes], sink: IO[bytes]) -> Summary:
-        summary = Summary()
+    async def run(self, source: IO[bytes], sink: IO[bytes], summary: Summary | None = None) -> Summary:
+        """Every line of ``source`` answered into ``sink``; ``summary`` (updated as lines are
+        answered) is the returned one. Cancelled, it cancels the lines in flight and leaves
+        ``sink`` with the answers written so far, in order."""
+        summary = summary or Summary()
         start = time.monotonic()
         waiting: deque[asyncio.Task[bytes]] = deque()
 
         async def write_head() -> None:
-            line = await waiting.popleft()
+            line = await waiting[0]
+            waiting.popleft()
             sink.write(line)
             sink.write(b"\n")
 
-        async for chunk in _chunks(read_lines(source, self.max_line_bytes)):
-            for number, text in chunk:
-                summary.lines += 1
-                while len(waiting) >= self.concurrency:
-                    await write_head()
-                waiting.append(asyncio.ensure_future(self._answer(number, text, summary)))
-        while waiting:
-            await write_head()
-        sink.flush()
-        summary.seconds = time.monotonic() - start
+        try:
+            async for chunk in _chunks(read_lines(source, self.max_line_bytes)):
+                for number, text in chunk:
+                    summary.lines += 1
+                    while len(waiting) >= self.concurrency:
+                        await write_head()
+                    waiting.append(asyncio.ensure_future(self._answer(number, text, summary)))
+            while waiting:
+                await write_head()
+        finally:
+            for task in waiting:
+                task.cancel()
+            sink.flush()
+            summary.seconds = time.monotonic() - start
         return summary
 
     async def _answer(self, number: int, text: bytes | LineTooLong, summary: Summary) -> bytes:

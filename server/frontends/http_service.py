@@ -31,9 +31,11 @@ from .access import HttpGuard, Restrictions, guard_routes
 from .http_body import read_body
 from .http_generate import GenerateApi
 from .http_hot import HotRoutes
+from .http_jobs import job_routes
 from .http_origin import OriginGuard
 from .http_traffic import traffic_routes
 from .internal_error import InternalErrors
+from .jobs import JobStore
 from .openai_service import build_openai_app
 from .request_limits import Refusals, RequestLimits, TooManyElements
 from .status_page import LatencyReader, status_routes
@@ -416,6 +418,7 @@ def build_app(
     limits: RequestLimits | None = None,
     refusals: Refusals | None = None,
     stream_interval_us: int = 0,
+    jobs: JobStore | None = None,
 ) -> OriginGuard:
     """The KServe v2 HTTP app over ``core``; request bodies are limited to ``max_body_bytes``;
     only ``allowed_origins`` may call it from web pages (http_origin.py). With ``openai``, the
@@ -424,9 +427,11 @@ def build_app(
     status page at / (status_page.py, latency percentiles from ``status_latency``) are their
     own modules. ``limits`` bound what one request may cost (request_limits.py), counted in
     ``refusals``. ``stream_interval_us`` paces the Server-Sent Event streams (generate_stream,
-    OpenAI ``stream: true``): ``--stream-interval-us``."""
+    OpenAI ``stream: true``): ``--stream-interval-us``. ``jobs`` holds the asynchronous jobs
+    (http_jobs.py; the server closes it when it stops)."""
     routes = _routes(HttpApi(core, max_body_bytes, limits, refusals), stream_interval_us)
     routes += traffic_routes(core, max_body_bytes)
+    routes += job_routes(jobs or JobStore(core), max_body_bytes)
     routes += status_routes(core, status_latency)
     if openai:
         routes.append(Mount("/v1", app=build_openai_app(core, max_body_bytes, stream_interval_us)))
