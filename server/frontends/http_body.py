@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...protocol.errors import InvalidArgument, ResourceExhausted
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 ALIGNMENT = 64
 # zlib or gzip container, detected from its header: clients send either for "deflate".
@@ -23,6 +27,12 @@ _AUTO_WBITS = 32 + zlib.MAX_WBITS
 
 def _too_large(size: int | str, limit: int) -> ResourceExhausted:
     return ResourceExhausted(f"request body of {size} bytes exceeds the limit of {limit} bytes (--http-max-body-bytes)")
+
+
+async def request_body(request: Request, limit: int, header_length: int | None = None) -> memoryview:
+    """The whole body of a Starlette ``request`` (see :func:`read_body`), as its headers declare it."""
+    h = request.headers
+    return await read_body(request.stream(), limit, h.get("content-length"), h.get("content-encoding"), header_length)
 
 
 async def read_body(

@@ -24,7 +24,7 @@ from ...protocol.errors import InferdError, Internal
 from ...protocol.types import InferResponse, TensorMetadata
 from ..core import InferenceCore
 from .generate_convert import Frames, decode_generate, encode_generate
-from .http_body import read_body
+from .http_body import request_body
 from .http_convert import dumps, parse_json
 from .http_origin import RAW_SEND
 from .internal_error import internal_error
@@ -126,10 +126,7 @@ class GenerateApi:
     async def _stream(self, request: Request, interval_ns: int = 0) -> AsyncIterator[InferResponse]:
         p = request.path_params
         model, version = p["model"], p.get("version", "")
-        h = request.headers
-        body = await read_body(
-            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding")
-        )
+        body = await request_body(request, self.max_body_bytes)
         doc = parse_json(body) if bytes(body).strip() else {}
         infer_request = decode_generate(model, version, doc, self._inputs_of(model, version))
         infer_request.stream_interval_ns = interval_ns

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from ...protocol.errors import InvalidArgument
 from . import http_convert as conv
 from .batch import DEFAULT_CONCURRENCY
-from .http_body import read_body
+from .http_body import request_body
 from .jobs import JobStore
 
 NDJSON = "application/x-ndjson"
@@ -35,10 +35,7 @@ class JobsApi:
         if unknown:
             raise InvalidArgument(f"unknown query parameter '{sorted(unknown)[0]}' (jobs take 'concurrency')")
         concurrency = _int(request.query_params.get("concurrency", str(DEFAULT_CONCURRENCY)), "concurrency")
-        h = request.headers
-        body = await read_body(
-            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding")
-        )
+        body = await request_body(request, self.max_body_bytes)
         job = await self.store.submit(p["model"], p.get("version", ""), body, concurrency)
         return Response(
             conv.dumps(job.describe()), 202, {"Location": f"/v2/jobs/{job.id}"}, media_type="application/json"

@@ -28,7 +28,7 @@ from ..core import InferenceCore
 from . import http_convert as conv
 from . import http_metadata as meta
 from .access import HttpGuard, Restrictions, guard_routes
-from .http_body import read_body
+from .http_body import request_body
 from .http_generate import GenerateApi
 from .http_hot import HotRoutes
 from .http_jobs import job_routes
@@ -131,10 +131,7 @@ class HttpApi:
         self.refusals = refusals or Refusals()
 
     async def _body(self, request: Request, header_length: int | None = None) -> memoryview:
-        h = request.headers
-        return await read_body(
-            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding"), header_length
-        )
+        return await request_body(request, self.max_body_bytes, header_length)
 
     async def _optional_json(self, request: Request) -> dict[str, Any]:
         body = await self._body(request)

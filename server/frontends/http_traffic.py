@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..core import InferenceCore
 from . import http_convert as conv
-from .http_body import read_body
+from .http_body import request_body
 
 
 class TrafficApi:
@@ -37,10 +37,7 @@ class TrafficApi:
         self.max_body_bytes = max_body_bytes
 
     async def _doc(self, request: Request) -> Any:
-        h = request.headers
-        body = await read_body(
-            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding"), None
-        )
+        body = await request_body(request, self.max_body_bytes)
         return conv.parse_json(body) if len(body) and bytes(body).strip() else {}
 
     async def traffic(self, request: Request) -> Response:

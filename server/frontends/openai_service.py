@@ -27,7 +27,7 @@ from ...protocol.errors import Code, InferdError
 from ...protocol.types import InferResponse
 from ..core import InferenceCore
 from . import openai_convert as oc
-from .http_body import read_body
+from .http_body import request_body
 from .http_convert import dumps, parse_json
 from .http_generate import EventStream, Last, close_stream, first_delivered, sse
 from .internal_error import InternalErrors, internal_error
@@ -136,10 +136,7 @@ class OpenAIApi:
     async def _serve(
         self, request: Request, parse: Callable[[dict[str, Any], oc.TextModel], oc.TextRequest]
     ) -> Response:
-        h = request.headers
-        body = await read_body(
-            request.stream(), self.max_body_bytes, h.get("content-length"), h.get("content-encoding")
-        )
+        body = await request_body(request, self.max_body_bytes)
         doc = parse_json(body)
         text_request = parse(doc, self._contract(oc.model_name(doc)))
         if text_request.stream:
