@@ -14,6 +14,7 @@ from inferd.perf.harness import benches
 
 NAMES = {
     "backends",
+    "batch",
     "batching",
     "cache",
     "ensemble",
@@ -81,6 +82,14 @@ def test_generate_benchmark_runs_end_to_end() -> None:
     assert all(float(r[2].replace(",", "")) > 0 for r in rows)
     assert rows[2][-1].strip() == "0" and rows[3][-1].strip() == "0"
     assert "TTFT" in done.stdout
+
+
+def test_batch_benchmark_runs_end_to_end() -> None:
+    done = inferd(*("perf", "bench", "batch", "--lines", "300", "--rounds", "1", "--concurrency", "8"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in done.stdout.splitlines() if r.startswith("| ")}
+    assert {"inferd batch, concurrency 8", "onnxruntime, 64 rows per call", "JSON only (no model)"} <= set(rows)
+    assert all(float(v.replace(",", "")) > 0 for k, v in rows.items() if k != "scored by")
 
 
 def test_shim_maps_inferd_packages_to_another_tree(tmp_path: Path) -> None:
