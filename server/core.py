@@ -35,20 +35,23 @@ from .traffic import policy_from_json
 
 SERVER_NAME = "inferd"
 SERVER_VERSION = "0.1.0"
-# What ServerMetadata advertises; perf_analyzer reads statistics only when "statistics" is listed.
-# Only what inferd implements.
+# What ServerMetadata advertises, in Triton's order; perf_analyzer reads statistics only when
+# "statistics" is listed. Only what inferd implements: the shared-memory extensions are added
+# where they can work (server_metadata).
 EXTENSIONS = [
+    "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
     "schedule_policy",
     "model_configuration",
-    "statistics",
     "binary_tensor_data",
-    "classification",
     "parameters",
-    "logging",
+    "statistics",
     "trace",
+    "logging",
 ]
+_SHM_AFTER = EXTENSIONS.index("model_configuration") + 1  # where Triton lists them
 
 
 class InferenceCore:
@@ -214,7 +217,8 @@ class InferenceCore:
     def server_metadata(self) -> ServerMetadata:
         extensions = list(EXTENSIONS)
         if self.shared_memory.enabled:
-            extensions.append("system_shared_memory")
+            shared = ["system_shared_memory"] + (["cuda_shared_memory"] if self.shared_memory.cuda_usable() else [])
+            extensions[_SHM_AFTER:_SHM_AFTER] = shared
         return ServerMetadata(self.server_name, SERVER_VERSION, extensions)
 
     # --- logging extension --------------------------------------------------------------

@@ -53,6 +53,7 @@ from .cuda_shm import (
     check_device,
     output_target,
 )
+from .cuda_shm import runtime as cuda_runtime
 from .shm_guard import Watch
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class SharedMemoryRegistry:
         # Region accesses so far: a front end compares it before and after decoding a request
         # to tell whether the request uses shared memory (shm_guard.py).
         self.views = 0
+        self._cuda_usable: bool | None = None
 
     def require_enabled(self) -> None:
         if not self.enabled:
@@ -247,6 +249,16 @@ class SharedMemoryRegistry:
         return mark[0] if self.views != mark[1] else None
 
     # --- CUDA shared memory (cuda_shm.py) ---------------------------------------------------
+    def cuda_usable(self) -> bool:
+        """Whether CUDA regions can be registered here (cuda-python, a driver and a device), so
+        that ServerMetadata lists ``cuda_shared_memory``; asked once, at the first call."""
+        if self._cuda_usable is None:
+            try:
+                self._cuda_usable = cuda_runtime().device_count() > 0
+            except Exception:  # no cuda-python, no driver: CudaError, ImportError, OSError
+                self._cuda_usable = False
+        return self._cuda_usable
+
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
         """Open the client's CUDA IPC handle on ``device_id`` as region ``name``. Refused with
         INVALID_ARGUMENT, saying why, where cuda-python, a driver or the device is missing."""

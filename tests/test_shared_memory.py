@@ -191,8 +191,15 @@ def test_extension_advertised_only_when_on(shm_server: RunningServer, server: Ru
     def extensions(s: RunningServer) -> list[str]:
         return httpx.get(f"http://{s.http_url}/v2").json()["extensions"]
 
-    assert "system_shared_memory" in extensions(shm_server)
-    assert "system_shared_memory" not in extensions(server)
+    # Triton's list and order; CUDA shared memory only where a GPU and cuda-python are there.
+    triton = [
+        "classification", "sequence", "model_repository", "model_repository(unload_dependents)",
+        "schedule_policy", "model_configuration", "system_shared_memory", "cuda_shared_memory",
+        "binary_tensor_data", "parameters", "statistics", "trace", "logging",
+    ]  # fmt: skip
+    cuda = shm_server.server.core.shared_memory.cuda_usable()
+    assert extensions(shm_server) == [e for e in triton if cuda or e != "cuda_shared_memory"]
+    assert extensions(server) == [e for e in triton if not e.endswith("shared_memory")]
 
 
 # --- refusals -------------------------------------------------------------------------------
