@@ -5,9 +5,12 @@ opened). The format is in ``frontends/batch.py``; the model is loaded from the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from .frontends.batch import DEFAULT_CONCURRENCY, DEFAULT_MAX_LINE_BYTES, BatchRunner, open_input, open_output
 from .settings import BUNDLED_REPOSITORY, Settings
@@ -83,23 +86,29 @@ async def _run(a: argparse.Namespace) -> int:
         if not core.model_ready(a.model, a.model_version):
             print(f"inferd batch: {_why_not_ready(server, a.model, a.model_version)}", file=sys.stderr)
             return 2
-        try:
-            source = open_input(a.input)
-            sink = open_output(a.output)
-        except OSError as e:
-            print(f"inferd batch: {e.strerror or e}: {e.filename}", file=sys.stderr)
-            return 2
-        try:
+        with contextlib.ExitStack() as files:
+            try:
+                source = files.enter_context(_closing(open_input(a.input)))
+                sink = files.enter_context(_closing(open_output(a.output)))
+            except OSError as e:
+                print(f"inferd batch: {e.strerror or e}: {e.filename}", file=sys.stderr)
+                return 2
             runner = BatchRunner(core, a.model, a.model_version, a.concurrency, a.max_line_bytes)
             summary = await runner.run(source, sink)
-        finally:
-            for f in (source, sink):
-                if f not in (sys.stdin.buffer, sys.stdout.buffer):
-                    f.close()
         print(f"inferd batch: {summary.text()}", file=sys.stderr)
         return 1 if summary.failed else 0
     finally:
         await server.stop()
+
+
+@contextlib.contextmanager
+def _closing(f: IO[bytes]) -> Iterator[IO[bytes]]:
+    """``f``, closed at the end unless it is the process's standard input or output."""
+    try:
+        yield f
+    finally:
+        if f not in (sys.stdin.buffer, sys.stdout.buffer):
+            f.close()
 
 
 def _why_not_ready(server: object, model: str, version: str) -> str:

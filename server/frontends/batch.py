@@ -3,14 +3,14 @@ the same core as the network front ends, with no port opened.
 
 Input: JSON Lines, one KServe v2 inference request per line, the body ``POST
 /v2/models/<m>/infer`` takes (``id``, ``parameters``, ``inputs`` with ``data``, ``outputs``), read by
-the HTTP front end's JSON decoder (the same checks and messages). Blank lines are skipped.
+the HTTP front end's JSON decoder (the same checks and messages), except that FP16 data may be
+JSON numbers (HTTP takes FP16 only as binary data); BF16 inputs cannot be given (JSON numbers
+would have to be rounded to it) and are refused per line. Blank lines are skipped.
 
 Output: JSON Lines in input order, one line per request line:
 
 - the KServe v2 response (``model_name``, ``model_version``, ``id``, ``parameters``, ``outputs``
   with ``data``); FP16 and BF16 outputs as JSON numbers (their exact values), BYTES as strings;
-- FP16 input data as JSON numbers (HTTP takes it only as binary data); BF16 inputs cannot be
-  given (JSON numbers would have to be rounded to it), and are refused per line;
 - for a decoupled model, ``{"model_name", "model_version", "id", "responses": [...]}`` with each
   response the model sent, in order (an error response as ``{"error": ...}``);
 - for a line that failed, ``{"line": N, "id": ..., "error": "<message>", "status": "<code>"}``
