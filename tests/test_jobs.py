@@ -125,3 +125,17 @@ def test_jobs_are_bounded_and_removed_at_stop(model_repo: Path) -> None:
     finally:
         running.stop()
     assert not folder.exists()
+
+
+def test_results_survive_a_delete_during_the_download(http: httpx.Client, server: RunningServer) -> None:
+    body, _ = _lines(5_000, seed=2)
+    job = http.post("/v2/models/add_sub/jobs", params={"concurrency": 64}, content=body).json()
+    assert _wait(http, job["id"], {"SUCCEEDED"})["status"] == "SUCCEEDED"
+    with httpx.Client(base_url=f"http://{server.http_url}", timeout=30) as other:
+        with http.stream("GET", f"/v2/jobs/{job['id']}/results") as download:
+            chunks = download.iter_bytes()
+            first = next(chunks)
+            assert other.delete(f"/v2/jobs/{job['id']}").status_code == 200  # the file's name goes now
+            text = first + b"".join(chunks)
+    lines = text.decode().splitlines()
+    assert len(lines) == 5_000 and json.loads(lines[-1])["id"] == "r4999"

@@ -11,8 +11,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ...protocol.errors import InvalidArgument
@@ -48,13 +52,25 @@ class JobsApi:
         return _json(self.store.get(request.path_params["job"]).describe())
 
     async def results(self, request: Request) -> Response:
-        return FileResponse(self.store.results(request.path_params["job"]), media_type=NDJSON)
+        # Opened here, under the lookup: a DELETE racing the download removes the file's name,
+        # not what this response reads.
+        answers = self.store.results(request.path_params["job"]).open("rb")
+        return StreamingResponse(_read_all(answers), media_type=NDJSON)
 
     async def cancel(self, request: Request) -> Response:
         return _json(self.store.cancel(request.path_params["job"]).describe())
 
     async def delete(self, request: Request) -> Response:
         return _json((await self.store.delete(request.path_params["job"])).describe())
+
+
+async def _read_all(f: BinaryIO, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    try:
+        while data := await loop.run_in_executor(None, f.read, chunk):
+            yield data
+    finally:
+        f.close()
 
 
 def _int(text: str, name: str) -> int:
