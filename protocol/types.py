@@ -41,8 +41,10 @@ class InferRequest:
     output_regions: dict[str, memoryview] | None = None
     classification: dict[str, int] | None = None
     # The shared-memory guard's fault count (server/shm_guard.py) from before the front end
-    # first read a region for this request; None when the request uses no shared memory.
+    # first read a region for this request, and the guarded regions it uses; None and () when
+    # the request uses no system shared memory.
     shared_epoch: int | None = None
+    shared_regions: tuple[Any, ...] = ()
     # Tracing (server/tracing.py), set only while it is on: the caller's W3C traceparent, as
     # the front end read it, and the request's trace once the core decided to trace it.
     traceparent: str | None = None

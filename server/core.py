@@ -172,7 +172,7 @@ class InferenceCore:
         if request.output_regions:
             response = write_outputs(response, request.output_regions)
         if request.shared_epoch is not None:  # its regions' bytes were all there (shm_guard.py)
-            shm_guard.check(request.shared_epoch)
+            shm_guard.check(request.shared_epoch, request.shared_regions)
         return response
 
     # --- system shared memory -------------------------------------------------------------

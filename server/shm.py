@@ -97,9 +97,8 @@ class SharedMemoryRegistry:
         self._directory = directory
         self._regions: dict[str, _Region | CudaRegion] = {}
         self._lock = threading.Lock()
-        # Region accesses so far: a front end compares it before and after decoding a request
-        # to tell whether the request uses shared memory (shm_guard.py).
-        self.views = 0
+        # The guarded regions a request decoding on this thread has used since mark().
+        self._decoding = threading.local()
         self._cuda_usable: bool | None = None
 
     def require_enabled(self) -> None:
@@ -210,7 +209,6 @@ class SharedMemoryRegistry:
             region = self._regions.get(name)
             if region is None:
                 raise NotFound(f"{what}: Unable to find shared memory region: '{name}'")
-            self.views += 1
             size = region.status.byte_size
             if offset >= size:
                 raise InvalidArgument(f"{what}: Invalid offset for shared memory region: '{name}'")
@@ -224,6 +222,9 @@ class SharedMemoryRegistry:
                         f"{what}: the shared memory object behind region '{name}' shrank after the region was "
                         "registered; register it again"
                     )
+                used = getattr(self._decoding, "used", None)
+                if used is not None and region.watch is not None:
+                    used.append(region.watch)
                 start = region.start + offset
                 view = memoryview(region.mapping)[start : start + byte_size]
                 return view if writable else view.toreadonly()
@@ -238,15 +239,17 @@ class SharedMemoryRegistry:
     def __len__(self) -> int:
         return len(self._regions)
 
-    def mark(self) -> tuple[int, int]:
-        """Taken before a request's tensors are decoded; see :meth:`epoch_if_used`."""
-        return shm_guard.epoch(), self.views
+    def mark(self) -> int:
+        """Called before a request's tensors are decoded (on the decoding thread): the guard's
+        fault count, and the start of the list of guarded regions the decoding uses."""
+        self._decoding.used = []
+        return shm_guard.epoch()
 
-    def epoch_if_used(self, mark: tuple[int, int]) -> int | None:
-        """The request's ``shared_epoch`` after decoding: the guard's count from ``mark`` if a
-        region was accessed since (maybe by a concurrent request: then it is checked needlessly),
-        else None."""
-        return mark[0] if self.views != mark[1] else None
+    def shared_use(self, mark: int) -> tuple[int, tuple[Watch, ...]] | None:
+        """After decoding: the request's ``shared_epoch`` and ``shared_regions`` (the guarded
+        regions it reads or writes), or None when it uses none."""
+        used, self._decoding.used = getattr(self._decoding, "used", None), None
+        return (mark, tuple(used)) if used else None
 
     # --- CUDA shared memory (cuda_shm.py) ---------------------------------------------------
     def cuda_usable(self) -> bool:

@@ -9,10 +9,11 @@ is counted:
 
 - the region is broken from then on: every later request naming it is refused until it is
   registered again (:meth:`Watch.broken`);
-- every request that used shared memory while a fault happened fails with INVALID_ARGUMENT
-  (:func:`epoch` before its first region access, :func:`check` after its last), and its answer
-  is never cached. The check is server-wide, not per region: a request that used another region
-  at that moment fails too, rather than risk an answer computed from zeros.
+- a request that used the region when or after the fault happened fails with INVALID_ARGUMENT
+  (:func:`epoch` before its first region access; :func:`check` of its regions after its last,
+  which costs one comparison unless some region faulted meanwhile); requests on other regions
+  go on. No answer computed while any watched mapping faulted is cached (the cache compares
+  :func:`epoch` around its run: it cannot tell which regions fed a step).
 
 Without the native module (no C compiler at install) nothing is guarded: a truncation can still
 end the server, as it does Triton. ``available()`` says which; the server logs it when client
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import mmap
 import weakref
+from collections.abc import Iterable
 from types import ModuleType
 
 from ..protocol.errors import InvalidArgument
@@ -48,9 +50,10 @@ def epoch() -> int:
     return _native.epoch() if _native is not None else 0
 
 
-def check(since: int) -> None:
-    """INVALID_ARGUMENT if a watched mapping faulted after :func:`epoch` gave ``since``."""
-    if _native is not None and _native.epoch() != since:
+def check(since: int, watches: Iterable[Watch]) -> None:
+    """INVALID_ARGUMENT if one of ``watches`` (a request's regions) lost a page: the test of
+    each runs only when some watched mapping faulted after :func:`epoch` gave ``since``."""
+    if _native is not None and _native.epoch() != since and any(w.broken() for w in watches):
         raise InvalidArgument(LOST)
 
 

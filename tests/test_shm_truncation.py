@@ -166,24 +166,36 @@ def test_output_truncated_before_written(guarded: RunningServer, objects: Object
 
 
 def test_registry_survives_truncation_in_process(tmp_path: Path) -> None:
-    key = f"inferd_trunc_unit_{uuid.uuid4().hex[:12]}"
-    path = Path("/dev/shm") / key
-    path.write_bytes(b"\x01" * (PAGES * 4096))
+    """Two regions, two requests' decodings: the region whose object shrank fails its request
+    and is refused from then on; the request on the other region is not touched."""
+    keys = [f"inferd_trunc_unit_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    paths = [Path("/dev/shm") / k for k in keys]
+    for path in paths:
+        path.write_bytes(b"\x01" * (PAGES * 4096))
     try:
         registry = SharedMemoryRegistry(enabled=True)
-        registry.register("r", key, 0, PAGES * 4096)
-        before = shm_guard.epoch()
-        array = np.frombuffer(registry.view("r", 0, PAGES * 4096, "t"), np.uint8)
-        os.truncate(path, 4096)
+        registry.register("victim", keys[0], 0, PAGES * 4096)
+        registry.register("other", keys[1], 0, PAGES * 4096)
+        mark = registry.mark()
+        array = np.frombuffer(registry.view("victim", 0, PAGES * 4096, "t"), np.uint8)
+        victim = registry.shared_use(mark)
+        mark = registry.mark()
+        registry.view("other", 0, 64, "t")
+        other = registry.shared_use(mark)
+        assert victim is not None and other is not None and len(victim[1]) == len(other[1]) == 1
+        assert registry.shared_use(registry.mark()) is None  # a decoding that used no region
+        os.truncate(paths[0], 4096)
         assert int(array.sum()) == 4096  # the first page is still there; the lost ones read as zeros
         with pytest.raises(InferdError, match="was truncated by its owner"):
-            shm_guard.check(before)
+            shm_guard.check(*victim)
+        shm_guard.check(*other)  # its region is whole: no error
         with pytest.raises(InferdError, match="shrank after the region was registered"):
-            registry.view("r", 0, 1, "t")
+            registry.view("victim", 0, 1, "t")
         del array
         registry.close()
     finally:
-        path.unlink()
+        for path in paths:
+            path.unlink()
 
 
 def test_sigbus_elsewhere_still_ends_the_process(tmp_path: Path) -> None:

@@ -183,7 +183,9 @@ def request_from_pb(
     request = InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline, regions_out, classes)
     if mark is not None:
         assert regions is not None
-        request.shared_epoch = regions.epoch_if_used(mark)
+        use = regions.shared_use(mark)
+        if use is not None:
+            request.shared_epoch, request.shared_regions = use
     return request
 
 
