@@ -54,6 +54,12 @@ EXTENSIONS = [
 _SHM_AFTER = EXTENSIONS.index("model_configuration") + 1  # where Triton lists them
 
 
+def _extended(request: InferRequest) -> bool:
+    """Whether the model's answer goes through ``InferenceCore._extend``: classification,
+    outputs into shared memory, or inputs read from it (the guard's check)."""
+    return bool(request.output_regions or request.classification or request.shared_epoch is not None)
+
+
 class InferenceCore:
     """A thin facade over the model manager for the front ends: the API's operations, their
     argument checks and the server-level answers (readiness, metadata); the lifecycle and the
@@ -101,7 +107,7 @@ class InferenceCore:
         cancels the request: the model sees ``is_cancelled()`` and what it sends is dropped."""
         if self.tracer.active:
             return self._stream_traced(request)
-        if request.output_regions or request.classification or request.shared_epoch is not None:
+        if _extended(request):
             return self._stream_extended(request)
         return self.manager.infer_stream(request)
 
@@ -109,7 +115,7 @@ class InferenceCore:
         """The unary path: exactly one response (refused for decoupled models)."""
         if self.tracer.active:
             return self._infer_traced(request)
-        if request.output_regions or request.classification or request.shared_epoch is not None:
+        if _extended(request):
             return self._infer_extended(request)
         return self.manager.infer(request)
 
@@ -124,8 +130,7 @@ class InferenceCore:
 
     async def _infer_traced(self, request: InferRequest) -> InferResponse:
         trace = self._start_trace(request)
-        extended = request.output_regions or request.classification or request.shared_epoch is not None
-        call = self._infer_extended(request) if extended else self.manager.infer(request)
+        call = self._infer_extended(request) if _extended(request) else self.manager.infer(request)
         if trace is None:
             return await call
         try:
@@ -138,8 +143,7 @@ class InferenceCore:
 
     async def _stream_traced(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         trace = self._start_trace(request)
-        extended = request.output_regions or request.classification or request.shared_epoch is not None
-        stream = self._stream_extended(request) if extended else self.manager.infer_stream(request)
+        stream = self._stream_extended(request) if _extended(request) else self.manager.infer_stream(request)
         version = ""
         try:
             async with aclosing(stream) as responses:

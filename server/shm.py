@@ -42,7 +42,7 @@ import numpy as np
 
 from ..protocol import codec
 from ..protocol.errors import Code, InferdError, InvalidArgument, NotFound, ResourceExhausted, Unimplemented
-from ..protocol.types import InferResponse
+from ..protocol.types import InferRequest, InferResponse
 from . import shm_guard
 from .cuda_shm import (
     IPC_HANDLE_BYTES,
@@ -245,11 +245,12 @@ class SharedMemoryRegistry:
         self._decoding.used = []
         return shm_guard.epoch()
 
-    def shared_use(self, mark: int) -> tuple[int, tuple[Watch, ...]] | None:
-        """After decoding: the request's ``shared_epoch`` and ``shared_regions`` (the guarded
-        regions it reads or writes), or None when it uses none."""
+    def attach_use(self, request: InferRequest, mark: int) -> None:
+        """After decoding ``request`` (``mark`` from :meth:`mark`): its ``shared_epoch`` and
+        ``shared_regions`` (the guarded regions it reads or writes), left unset when it uses none."""
         used, self._decoding.used = getattr(self._decoding, "used", None), None
-        return (mark, tuple(used)) if used else None
+        if used:
+            request.shared_epoch, request.shared_regions = mark, tuple(used)
 
     # --- CUDA shared memory (cuda_shm.py) ---------------------------------------------------
     def cuda_usable(self) -> bool:

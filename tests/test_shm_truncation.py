@@ -23,6 +23,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from inferd.protocol.errors import InferdError
+from inferd.protocol.types import InferRequest
 from inferd.server import shm_guard
 from inferd.server.shm import SharedMemoryRegistry
 from tritonclient.utils import InferenceServerException
@@ -176,19 +177,22 @@ def test_registry_survives_truncation_in_process(tmp_path: Path) -> None:
         registry = SharedMemoryRegistry(enabled=True)
         registry.register("victim", keys[0], 0, PAGES * 4096)
         registry.register("other", keys[1], 0, PAGES * 4096)
+        victim, other, none = (InferRequest("m", {}) for _ in range(3))
         mark = registry.mark()
         array = np.frombuffer(registry.view("victim", 0, PAGES * 4096, "t"), np.uint8)
-        victim = registry.shared_use(mark)
+        registry.attach_use(victim, mark)
         mark = registry.mark()
         registry.view("other", 0, 64, "t")
-        other = registry.shared_use(mark)
-        assert victim is not None and other is not None and len(victim[1]) == len(other[1]) == 1
-        assert registry.shared_use(registry.mark()) is None  # a decoding that used no region
+        registry.attach_use(other, mark)
+        assert victim.shared_epoch is not None and other.shared_epoch is not None
+        assert len(victim.shared_regions) == len(other.shared_regions) == 1
+        registry.attach_use(none, registry.mark())  # a decoding that used no region
+        assert none.shared_epoch is None and none.shared_regions == ()
         os.truncate(paths[0], 4096)
         assert int(array.sum()) == 4096  # the first page is still there; the lost ones read as zeros
         with pytest.raises(InferdError, match="was truncated by its owner"):
-            shm_guard.check(*victim)
-        shm_guard.check(*other)  # its region is whole: no error
+            shm_guard.check(victim.shared_epoch, victim.shared_regions)
+        shm_guard.check(other.shared_epoch, other.shared_regions)  # its region is whole: no error
         with pytest.raises(InferdError, match="shrank after the region was registered"):
             registry.view("victim", 0, 1, "t")
         del array

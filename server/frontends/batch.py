@@ -26,7 +26,6 @@ parameters are refused per line.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections import deque
@@ -204,7 +203,7 @@ def _failed(number: int, request_id: object, message: str, code: Code) -> bytes:
         doc["id"] = request_id
     doc["error"] = message
     doc["status"] = code.value
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return conv.dumps(doc)
 
 
 def open_input(path: str) -> IO[bytes]:

@@ -181,11 +181,8 @@ def request_from_pb(
     params: Mapping[str, Scalar] = PbParameters(msg.parameters) if len(msg.parameters) else {}
     deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
     request = InferRequest(model, inputs, msg.model_version, msg.id, outputs, params, deadline, regions_out, classes)
-    if mark is not None:
-        assert regions is not None
-        use = regions.shared_use(mark)
-        if use is not None:
-            request.shared_epoch, request.shared_regions = use
+    if mark is not None and regions is not None:
+        regions.attach_use(request, mark)
     return request
 
 

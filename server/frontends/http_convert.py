@@ -155,11 +155,8 @@ def request_from_json(
     request = InferRequest(
         model, inputs, version, request_id, outputs, params, output_regions=targets, classification=classes
     )
-    if mark is not None:
-        assert regions is not None
-        use = regions.shared_use(mark)
-        if use is not None:
-            request.shared_epoch, request.shared_regions = use
+    if mark is not None and regions is not None:
+        regions.attach_use(request, mark)
     return request, fmt
 
 

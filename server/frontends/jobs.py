@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...protocol.errors import InvalidArgument, NotFound, Unavailable
+from ...protocol.errors import InferdError, InvalidArgument, NotFound, Unavailable
 from ..core import InferenceCore
 from .batch import DEFAULT_CONCURRENCY, BatchRunner, Summary
+from .internal_error import internal_error
 from .request_limits import DEFAULT_MAX_ELEMENTS
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class JobStore:
             )
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="inferd-jobs-"))
-        job = Job(uuid.uuid4().hex, model, version, concurrency, self._root / uuid.uuid4().hex)
+        job_id = uuid.uuid4().hex
+        job = Job(job_id, model, version, concurrency, self._root / job_id)
         job.folder.mkdir()
         await asyncio.get_running_loop().run_in_executor(None, job.input.write_bytes, body)
         self._jobs[job.id] = job
@@ -187,11 +189,11 @@ class JobStore:
         except asyncio.CancelledError:
             self._finish(job, "CANCELLED")
             raise
-        except Exception as e:  # the job as a whole (its lines' errors are in its results)
-            message = getattr(e, "message", None) or "internal error"
-            if not hasattr(e, "message"):
-                log.exception("job %s failed", job.id)
-            self._finish(job, "FAILED", message)
+        except InferdError as e:  # the job as a whole (its lines' errors are in its results)
+            self._finish(job, "FAILED", e.message)
+            return
+        except Exception as e:  # a server fault: logged; the job says only "internal error"
+            self._finish(job, "FAILED", internal_error(e, f"job {job.id}"))
             return
         self._finish(job, "SUCCEEDED")
 
