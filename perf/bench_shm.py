@@ -21,11 +21,16 @@ client, each with its own regions made by ``tritonclient.utils.shared_memory`` (
 batch 8 x 16 MiB = 1 GiB of /dev/shm). Every shared-memory object the benchmark or
 perf_analyzer made is unregistered and unlinked at the end, also after Ctrl-C or a failure.
 
-Each round measures every point's two server rows back to back (each round starting one key
-later) after timing the in-process ceilings; tables show medians over ``--rounds``. The
-server (``--allow-client-shm true``, one onnxruntime thread, no dynamic batching) and the
-ceilings run on CPU 0, the load on the other CPUs (``--no-pin`` to share). Before the first
-round one request per size and mode checks the answer against numpy.
+Each row has a server process of its own. Each round measures every point's server rows
+back to back (each round starting one key later) after timing the in-process ceilings; tables
+show medians over ``--rounds``. The servers (``--allow-client-shm true``, one onnxruntime
+thread, no dynamic batching) and the ceilings run on CPU 0, the load on the other CPUs
+(``--no-pin`` to share). Before the first round one request per size and server checks the
+answer against numpy.
+
+With ``--baseline-ref REF`` inferd as of REF serves beside the current one, and each point gets
+a ``grpc+shm@REF`` row measured in the same rounds (shared memory only), so a change to the
+shared-memory path is shown against its parent on the same machine.
 
 Goal (issue 23), at 16 MB: with shared memory >= 3x the throughput without it, and >= 70% of
 the in-process ceiling.
@@ -49,9 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from . import perf_analyzer
+from . import baseline_ref, perf_analyzer
 from .ceilings import ORT_ONE_THREAD, THREAD_ENV
-from .harness import Bench, comparison, exit_status, interleaved, median, module_main, ratio
+from .harness import Bench, add_baseline_argument, comparison, exit_status, interleaved, median, module_main, ratio
 from .points import Served
 from .servers import ServerProcess, split_cpus, start_inferd
 from .stats import percentile
@@ -425,6 +430,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="perf_analyzer, the Python tritonclient driver, or auto (perf_analyzer when installed)",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load apart")
+    add_baseline_argument(p)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -449,20 +455,28 @@ def run(a: argparse.Namespace) -> int:
     )
     points = [Point(s, b, c) for s in a.sizes for c in a.concurrency for b in a.batch]
     previous = signal.signal(signal.SIGTERM, _terminate)
-    server: ServerProcess | None = None
+    servers: dict[str, ServerProcess] = {}  # by the mode measured on it
+    modes = [SHM, PLAIN]
     try:
-        with tempfile.TemporaryDirectory(prefix="inferd-bench-shm-") as tmp, removing_pa_objects():
+        with (
+            tempfile.TemporaryDirectory(prefix="inferd-bench-shm-") as tmp,
+            removing_pa_objects(),
+            baseline_ref.builds(a.baseline_ref) as builds,
+        ):
             repo = Path(tmp)
             build_repository(repo, a.sizes, max(a.batch))
-            server = start_inferd(
-                "inferd",
-                THREAD_ENV,
-                server_cpus,
-                repo,
-                [model_name(s) for s in a.sizes],
-                extra=["--allow-client-shm", "true"],
-            )
-            check_answers(server.url, a.sizes, max(a.batch))
+            models = [model_name(s) for s in a.sizes]
+            shm_flag = ["--allow-client-shm", "true"]
+            # One server per row: a server that also carried the no-shm rows' gigabytes would
+            # serve its shm rows from a heap they left behind, which a baseline would not.
+            for mode, build in [(SHM, builds[0]), (PLAIN, builds[0])] + [
+                (f"{SHM}@{b.name.partition('@')[2]}", b) for b in builds[1:]
+            ]:
+                env = {**THREAD_ENV, **build.env}
+                servers[mode] = start_inferd(build.name, env, server_cpus, repo, models, extra=shm_flag)
+                check_answers(servers[mode].url, a.sizes, max(a.batch))
+                if mode not in modes:
+                    modes.append(mode)
             ceiling = Ceiling(repo, a.sizes, server_cpus)
             ceilings: dict[tuple[str, int], list[Served]] = {}
 
@@ -477,27 +491,26 @@ def run(a: argparse.Namespace) -> int:
                             file=sys.stderr,
                         )
 
-            url = server.url
-
             def one(key: tuple[Point, str]) -> Served:
                 pt, mode = key
+                url, use_shm = servers[mode].url, mode != PLAIN
                 try:
                     if binary is not None:
-                        return pa_point(binary, url, pt.size, pt.batch, pt.concurrency, a.duration, mode == SHM)
-                    return python_point(url, pt.size, pt.batch, pt.concurrency, a.duration, a.warmup, mode == SHM)
+                        return pa_point(binary, url, pt.size, pt.batch, pt.concurrency, a.duration, use_shm)
+                    return python_point(url, pt.size, pt.batch, pt.concurrency, a.duration, a.warmup, use_shm)
                 except RuntimeError as e:  # perf_analyzer failed
                     print(f"# {pt.name} {mode}: {e}", file=sys.stderr)
                     return Served(0.0, errors=1)
 
             measured = interleaved(
                 a.rounds,
-                [(pt, mode) for pt in points for mode in (SHM, PLAIN)],
+                [(pt, mode) for pt in points for mode in modes],
                 one,
                 lambda k: f"{k[0].name} {k[1]}",
                 before_round=time_ceilings,
             )
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
         signal.signal(signal.SIGTERM, previous)
     raw: dict[tuple[str, str], list[Served]] = {(pt.name, mode): runs for (pt, mode), runs in measured.items()}
@@ -512,7 +525,9 @@ def run(a: argparse.Namespace) -> int:
         f"in-process: onnxruntime in the benchmark process on the server's CPU, one thread, same batch; "
         f"medians of {a.rounds} round(s) of {a.duration:g} s\n"
     )
-    print(comparison(raw, [pt.name for pt in points], [SHM, PLAIN, IN_PROCESS], [(SHM, PLAIN), (SHM, IN_PROCESS)]))
+    baselines = modes[2:]
+    ratios = [(SHM, PLAIN), (SHM, IN_PROCESS), *((SHM, b) for b in baselines)]
+    print(comparison(raw, [pt.name for pt in points], [SHM, *baselines, PLAIN, IN_PROCESS], ratios))
     print("\n" + "\n".join(lines))
     return exit_status(raw)
 

@@ -4,17 +4,22 @@ template learnt from the first, and compared field by field with ``request_from_
 
 from __future__ import annotations
 
+import mmap
+import os
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from inferd.protocol import codec
-from inferd.protocol.errors import InvalidArgument
+from inferd.protocol.errors import InvalidArgument, NotFound
 from inferd.protocol.fields import set_parameter
 from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.types import InferRequest, InferResponse
 from inferd.server.frontends import grpc_wire
 from inferd.server.frontends.grpc_convert import InferCodec, request_from_pb
+from inferd.server.shm import SharedMemoryRegistry
 
 RNG = np.random.default_rng(7)
 
@@ -197,3 +202,96 @@ def test_encoded_responses_are_what_the_message_serializes_to(case: str) -> None
             assert pb.ModelInferResponse.FromString(got) == pb.ModelInferResponse.FromString(want)
         else:
             assert got == want
+
+
+# --- tensors in shared memory: templated, with the regions looked up per request -------------
+@pytest.fixture
+def registry() -> Iterator[tuple[SharedMemoryRegistry, np.ndarray]]:
+    """A registry with region "in" (64 bytes at offset 0) and "out" (64 bytes at offset 64) of
+    one POSIX object, and the object's bytes as an array the test writes into."""
+    key = f"inferd_wire_{uuid.uuid4().hex[:12]}"
+    fd = os.open(f"/dev/shm/{key}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, 4096)
+    mapping = mmap.mmap(fd, 4096)
+    regions = SharedMemoryRegistry(enabled=True)
+    regions.register("in", key, 0, 64)
+    regions.register("out", key, 64, 64)
+    try:
+        yield regions, np.frombuffer(mapping, np.uint8)
+    finally:
+        regions.close()
+        os.close(fd)
+        os.unlink(f"/dev/shm/{key}")
+
+
+def shm_message(rid: str = "", *, raw: np.ndarray | None = None, bytes_input: bool = False) -> pb.ModelInferRequest:
+    msg = pb.ModelInferRequest(model_name="m", id=rid)
+    if raw is not None:  # a raw input before the region's, as the message path orders them
+        msg.inputs.add(name="R", datatype="FP32", shape=raw.shape)
+        msg.raw_input_contents.append(raw.tobytes())
+    t = msg.inputs.add(name="X", datatype="BYTES" if bytes_input else "FP32", shape=[1, 4] if not bytes_input else [1])
+    t.parameters["shared_memory_region"].string_param = "in"
+    t.parameters["shared_memory_byte_size"].int64_param = 16
+    o = msg.outputs.add(name="Y")
+    o.parameters["shared_memory_region"].string_param = "out"
+    o.parameters["shared_memory_offset"].int64_param = 8
+    o.parameters["shared_memory_byte_size"].int64_param = 32
+    return msg
+
+
+def test_shared_memory_requests_are_templated_and_read_the_region_each_time(registry) -> None:  # type: ignore[no-untyped-def]
+    regions, memory = registry
+    wire = InferCodec(regions)
+    raw = np.ones((1, 2), np.float32)
+    wire.decode(shm_message("a", raw=raw).SerializeToString())
+    for n in range(3):
+        memory[:16] = np.arange(4, dtype=np.float32).view(np.uint8) + n  # the client's next input
+        data = shm_message("b" * (n + 1), raw=raw * n).SerializeToString()
+        assert wire._wire.fit(data, None) is not None, "the learnt template should fit"
+        got = wire.decode(data)
+        want = request_from_pb(pb.ModelInferRequest.FromString(data), regions=regions)
+        assert_same(got, want)
+        assert list(got.inputs) == ["R", "X"]
+        assert got.shared_epoch is not None and len(got.shared_regions) == 2
+        assert got.output_regions is not None and want.output_regions is not None
+        assert bytes(got.output_regions["Y"]) == bytes(want.output_regions["Y"]) and len(got.output_regions["Y"]) == 32
+        got.output_regions["Y"][:4] = b"\x01\x02\x03\x04"  # writable, at the output's offset
+        assert memory[72:76].tolist() == [1, 2, 3, 4]
+
+
+def test_bytes_in_shared_memory_are_decoded_per_request(registry) -> None:  # type: ignore[no-untyped-def]
+    regions, memory = registry
+    wire = InferCodec(regions)
+    for text in (b"hello world!", b"other bytes!"):
+        memory[:16] = np.frombuffer(len(text).to_bytes(4, "little") + text, np.uint8)
+        got = wire.decode(shm_message(bytes_input=True).SerializeToString())
+        assert got.inputs["X"].tolist() == [text]
+    assert wire._wire.fit(shm_message(bytes_input=True).SerializeToString(), None) is not None
+    memory[:4] = np.frombuffer((99).to_bytes(4, "little"), np.uint8)  # a length past the region's end
+    with pytest.raises(InvalidArgument):
+        wire.decode(shm_message(bytes_input=True).SerializeToString())
+
+
+def test_a_templated_request_sees_regions_unregistered_and_registered_again(registry) -> None:  # type: ignore[no-untyped-def]
+    regions, _ = registry
+    wire = InferCodec(regions)
+    data = shm_message().SerializeToString()
+    wire.decode(data)
+    key = regions.status("in")[0].key
+    regions.unregister("in")
+    for decode in (wire.decode, lambda d: request_from_pb(pb.ModelInferRequest.FromString(d), regions=regions)):
+        with pytest.raises(NotFound, match="Unable to find shared memory region: 'in'"):
+            decode(data)
+    regions.register("in", key, 0, 8)  # too small now for the 16 bytes asked for
+    for decode in (wire.decode, lambda d: request_from_pb(pb.ModelInferRequest.FromString(d), regions=regions)):
+        with pytest.raises(InvalidArgument, match="Invalid offset \\+ byte size"):
+            decode(data)
+
+
+def test_requests_asking_for_classification_are_not_templated() -> None:
+    wire = InferCodec()
+    msg = message({"A": np.ones((1, 4), np.float32)}, outputs=("Y",))
+    msg.outputs[0].parameters["classification"].int64_param = 2
+    data = msg.SerializeToString()
+    assert wire.decode(data).classification == {"Y": 2}
+    assert wire._wire.fit(data, None) is None

@@ -35,7 +35,7 @@ class InferCodec:
     so tests and servers do not share them)."""
 
     def __init__(self, regions: SharedMemoryRegistry | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
-        self._wire = InferWire()
+        self._wire = InferWire(regions)
         self._regions = regions  # shared memory (tensor_parameters); None: refused
         self.max_elements = max_elements  # values decoded one by one (request_limits)
 
@@ -55,9 +55,7 @@ class InferCodec:
         except Exception as e:  # upb raises DecodeError; any failure is the client's bytes
             raise InvalidArgument(f"ModelInfer: the request is not a valid ModelInferRequest message ({e})") from None
         request = request_from_pb(msg, remaining_s, self._regions, ElementBudget(self.max_elements))
-        # (an input in shared memory has no raw bytes to template; a template keeps no output parameters)
-        if request.output_regions is None and request.classification is None and request.shared_epoch is None:
-            self._wire.learn(data, request)
+        self._wire.learn(data, request, msg)
         return request
 
     def encode(self, response: InferResponse) -> bytes:

@@ -13,6 +13,13 @@ A template is only learnt from a request that the message path (``grpc_convert``
 a request fits one only if every byte outside the id and the tensor data is the same, so both
 paths give the same result and every check and error message stays in one place.
 
+Tensors in shared memory are templated too: a client using them sends identical bytes every time
+(the region names, offsets and sizes are parameters). What depends on the registry's state (the
+region still registered, its size, the guard's fault count) is not remembered: what the
+parameters say is read once (``tensor_parameters.RegionUse``), and each request looks its regions
+up again with the same ``tensor_parameters`` functions the message path calls, so a region
+unregistered since answers as it would on the message path.
+
 Responses are written directly: a header (model, version, output names, datatypes, shapes) is
 encoded once per output layout, then each response is that header, its id and the raw output
 bytes: byte for byte what the message would serialize to.
@@ -29,7 +36,9 @@ import numpy as np
 from ...protocol import codec
 from ...protocol.pb import grpc_service_pb2 as pb
 from ...protocol.types import InferRequest, InferResponse
-from .grpc_params import parameters_to_pb
+from ..shm import SharedMemoryRegistry
+from . import tensor_parameters
+from .grpc_params import PbParameters, parameters_to_pb
 
 # Field tags (field number << 3 | wire type 2, length-delimited) of ModelInferRequest/Response.
 _MODEL_NAME = 0x0A
@@ -64,6 +73,15 @@ class _Input:
 
 
 @dataclass(frozen=True, slots=True)
+class _Regions:
+    """A template's tensors in shared memory, and the message's input order around them."""
+
+    inputs: tuple[tuple[str, tensor_parameters.RegionUse], ...]  # (input name, its region)
+    outputs: tuple[tuple[str, tensor_parameters.RegionUse], ...]
+    order: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Template:
     pre: bytes  # everything before the id (model name, version)
     has_id: bool
@@ -73,6 +91,7 @@ class _Template:
     version: str
     outputs: tuple[str, ...] | None
     parameters: object  # the parameters of the request it was learnt from (read-only mapping)
+    regions: _Regions | None = None
 
 
 def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -106,12 +125,15 @@ def _field(tag: int, payload: bytes) -> bytes:
 class InferWire:
     """The two caches for one server (not global, so tests and servers do not share them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, regions: SharedMemoryRegistry | None = None) -> None:
+        self._regions = regions
         self._templates: dict[bytes, list[_Template]] = {}
         self._headers: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
 
     def fit(self, data: bytes, remaining_s: float | None) -> InferRequest | None:
-        """The request, if ``data`` fits a learnt layout; None sends it down the message path."""
+        """The request, if ``data`` fits a learnt layout; None sends it down the message path.
+        A layout with tensors in shared memory raises what the message path would for a region
+        that is gone or too small now."""
         if len(data) < 2 or data[0] != _MODEL_NAME or data[1] >= 0x80:
             return None
         candidates = self._templates.get(data[: 2 + data[1]])
@@ -146,15 +168,46 @@ class InferWire:
                     continue  # more fields follow: not this layout
                 outputs = list(t.outputs) if t.outputs is not None else None
                 deadline = time.monotonic_ns() + int(remaining_s * 1e9) if remaining_s is not None else None
+                if t.regions is not None:
+                    return self._with_regions(t, t.regions, inputs, rid, outputs, deadline)
                 return InferRequest(t.model, inputs, t.version, rid, outputs, t.parameters, deadline)  # type: ignore[arg-type]
         return None
 
-    def learn(self, data: bytes, request: InferRequest) -> None:
-        """Remember the layout of ``data``, which the message path accepted as ``request``, if
-        it has one worth a template: numeric inputs all in raw_input_contents, after every
-        other field, and the id (if any) right after the model name and version."""
+    def _with_regions(
+        self,
+        t: _Template,
+        shared: _Regions,
+        raw: dict[str, np.ndarray],
+        rid: str,
+        outputs: list[str] | None,
+        deadline: int | None,
+    ) -> InferRequest:
+        """The request of a template with tensors in shared memory: each region looked up now,
+        in the message path's order (inputs, then outputs), so its errors are the same."""
+        regions = self._regions
+        assert regions is not None  # a template with regions was learnt with them
+        mark = regions.mark()
+        arrays = {name: tensor_parameters.read_input(use, regions) for name, use in shared.inputs}
+        arrays.update(raw)
+        inputs = {name: arrays[name] for name in shared.order}
+        targets = {name: tensor_parameters.output_target(use, regions) for name, use in shared.outputs} or None
+        request = InferRequest(t.model, inputs, t.version, rid, outputs, t.parameters, deadline, targets)  # type: ignore[arg-type]
+        regions.attach_use(request, mark)
+        return request
+
+    def learn(self, data: bytes, request: InferRequest, msg: pb.ModelInferRequest) -> None:
+        """Remember the layout of ``data``, which the message path accepted as ``request`` (parsed
+        as ``msg``), if it has one worth a template: numeric inputs in raw_input_contents, after
+        every other field, or in shared memory, and the id (if any) right after the model name
+        and version. Requests asking for classification are not templated."""
+        if request.classification is not None:
+            return
+        shared = _shared_tensors(msg, self._regions)
+        in_regions = {name for name, _ in shared.inputs} if shared is not None else ()
         specs = []
         for name, array in request.inputs.items():  # in the message's input order
+            if name in in_regions:
+                continue
             if not array.dtype.itemsize or array.dtype.hasobject:
                 return  # BYTES
             specs.append((name, array.dtype, array.size, array.nbytes, array.shape))
@@ -185,6 +238,7 @@ class InferWire:
             request.model_version,
             outputs,
             params,
+            shared,
         )
         key = data[: 2 + data[1]]
         if len(self._templates) >= MAX_MODELS and key not in self._templates:
@@ -229,7 +283,7 @@ class InferWire:
                 return None  # the version after the id: an unusual order, not templated
             pos = end
         if raw_start < 0:
-            return None
+            raw_start = len(data)  # no raw inputs: all in shared memory (or none at all)
         if pre_end < 0:
             pre_end = id_end = raw_start
         return pre_end, id_end, raw_start, marks
@@ -279,3 +333,26 @@ class InferWire:
             ]
         )
         return pre.SerializeToString(), tensors.SerializeToString()
+
+
+def _shared_tensors(msg: pb.ModelInferRequest, regions: SharedMemoryRegistry | None) -> _Regions | None:
+    """The tensors of ``msg`` in shared memory, read from their parameters as the message path
+    read them; None when there are none."""
+    model = msg.model_name
+    inputs = []
+    for t in msg.inputs:
+        if len(t.parameters):
+            what = f"model '{model}' input '{t.name}'"
+            use = tensor_parameters.input_use(PbParameters(t.parameters), t.datatype, t.shape[:], what, regions)
+            if use is not None:
+                inputs.append((t.name, use))
+    outputs = []
+    for o in msg.outputs:
+        if len(o.parameters):
+            what = f"model '{model}' output '{o.name}'"
+            use = tensor_parameters.output_use(PbParameters(o.parameters), what, regions)
+            if use is not None:
+                outputs.append((o.name, use))
+    if not inputs and not outputs:
+        return None
+    return _Regions(tuple(inputs), tuple(outputs), tuple(t.name for t in msg.inputs))

@@ -18,6 +18,7 @@ protocols, as Triton does.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +37,51 @@ def uses_shared_memory(params: Mapping[str, object]) -> bool:
     return REGION in params or OFFSET in params or BYTE_SIZE in params
 
 
+@dataclass(frozen=True, slots=True)
+class RegionUse:
+    """What a tensor's parameters ask of shared memory, checked against nothing but themselves:
+    which bytes of which region, and for an input how to read them. Front ends that see the same
+    parameters again (grpc_wire's templates) keep this and look the region up per request."""
+
+    region: str
+    offset: int
+    byte_size: int
+    what: str
+    datatype: codec.DataType | None = None  # inputs only
+    shape: tuple[int, ...] = ()
+
+
+def input_use(
+    params: Mapping[str, object],
+    datatype: str,
+    shape: Sequence[int],
+    what: str,
+    regions: SharedMemoryRegistry | None,
+) -> RegionUse | None:
+    """The region an input's parameters name, or None when they name none; ``what`` names the
+    tensor, e.g. "model 'm' input 'A'"."""
+    if not uses_shared_memory(params):
+        return None
+    name, offset, byte_size = _region_parameters(params, what, regions)
+    dt = codec.datatype(datatype)
+    count = codec.element_count(shape, what)
+    if dt.itemsize and byte_size != count * dt.itemsize:
+        raise InvalidArgument(
+            f"{what}: shared_memory_byte_size {byte_size} does not match shape {list(shape)} of {dt.name}, "
+            f"which needs {count * dt.itemsize} bytes"
+        )
+    return RegionUse(name, offset, byte_size, what, dt, tuple(shape))
+
+
+def read_input(use: RegionUse, regions: SharedMemoryRegistry) -> np.ndarray:
+    """The input's array from its region as registered now. Numeric inputs are views of the
+    mapping (no copy); BYTES are decoded (and their lengths checked) by the codec."""
+    assert use.datatype is not None
+    view = regions.view(use.region, use.offset, use.byte_size, use.what)
+    array = codec.from_raw(view, use.datatype, use.shape, use.what)
+    return array if array.flags.aligned else array.copy()  # backends may assume aligned arrays
+
+
 def input_from_region(
     params: Mapping[str, object],
     datatype: str,
@@ -44,32 +90,36 @@ def input_from_region(
     regions: SharedMemoryRegistry | None,
 ) -> np.ndarray | None:
     """The input's array read from its shared-memory region, or None when its parameters name
-    no region; ``what`` names the tensor, e.g. "model 'm' input 'A'". Numeric inputs are views
-    of the mapping (no copy); BYTES are decoded (and their lengths checked) by the codec."""
+    no region."""
+    use = input_use(params, datatype, shape, what, regions)
+    if use is None:
+        return None
+    assert regions is not None
+    return read_input(use, regions)
+
+
+def output_use(params: Mapping[str, object], what: str, regions: SharedMemoryRegistry | None) -> RegionUse | None:
+    """The region a requested output's parameters name, or None when they name none."""
     if not uses_shared_memory(params):
         return None
     name, offset, byte_size = _region_parameters(params, what, regions)
-    assert regions is not None
-    dt = codec.datatype(datatype)
-    count = codec.element_count(shape, what)
-    if dt.itemsize and byte_size != count * dt.itemsize:
-        raise InvalidArgument(
-            f"{what}: shared_memory_byte_size {byte_size} does not match shape {list(shape)} of {dt.name}, "
-            f"which needs {count * dt.itemsize} bytes"
-        )
-    array = codec.from_raw(regions.view(name, offset, byte_size, what), dt, shape, what)
-    return array if array.flags.aligned else array.copy()  # backends may assume aligned arrays
+    if "classification" in params:
+        raise InvalidArgument(f"{what}: Output can't set both 'shared_memory_region' and 'classification'")
+    return RegionUse(name, offset, byte_size, what)
+
+
+def output_target(use: RegionUse, regions: SharedMemoryRegistry) -> memoryview:
+    """The writable bytes of the output's region as registered now."""
+    return regions.view(use.region, use.offset, use.byte_size, use.what, writable=True)
 
 
 def output_region(params: Mapping[str, object], what: str, regions: SharedMemoryRegistry | None) -> memoryview | None:
     """The writable bytes a requested output goes into, or None when it names no region."""
-    if not uses_shared_memory(params):
+    use = output_use(params, what, regions)
+    if use is None:
         return None
-    name, offset, byte_size = _region_parameters(params, what, regions)
     assert regions is not None
-    if "classification" in params:
-        raise InvalidArgument(f"{what}: Output can't set both 'shared_memory_region' and 'classification'")
-    return regions.view(name, offset, byte_size, what, writable=True)
+    return output_target(use, regions)
 
 
 def classification_count(params: Mapping[str, object], what: str) -> int:
