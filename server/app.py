@@ -99,7 +99,9 @@ class InferdServer:
             )
         self.core.max_load_file_bytes = settings.max_load_file_bytes
         # Asynchronous jobs (HTTP: /v2/jobs); each line is bounded as one request is.
-        self.jobs = JobStore(self.core, max_elements=settings.request_limits.max_elements)
+        self.jobs = JobStore(
+            self.core, max_elements=settings.request_limits.max_elements, max_bytes=settings.max_job_bytes
+        )
         self.core.server_name = settings.server_id
         self.core.logs = LogControl(settings.log_state())  # `inferd serve` installs its own
         self.watcher: RepositoryWatcher | None = None

@@ -213,6 +213,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "(default %(default)s); one more fails the request and cancels it in the model",
     )
     p.add_argument(
+        "--max-job-bytes",
+        type=_positive,
+        default=d.max_job_bytes,
+        metavar="BYTES",
+        help="asynchronous jobs' files (inputs and answers, all jobs kept together) on disk (default %(default)s); "
+        "a submission that does not fit is refused (413), a job whose next answer does not fit stops as FAILED",
+    )
+    p.add_argument(
         "--stream-interval-us",
         type=_stream_interval,
         default=d.stream_interval_us,
@@ -274,6 +282,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         max_load_file_bytes=a.max_load_file_bytes,
         max_threads_per_instance=a.max_threads_per_instance,
         max_buffered_responses=a.max_buffered_responses,
+        max_job_bytes=a.max_job_bytes,
         stream_interval_us=a.stream_interval_us,
         response_cache_bytes=_cache_bytes(a.cache_config),
         model_control_mode=a.model_control_mode,

@@ -60,6 +60,8 @@ class Settings:
     response_cache_bytes: int = 0
     # Responses of one decoupled request that may wait for a slow client (protocol/streaming.py).
     max_buffered_responses: int = DEFAULT_BUFFERED_RESPONSES
+    # Bytes of asynchronous jobs' files (inputs and answers) kept at once (frontends/jobs.py).
+    max_job_bytes: int = 4 << 30
     # How often at most one HTTP Server-Sent Event stream is written to, in µs (0: as soon as
     # possible); its first and final events are never held (protocol/streaming.py).
     stream_interval_us: int = DEFAULT_STREAM_INTERVAL_US

@@ -139,3 +139,25 @@ def test_results_survive_a_delete_during_the_download(http: httpx.Client, server
             text = first + b"".join(chunks)
     lines = text.decode().splitlines()
     assert len(lines) == 5_000 and json.loads(lines[-1])["id"] == "r4999"
+
+
+def test_jobs_files_stay_within_max_job_bytes(model_repo: Path) -> None:
+    body, _ = _lines(50, seed=3)
+    budget = len(body) + 4096  # the input and a few answer lines
+    running = start_server(test_settings(model_repo, max_job_bytes=budget))
+    try:
+        with httpx.Client(base_url=f"http://{running.http_url}", timeout=30) as http:
+            job = http.post("/v2/models/add_sub/jobs", content=body).json()
+            status = _wait(http, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
+            assert status["status"] == "FAILED" and "--max-job-bytes" in status["error"], status
+            lines = http.get(f"/v2/jobs/{job['id']}/results").text.splitlines()
+            assert 0 < len(lines) < 50 and f"stopped after {len(lines)} answer lines" in status["error"]
+            assert [json.loads(line)["id"] for line in lines] == [f"r{i}" for i in range(len(lines))]  # whole lines
+            assert running.server.jobs.used_bytes <= budget
+            refused = http.post("/v2/models/add_sub/jobs", content=body)  # no room left for another input
+            assert refused.status_code == 413 and "--max-job-bytes" in refused.json()["error"]
+            assert http.delete(f"/v2/jobs/{job['id']}").status_code == 200
+            assert running.server.jobs.used_bytes == 0
+            assert http.post("/v2/models/add_sub/jobs", content=body).status_code == 202
+    finally:
+        running.stop()

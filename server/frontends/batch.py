@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ...protocol.errors import Code, InferdError, InvalidArgument
 from ...protocol.types import InferRequest, InferResponse
@@ -98,6 +98,14 @@ async def _chunks(lines: Iterator[tuple[int, bytes | LineTooLong]]) -> AsyncIter
         yield chunk
 
 
+class Sink(Protocol):
+    """Where answers go: a binary file, or anything that writes whole lines like one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class BatchRunner:
     """Runs every request line of ``source`` on ``model`` (``version``; empty: the server's
     choice) and writes one answer line each to ``sink``."""
@@ -121,7 +129,7 @@ class BatchRunner:
         self.max_elements = max_elements
         self.decoupled = core.model(model, version).decoupled
 
-    async def run(self, source: IO[bytes], sink: IO[bytes], summary: Summary | None = None) -> Summary:
+    async def run(self, source: IO[bytes], sink: Sink, summary: Summary | None = None) -> Summary:
         """Every line of ``source`` answered into ``sink``; ``summary`` (updated as lines are
         answered) is the returned one. Cancelled, it cancels the lines in flight and leaves
         ``sink`` with the answers written so far, in order."""
@@ -132,8 +140,7 @@ class BatchRunner:
         async def write_head() -> None:
             line = await waiting[0]
             waiting.popleft()
-            sink.write(line)
-            sink.write(b"\n")
+            sink.write(line + b"\n")  # one write per answer: a bounded sink refuses whole lines
 
         try:
             async for chunk in _chunks(read_lines(source, self.max_line_bytes)):

@@ -10,7 +10,10 @@ they share the model's queue with every other client.
 Bounded: at most ``max_jobs`` jobs are kept (queued, running or finished and not yet deleted);
 a submission beyond that is UNAVAILABLE until one is deleted, so results a client has not
 fetched are never dropped behind its back. Each job's input and answers are files in one
-temporary folder, removed with the job and, for all of them, when the server stops.
+temporary folder, removed with the job and, for all of them, when the server stops. Those files
+together stay within ``max_bytes`` (``--max-job-bytes``): a submission whose input does not fit
+is RESOURCE_EXHAUSTED, and a job whose next answer line would not fit stops there as FAILED,
+keeping the answers written so far (an answer can be far larger than its request line).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from ...protocol.errors import InferdError, InvalidArgument, NotFound, Unavailable
+from ...protocol.errors import InferdError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ..core import InferenceCore
 from .batch import DEFAULT_CONCURRENCY, BatchRunner, Summary
 from .internal_error import internal_error
@@ -35,6 +38,7 @@ from .request_limits import DEFAULT_MAX_ELEMENTS
 log = logging.getLogger(__name__)
 
 MAX_JOBS = 16
+MAX_BYTES = 4 << 30  # the jobs' files on disk, all together (--max-job-bytes)
 MAX_CONCURRENCY = 256
 FINISHED = frozenset({"SUCCEEDED", "CANCELLED", "FAILED"})
 
@@ -53,6 +57,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     task: asyncio.Task[None] | None = None
+    bytes: int = 0  # its files' size: the input, and the answers written so far
 
     @property
     def input(self) -> Path:
@@ -89,9 +94,17 @@ def _iso(t: float) -> str:
 
 
 class JobStore:
-    def __init__(self, core: InferenceCore, max_jobs: int = MAX_JOBS, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        max_jobs: int = MAX_JOBS,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self.core = core
         self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.used_bytes = 0  # every kept job's files
         self.max_elements = max_elements  # per line, as per request (--max-request-elements)
         self._jobs: dict[str, Job] = {}
         self._queue: asyncio.Queue[Job] | None = None
@@ -109,6 +122,11 @@ class JobStore:
                 f"the server keeps at most {self.max_jobs} jobs and has that many; delete finished ones "
                 "(DELETE /v2/jobs/<id>) to submit more"
             )
+        if self.used_bytes + len(body) > self.max_bytes:
+            raise ResourceExhausted(
+                f"the job's {len(body)} bytes do not fit in the {self.max_bytes - self.used_bytes} bytes left of the "
+                f"server's {self.max_bytes} for jobs' files (--max-job-bytes); delete finished jobs to make room"
+            )
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="inferd-jobs-"))
         job_id = uuid.uuid4().hex
@@ -116,6 +134,7 @@ class JobStore:
         job.folder.mkdir()
         await asyncio.get_running_loop().run_in_executor(None, job.input.write_bytes, body)
         self._jobs[job.id] = job
+        self._charge(job, len(body))
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.ensure_future(self._work(self._queue))
@@ -153,7 +172,12 @@ class JobStore:
                 await asyncio.shield(job.task)
         del self._jobs[job_id]
         shutil.rmtree(job.folder, ignore_errors=True)
+        self.used_bytes -= job.bytes
         return job
+
+    def _charge(self, job: Job, n: int) -> None:
+        job.bytes += n
+        self.used_bytes += n
 
     async def close(self) -> None:
         """Server stop: every job cancelled, every file removed."""
@@ -167,6 +191,7 @@ class JobStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await job.task
         self._jobs.clear()
+        self.used_bytes = 0
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
 
@@ -185,7 +210,7 @@ class JobStore:
         try:
             runner = BatchRunner(self.core, job.model, job.version, job.concurrency, max_elements=self.max_elements)
             with job.input.open("rb") as source, job.output.open("wb") as sink:
-                await runner.run(source, sink, job.summary)
+                await runner.run(source, _Budgeted(sink, self, job), job.summary)
         except asyncio.CancelledError:
             self._finish(job, "CANCELLED")
             raise
@@ -202,3 +227,28 @@ class JobStore:
         if not job.output.exists():
             job.output.touch()
         log.info("job %s %s: %s", job.id, status.lower(), job.summary.text())
+
+
+class _Budgeted:
+    """A job's answers file, refusing the answer line that would take the store past its bytes."""
+
+    def __init__(self, sink: IO[bytes], store: JobStore, job: Job) -> None:
+        self._sink = sink
+        self._store = store
+        self._job = job
+        self._lines = 0
+
+    def write(self, data: bytes) -> int:
+        store = self._store
+        if store.used_bytes + len(data) > store.max_bytes:
+            raise ResourceExhausted(
+                f"stopped after {self._lines} answer lines: the next one "
+                f"({len(data)} bytes) would take the jobs' files past the server's {store.max_bytes} bytes "
+                "(--max-job-bytes); the answers so far are kept"
+            )
+        store._charge(self._job, len(data))
+        self._lines += 1
+        return self._sink.write(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
