@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .internal_error import answer_fault
+from .internal_error import StartWatch, answer_fault
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -67,13 +67,7 @@ class HotRoutes:
         return None
 
     async def _serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        sending = StartWatch(send)
         request = Request(scope, receive, send)
         try:
             try:
@@ -83,8 +77,8 @@ class HotRoutes:
                 handler = self._handler(e)
                 if handler is None:
                     raise
-                if started:
+                if sending.started:
                     raise RuntimeError("Caught handled exception, but response already started.") from e
                 await (await handler(request, e))(scope, receive, sending)
         except Exception as e:
-            await answer_fault(e, scope, receive, send, started, self.respond)
+            await answer_fault(e, scope, receive, send, sending.started, self.respond)

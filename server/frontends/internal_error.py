@@ -18,7 +18,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...protocol.errors import internal_error
 
-__all__ = ["InternalErrors", "answer_fault", "internal_error"]
+__all__ = ["InternalErrors", "StartWatch", "answer_fault", "internal_error"]
+
+
+class StartWatch:
+    """An ASGI ``send`` that notes whether the response has started (its headers went out): a
+    fault after that can no longer be answered, only logged."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if not self.started and message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 class InternalErrors:
@@ -36,17 +52,11 @@ class InternalErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def sending(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        sending = StartWatch(send)
         try:
             await self.app(scope, receive, sending)
         except Exception as e:
-            await answer_fault(e, scope, receive, send, started, self.respond)
+            await answer_fault(e, scope, receive, send, sending.started, self.respond)
 
 
 async def answer_fault(
