@@ -69,7 +69,8 @@ test: $(TEST_STAMP)
 # The gRPC tests again on the pure-Python front end (grpc.aio), where grpc++ serves by default.
 GRPC_TESTS := tests/test_grpc_infer.py tests/test_grpc_errors.py tests/test_grpc_native.py tests/test_decoupled.py \
 	tests/test_access.py tests/test_request_limits.py tests/test_triton_examples.py tests/test_e2e_serve.py \
-	tests/test_io_threads.py tests/test_client.py tests/test_perf_analyzer.py tests/test_sequence_batching.py
+	tests/test_io_threads.py tests/test_client.py tests/test_perf_analyzer.py tests/test_sequence_batching.py \
+	tests/test_tls.py
 test-grpc-aio: $(TEST_STAMP)
 	INFERD_TEST_GRPC_FRONTEND=aio $(PY) -m pytest -q $(GRPC_TESTS) $(ARGS)
 

@@ -19,6 +19,9 @@
 #include <grpc/support/time.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -104,15 +107,42 @@ class Service final : public grpc::CallbackGenericService {
   Frontend* frontend_;
 };
 
+// TLS for the port: grpc++ reads the certificate files itself, and reads them again every
+// refresh_s seconds, so that a rotation reaches new handshakes. The files are inferd's own copies
+// of what the flags name (tls.py writes them, and rewrites them on a reload it has checked):
+// identity is the certificate chain and the key in one file, replaced in one rename.
+struct Tls {
+  std::string identity;  // empty: no TLS
+  std::string root;      // empty: no client certificates checked
+  bool mutual = false;
+  int refresh_s = 1;
+};
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const Tls& tls) {
+  if (tls.identity.empty()) return grpc::InsecureServerCredentials();
+  namespace x = grpc::experimental;
+  unsigned refresh = static_cast<unsigned>(tls.refresh_s);
+  auto provider = tls.root.empty()
+                      ? std::make_shared<x::FileWatcherCertificateProvider>(tls.identity, tls.identity, refresh)
+                      : std::make_shared<x::FileWatcherCertificateProvider>(tls.identity, tls.identity, tls.root,
+                                                                            refresh);
+  x::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (!tls.root.empty()) options.watch_root_certs();
+  options.set_cert_request_type(tls.mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                           : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  return x::TlsServerCredentials(options);
+}
+
 class Frontend {
  public:
   Frontend(const std::string& address, const std::vector<std::pair<std::string, int>>& int_args,
-           int max_receive, int max_send)
+           int max_receive, int max_send, const Tls& tls)
       : service_(this) {
     fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (fd_ < 0) throw std::runtime_error("eventfd failed");
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
+    builder.AddListeningPort(address, Credentials(tls), &port_);
     builder.SetMaxReceiveMessageSize(max_receive);
     builder.SetMaxSendMessageSize(max_send);
     for (const auto& [name, value] : int_args) builder.AddChannelArgument(name, value);
@@ -373,8 +403,15 @@ PYBIND11_MODULE(_native_grpc, m) {
   m.attr("WRITTEN") = static_cast<int>(WRITTEN);
   m.attr("GRPC_VERSION") = grpc::Version();
   py::class_<Frontend>(m, "Frontend")
-      .def(py::init<const std::string&, const std::vector<std::pair<std::string, int>>&, int, int>(),
-           py::arg("address"), py::arg("int_args"), py::arg("max_receive"), py::arg("max_send"))
+      .def(py::init([](const std::string& address, const std::vector<std::pair<std::string, int>>& int_args,
+                       int max_receive, int max_send, const std::string& tls_identity, const std::string& tls_root,
+                       bool tls_mutual, int tls_refresh_s) {
+             return new Frontend(address, int_args, max_receive, max_send,
+                                 Tls{tls_identity, tls_root, tls_mutual, tls_refresh_s});
+           }),
+           py::arg("address"), py::arg("int_args"), py::arg("max_receive"), py::arg("max_send"),
+           py::arg("tls_identity") = "", py::arg("tls_root") = "", py::arg("tls_mutual") = false,
+           py::arg("tls_refresh_s") = 1)
       .def_property_readonly("port", &Frontend::port)
       .def_property_readonly("fd", &Frontend::fd)
       .def("drain", &Frontend::Drain)

@@ -134,7 +134,7 @@ class InferdServer:
                 self.tls[port] = TlsEndpoint(files)
         if s.allow_grpc:
             grpc_tls = self.tls.get("grpc")
-            frontend = choose_grpc_frontend(s.grpc_frontend, tls=grpc_tls is not None)
+            frontend = choose_grpc_frontend(s.grpc_frontend)
             self.grpc_frontend = frontend
             if frontend == "native":
                 limits = s.request_limits
@@ -143,6 +143,7 @@ class InferdServer:
                     _address(s.grpc_host(), s.grpc_port),
                     s.grpc_max_message_bytes,
                     channel_arguments(s.grpc_max_message_bytes, limits, s.grpc_channel_options),
+                    tls=grpc_tls,
                 )
                 self.grpc_port = self.grpc_server.port
             else:
@@ -238,7 +239,10 @@ class InferdServer:
             except TlsError as e:
                 log.error("%s: certificates not reloaded, the current ones stay: %s", port, e)
             else:
-                log.info("%s: certificates reloaded from %s", port, endpoint.files.cert)
+                when = (
+                    " (grpc++ reads them within a second)" if port == "grpc" and self.grpc_frontend == "native" else ""
+                )
+                log.info("%s: certificates reloaded from %s%s", port, endpoint.files.cert, when)
 
     async def _report_start(self, loads: Awaitable[object], names: list[str]) -> None:
         """Once the start-up loads are done: the models' table, then every address served."""
@@ -305,6 +309,8 @@ class InferdServer:
         if self.http_server is not None:
             draining.append(self.http_server.stop())
         await asyncio.gather(*draining)
+        for endpoint in self.tls.values():
+            endpoint.close()  # grpc++'s copies of the certificates
         await self.jobs.close()  # running jobs cancelled, their files removed
         if self.metrics_server is not None:
             await self.metrics_server.stop()

@@ -130,7 +130,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", "native", "aio"],
         default=d.grpc_frontend,
         help="what serves the gRPC port: native (grpc++, built when libgrpc++-dev is installed), aio "
-        "(grpc.aio, pure Python) or auto (default: native where built, except with TLS)",
+        "(grpc.aio, pure Python) or auto (default: native where built)",
     )
     p.add_argument(
         "--grpc-io-sched",

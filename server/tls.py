@@ -5,8 +5,15 @@ Each port that serves TLS has one :class:`TlsFiles` (the flags' paths) and, once
 they still form a valid pair, applies them to new handshakes only: connections already open
 keep the certificate they were set up with, so nothing is dropped.
 
-* gRPC: ``grpc.dynamic_ssl_server_credentials`` asks ``fetch`` for a new configuration at each
-  handshake; it hands one over once after a reload, ``None`` (no change) otherwise.
+* gRPC on grpc.aio: ``grpc.dynamic_ssl_server_credentials`` asks ``fetch`` for a new
+  configuration at each handshake; it hands one over once after a reload, ``None`` (no change)
+  otherwise.
+* gRPC on grpc++ (the native front end): grpc++ reads certificate files itself and reads them
+  again every second. It gets inferd's own copies (``native_files``), in a private folder: the
+  certificate chain and the key in one file, written in one rename with a modification time
+  that differs from the previous one, so grpc++ never reads half of a rotation (it compares the
+  file's time before and after reading). A reload rewrites them once it has checked the new
+  pair, so new handshakes present it within about a second.
 * HTTP and metrics (uvicorn): ``load_cert_chain`` on the live ``ssl.SSLContext`` changes what
   new handshakes present. A new root certificate is added to the trusted set (OpenSSL cannot
   drop one from a live context): a rotated CA is trusted beside the old one until a restart.
@@ -18,8 +25,13 @@ them in one line as it does a busy port.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import ssl
+import tempfile
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +120,30 @@ def _server_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
+IDENTITY_FILE, ROOT_FILE = "identity.pem", "root.pem"
+
+
+def _write_native(folder: Path, material: _Material) -> None:
+    """The files grpc++ reads: each written beside its final name and renamed over it, with a
+    modification time (whole seconds, as grpc++ compares them) later than the one it replaces."""
+    identity = material.cert.rstrip(b"\n") + b"\n" + material.key
+    for name, data in ((IDENTITY_FILE, identity), (ROOT_FILE, material.root)):
+        if data is None:
+            continue
+        final = folder / name
+        try:
+            previous = final.stat().st_mtime_ns
+        except FileNotFoundError:
+            previous = 0
+        stamp = max(time.time_ns(), previous + 1_000_000_000) // 1_000_000_000 * 1_000_000_000
+        part = folder / (name + ".part")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.utime(part, ns=(stamp, stamp))
+        os.replace(part, final)
+
+
 class TlsEndpoint:
     """What one port serves; built once at start-up (raising TlsError), reloaded on SIGHUP."""
 
@@ -117,6 +153,7 @@ class TlsEndpoint:
         self._material = _load(files, self.ssl_context)
         self._pending: Any = None  # a grpc certificate configuration not yet handed over
         self._lock = threading.Lock()  # fetch() runs on grpc's threads
+        self._native_dir: Path | None = None  # the copies grpc++ reads (native_files)
 
     def reload(self) -> None:
         """Read the files again; on success new handshakes use them (TlsError otherwise, and
@@ -126,6 +163,25 @@ class TlsEndpoint:
         with self._lock:
             self._material = material
             self._pending = self._grpc_config(material) if self.files.port == "grpc" else None
+        if self._native_dir is not None:
+            _write_native(self._native_dir, material)
+
+    # --- gRPC on grpc++ -------------------------------------------------------------------
+    def native_files(self) -> tuple[str, str]:
+        """(identity, root) for grpc++: the files it reads, made on first call; root is "" when
+        no root certificate was given. Removed by :meth:`close`."""
+        if self._native_dir is None:
+            self._native_dir = Path(tempfile.mkdtemp(prefix="inferd-grpc-tls-"))  # mode 0700
+            # Also when the server never reaches its stop (a failed start): at exit at the latest.
+            weakref.finalize(self, shutil.rmtree, self._native_dir, True)
+            _write_native(self._native_dir, self._material)
+        root = self._native_dir / ROOT_FILE if self._material.root is not None else None
+        return str(self._native_dir / IDENTITY_FILE), str(root) if root is not None else ""
+
+    def close(self) -> None:
+        if self._native_dir is not None:
+            shutil.rmtree(self._native_dir, ignore_errors=True)
+            self._native_dir = None
 
     # --- gRPC -----------------------------------------------------------------------------
     def grpc_credentials(self) -> Any:

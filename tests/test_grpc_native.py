@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +19,11 @@ from inferd.protocol.pb import grpc_service_pb2 as pb
 from inferd.protocol.pb import grpc_service_pb2_grpc as pb_grpc
 from inferd.server.frontends import grpc_native
 from inferd.server.frontends.grpc_native import FrontendRefused, NativeServer, choose_grpc_frontend
+from inferd.server.tls import TlsFiles
 from tritonclient.utils import InferenceServerException
 
 from .conftest import RunningServer, start_server, test_settings
 from .models import bundled, write
-from .serving import serve_argv
 from .tls_certs import make_certificates
 
 needs_native = pytest.mark.skipif(not grpc_native.available(), reason=str(grpc_native.UNAVAILABLE_REASON))
@@ -43,27 +42,46 @@ def test_built_where_required() -> None:
 
 
 def test_choice_of_front_end() -> None:
-    assert choose_grpc_frontend("aio", tls=False) == "aio"
-    assert choose_grpc_frontend("auto", tls=True) == "aio"  # TLS and its reload are grpc.aio's
-    assert choose_grpc_frontend("auto", tls=False) == ("native" if grpc_native.available() else "aio")
-    with pytest.raises(FrontendRefused, match="--grpc-use-ssl"):
-        choose_grpc_frontend("native", tls=True)
+    assert choose_grpc_frontend("aio") == "aio"
+    assert choose_grpc_frontend("auto") == ("native" if grpc_native.available() else "aio")
+    if grpc_native.available():
+        assert choose_grpc_frontend("native") == "native"
+    else:
+        with pytest.raises(FrontendRefused, match="libgrpc"):
+            choose_grpc_frontend("native")
 
 
 @needs_native
-def test_native_with_tls_does_not_start(tmp_path: Path) -> None:
+def test_native_serves_tls_from_private_copies(tmp_path: Path) -> None:
+    """grpc++ reads inferd's copies of the certificates (the key with mode 0600 in a 0700
+    folder), which go with the server."""
     certs = make_certificates(tmp_path / "certs")
-    argv = serve_argv(
-        "--grpc-frontend=native",
-        "--grpc-use-ssl=true",
-        f"--grpc-server-cert={certs.server.cert}",
-        f"--grpc-server-key={certs.server.key}",
-        f"--model-repository={tmp_path}",
+    write(tmp_path / "repo", "add_sub", bundled.ADD_SUB_CONFIG, bundled.add_sub_model())
+    running = start_server(
+        test_settings(
+            tmp_path / "repo",
+            grpc_frontend="native",
+            grpc_tls=TlsFiles("grpc", certs.server.cert, certs.server.key),
+            allow_http=False,
+            allow_metrics=False,
+        )
     )
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "--grpc-frontend native does not serve TLS yet" in done.stderr
-    assert "Traceback" not in done.stderr
+    try:
+        assert running.server.grpc_frontend == "native"
+        identity, root = running.server.tls["grpc"].native_files()
+        folder = Path(identity).parent
+        assert root == "" and oct(folder.stat().st_mode & 0o777) == "0o700"
+        assert oct(Path(identity).stat().st_mode & 0o777) == "0o600"
+        client = grpcclient.InferenceServerClient(running.grpc_url, ssl=True, root_certificates=str(certs.ca.path))
+        ones = np.ones((1, 16), np.float32)
+        inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+        for i in inputs:
+            i.set_data_from_numpy(ones)
+        np.testing.assert_array_equal(client.infer("add_sub", inputs).as_numpy("OUTPUT0"), ones * 2)
+        client.close()
+    finally:
+        running.stop()
+    assert not folder.exists()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ NAMES = {
     "swap",
     "tools",
     "tracing",
+    "tls",
     "triton",
 }
 

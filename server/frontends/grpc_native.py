@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from ..tls import TlsEndpoint
 from .internal_error import internal_error
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ except ImportError as e:  # not built: no grpc++ at install time (setup.py)
 
 # Messages of one stream queued in grpc++ and not yet written before the handler waits.
 STREAM_WINDOW = 16
+# How often grpc++ reads the port's certificate files again: a reload reaches new handshakes
+# within this many seconds.
+TLS_REFRESH_S = 1
 _OK, _CANCELLED, _INTERNAL, _UNIMPLEMENTED = 0, 1, 13, 12
 
 
@@ -184,7 +188,10 @@ class NativeServer:
         address: str,
         max_message_bytes: int,
         channel_arguments: list[tuple[str, int]],
+        tls: TlsEndpoint | None = None,
     ) -> None:
+        """``tls``: the port serves TLS only, with the endpoint's certificates (tls.py), which
+        grpc++ reads from the endpoint's own copies and reads again after a reload."""
         if _native_grpc is None:
             raise RuntimeError(UNAVAILABLE_REASON)
         self._handlers = {
@@ -194,8 +201,12 @@ class NativeServer:
         }
         sizes = ("grpc.max_receive_message_length", "grpc.max_send_message_length")
         args = [(k, int(v)) for k, v in channel_arguments if k not in sizes]
+        identity, root = tls.native_files() if tls is not None else ("", "")
+        mutual = tls is not None and tls.files.mutual
         try:
-            self._frontend = _native_grpc.Frontend(address, args, max_message_bytes, max_message_bytes)
+            self._frontend = _native_grpc.Frontend(
+                address, args, max_message_bytes, max_message_bytes, identity, root, mutual, TLS_REFRESH_S
+            )
         except RuntimeError as e:
             raise OSError(str(e)) from None
         self.port: int = self._frontend.port
@@ -361,9 +372,8 @@ class FrontendRefused(Exception):
     """--grpc-frontend native asked for where it cannot serve; the server does not start."""
 
 
-def choose_grpc_frontend(wanted: str, *, tls: bool) -> str:
-    """``native`` or ``aio`` for ``--grpc-frontend``: auto takes grpc++ where it is built and
-    serves everything asked of the port (TLS, with its reload on SIGHUP, is grpc.aio's only)."""
+def choose_grpc_frontend(wanted: str) -> str:
+    """``native`` or ``aio`` for ``--grpc-frontend``: auto takes grpc++ where it is built."""
     if wanted == "aio":
         return "aio"
     if wanted == "native":
@@ -372,16 +382,9 @@ def choose_grpc_frontend(wanted: str, *, tls: bool) -> str:
                 f"--grpc-frontend native: {UNAVAILABLE_REASON}; install grpc++ (Debian: libgrpc++-dev) "
                 "and reinstall inferd, or use --grpc-frontend aio"
             )
-        if tls:
-            raise FrontendRefused(
-                "--grpc-frontend native does not serve TLS yet (--grpc-use-ssl); use --grpc-frontend aio or auto"
-            )
         return "native"
     if _native_grpc is None:
         log.info("gRPC: grpc.aio front end (%s)", UNAVAILABLE_REASON)
-        return "aio"
-    if tls:
-        log.info("gRPC: grpc.aio front end, which serves TLS")
         return "aio"
     log.info("gRPC: grpc++ front end (%s)", _native_grpc.GRPC_VERSION)
     return "native"
