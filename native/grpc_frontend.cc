@@ -72,7 +72,8 @@ class Call final : public grpc::ServerGenericBidiReactor {
 
   // Called from Python (the GIL held, no lock of the frontend's held).
   void Read();
-  size_t Write(grpc::ByteBuffer&& buffer);
+  size_t Write(std::vector<grpc::ByteBuffer>&& buffers);
+  bool NotifyBelow(size_t window);
   void Reply(grpc::ByteBuffer&& buffer);
   void Finish(const grpc::Status& status);
 
@@ -94,6 +95,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
   bool finishing_ = false;  // Python ended the call; Finish once the writes are out
   bool finished_ = false;   // Finish (or StartWriteAndFinish) was called
   bool reply_ = false;      // the last write of out_ carries the status (a unary answer)
+  size_t notify_below_ = 0;  // Python waits for out_ to shrink below this (0: nobody waits)
   grpc::Status status_;
   std::atomic<int> refs_{2};  // grpc's, until OnDone; Python's, until it ends the call
 };
@@ -312,13 +314,22 @@ void Call::Read() { StartRead(&in_); }
 
 void Call::OnCancel() { frontend_->Push(Event{CANCELLED, id_, {}, 0, {}, false}); }
 
-size_t Call::Write(grpc::ByteBuffer&& buffer) {
+size_t Call::Write(std::vector<grpc::ByteBuffer>&& buffers) {
   std::unique_lock<std::mutex> lock(mu_);
   if (finishing_) return 0;
-  out_.push_back(std::move(buffer));
+  for (auto& b : buffers) out_.push_back(std::move(b));
   size_t queued = out_.size();
   if (!writing_) StartNextWrite(lock);
   return queued;
+}
+
+bool Call::NotifyBelow(size_t window) {
+  // True: fewer than window messages will be queued when WRITTEN arrives, and it will; false:
+  // there are fewer already (written meanwhile), nothing to wait for.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (out_.size() < window || finished_) return false;
+  notify_below_ = window;
+  return true;
 }
 
 void Call::StartNextWrite(std::unique_lock<std::mutex>& lock) {
@@ -352,9 +363,12 @@ void Call::OnWriteDone(bool ok) {
   writing_ = false;
   if (!out_.empty()) out_.pop_front();
   if (!ok) out_.clear();  // the client is gone; what is queued can never be sent
-  bool stream = !finished_;
+  // Only a writer that waits for room hears of writes: one event per message written cost the
+  // loop a wake-up and a Python tuple for every streamed token.
+  bool notify = notify_below_ != 0 && out_.size() < notify_below_;
+  if (notify) notify_below_ = 0;
   StartNextWrite(lock);
-  if (stream) frontend_->Push(Event{WRITTEN, id_, {}, 0, {}, false});
+  if (notify) frontend_->Push(Event{WRITTEN, id_, {}, 0, {}, false});
 }
 
 void Call::Reply(grpc::ByteBuffer&& buffer) {
@@ -427,9 +441,32 @@ PYBIND11_MODULE(_native_grpc, m) {
           "write",
           [](Frontend& f, uint64_t id, const py::bytes& data) -> size_t {
             Call* call = f.Find(id);
-            return call == nullptr ? 0 : call->Write(FromBytes(data));
+            if (call == nullptr) return 0;
+            std::vector<grpc::ByteBuffer> one;
+            one.push_back(FromBytes(data));
+            return call->Write(std::move(one));
           },
           "queue a message of a stream; returns the messages queued and not yet written")
+      .def(
+          "write_many",
+          [](Frontend& f, uint64_t id, const py::list& messages) -> size_t {
+            Call* call = f.Find(id);
+            if (call == nullptr) return 0;
+            std::vector<grpc::ByteBuffer> buffers;
+            buffers.reserve(messages.size());
+            for (const auto& m : messages) buffers.push_back(FromBytes(m.cast<py::bytes>()));
+            return call->Write(std::move(buffers));
+          },
+          "queue messages of a stream that go out together (grpc holds all but the last, so they "
+          "share the socket's writes); returns the messages queued and not yet written")
+      .def(
+          "notify_written",
+          [](Frontend& f, uint64_t id, size_t window) -> bool {
+            Call* call = f.Find(id);
+            return call != nullptr && call->NotifyBelow(window);
+          },
+          "ask for one WRITTEN event once fewer than window messages are queued; false when "
+          "there are fewer already (or the call is over) and no event will come")
       .def(
           "reply",
           [](Frontend& f, uint64_t id, const py::bytes& data) {

@@ -139,7 +139,9 @@ class InferdServer:
             if frontend == "native":
                 limits = s.request_limits
                 self.grpc_server = NativeServer(
-                    service_handlers(self.core, s.grpc_restrictions, limits, self.refusals, s.stream_interval_us),
+                    service_handlers(
+                        self.core, s.grpc_restrictions, limits, self.refusals, s.stream_interval_us, write_batches=True
+                    ),
                     _address(s.grpc_host(), s.grpc_port),
                     s.grpc_max_message_bytes,
                     channel_arguments(s.grpc_max_message_bytes, limits, s.grpc_channel_options),

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from ..tls import TlsEndpoint
+from .grpc_service import WriteBatch
 from .internal_error import internal_error
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,10 @@ class _Stream:
     def __init__(self, requests: _Requests) -> None:
         self.requests = requests
         self.task: asyncio.Task[None] | None = None
-        self.unwritten = 0
-        self.drained: asyncio.Future[None] | None = None
+        self.drained: asyncio.Future[None] | None = None  # resolved by grpc++'s WRITTEN event
 
     def written(self) -> None:
-        self.unwritten -= 1
-        if self.drained is not None and self.unwritten < STREAM_WINDOW and not self.drained.done():
+        if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
 
@@ -361,11 +360,16 @@ class NativeServer:
         frontend = self._frontend
         async with contextlib.aclosing(responses):  # type: ignore[type-var]
             async for response in responses:
-                frontend.write(call_id, response if serialize is None else serialize(response))
-                stream.unwritten += 1
-                while stream.unwritten >= STREAM_WINDOW:
+                if isinstance(response, WriteBatch):  # messages that came together go out together
+                    queued = frontend.write_many(
+                        call_id, response if serialize is None else list(map(serialize, response))
+                    )
+                else:
+                    queued = frontend.write(call_id, response if serialize is None else serialize(response))
+                if queued >= STREAM_WINDOW:
                     stream.drained = asyncio.get_running_loop().create_future()
-                    await stream.drained
+                    if frontend.notify_written(call_id, STREAM_WINDOW):
+                        await stream.drained
 
 
 class FrontendRefused(Exception):

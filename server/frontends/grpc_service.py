@@ -93,6 +93,15 @@ def _refused(message: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
     return rpc
 
 
+class WriteBatch(list):  # type: ignore[type-arg]
+    """Stream messages that were ready together, yielded as one item to a front end that writes
+    them in one go (``write_batches``: grpc++, which then shares the socket's writes among them);
+    grpc.aio's handlers yield each message alone."""
+
+
+_NOTHING = object()
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
@@ -100,9 +109,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         limits: RequestLimits | None = None,
         refusals: Refusals | None = None,
         stream_interval_us: int = 0,
+        write_batches: bool = False,
     ) -> None:
         """``stream_interval_us``: the server's ``--stream-interval-us``, how often at most a
-        decoupled request's responses are written to its stream (the first and final never wait)."""
+        decoupled request's responses are written to its stream (the first and final never wait).
+        ``write_batches``: ModelStreamInfer yields the messages that are ready together as one
+        :class:`WriteBatch` (the native front end)."""
+        self.write_batches = write_batches
         self.core = core
         self.limits = limits or RequestLimits()
         self.refusals = refusals or Refusals()
@@ -160,7 +173,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 core_request.received = ("GRPC", *waited)
         return self.codec.encode(await self.core.infer(core_request))
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes | WriteBatch]:
         """Requests on one stream run concurrently; each request's responses (one, or a
         decoupled model's 0..N in the order it sent them) or its error are sent as they come,
         each with Triton's ``triton_final_response`` parameter. Where the model sent the final
@@ -258,7 +271,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     # the stream's other requests, as a client going away does.
                     await context.abort(item.code, item.message)
                     return  # (abort raises)
-                yield item
+                if not self.write_batches or out.empty():
+                    yield item
+                    continue
+                # A paced request's responses arrive together: written in one go (grpc_native).
+                batch, after = WriteBatch([item]), _NOTHING
+                while not out.empty():
+                    nxt = out.get_nowait()
+                    if not isinstance(nxt, bytes):
+                        after = nxt  # the end of the stream, or its failure: after the batch
+                        break
+                    batch.append(nxt)
+                yield batch
+                if after is None:
+                    break
+                if isinstance(after, _StreamFailed):
+                    await context.abort(after.code, after.message)
+                    return
         finally:
             reader.cancel()
             for t in list(tasks):
@@ -445,10 +474,11 @@ def service_handlers(
     limits: RequestLimits | None = None,
     refusals: Refusals | None = None,
     stream_interval_us: int = 0,
+    write_batches: bool = False,
 ) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
     """Every RPC the gRPC port serves, by service and method name; both front ends (grpc.aio
-    here, grpc++ in grpc_native.py) run these same handlers."""
-    inference = InferenceServicer(core, limits, refusals, stream_interval_us)
+    here, grpc++ in grpc_native.py) run these same handlers (``write_batches`` for grpc++)."""
+    inference = InferenceServicer(core, limits, refusals, stream_interval_us, write_batches)
     return dict(
         (
             _inference_handlers(inference, restrictions or {}),
