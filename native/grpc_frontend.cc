@@ -337,16 +337,16 @@ void Call::StartNextWrite(std::unique_lock<std::mutex>& lock) {
   if (!out_.empty()) {
     writing_ = true;
     bool last = reply_ && out_.size() == 1;
-    // More queued behind this message (a stream's responses that came together): let grpc
-    // hold it, so the queue goes out in one write instead of one syscall per message.
-    bool more = out_.size() > 1;
+    // No buffer hint, even with more queued: grpc completes a hinted write only once something
+    // flushes it, and the next write starts only after that completion, so the stream stalled
+    // until the client happened to send a frame.
     grpc::ByteBuffer* next = &out_.front();
     if (last) finished_ = true;
     lock.unlock();
     if (last) {
       StartWriteAndFinish(next, grpc::WriteOptions(), status_);
     } else {
-      StartWrite(next, more ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions());
+      StartWrite(next, grpc::WriteOptions());
     }
     return;
   }
@@ -457,8 +457,7 @@ PYBIND11_MODULE(_native_grpc, m) {
             for (const auto& m : messages) buffers.push_back(FromBytes(m.cast<py::bytes>()));
             return call->Write(std::move(buffers));
           },
-          "queue messages of a stream that go out together (grpc holds all but the last, so they "
-          "share the socket's writes); returns the messages queued and not yet written")
+          "queue messages of a stream in one call; returns the messages queued and not yet written")
       .def(
           "notify_written",
           [](Frontend& f, uint64_t id, size_t window) -> bool {
