@@ -191,6 +191,10 @@ class InferdServer:
                     refusals=self.refusals,
                 )
                 self.http_port = await self.http_server.start()
+                # Its arrivals show while the loop is held; grpc.aio's do not, and with it serving
+                # no execution may hold the loop at all (load.py).
+                if self.http_server.calls is not None and self.grpc_frontend != "aio":
+                    load.current().probes.append(self.http_server.calls)
                 log.info("HTTP (KServe v2) listening on %s:%d%s", s.http_host(), self.http_port, self._tls_note("http"))
             if s.allow_metrics:
                 self.metrics_server = AsgiServer(
@@ -309,6 +313,8 @@ class InferdServer:
                 load.current().probes.remove(self.grpc_server.calls_in_flight)
             draining.append(self.grpc_server.stop(self.settings.exit_timeout_secs))
         if self.http_server is not None:
+            if self.http_server.calls in load.current().probes:
+                load.current().probes.remove(self.http_server.calls)
             draining.append(self.http_server.stop())
         await asyncio.gather(*draining)
         for endpoint in self.tls.values():

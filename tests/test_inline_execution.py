@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +20,7 @@ from inferd.protocol.errors import InvalidArgument
 from inferd.protocol.types import InferRequest
 from inferd.server.loader import inline_execution
 from inferd.server.scheduling.direct import DirectScheduler
-from inferd.server.scheduling.load import ServerLoad, current
+from inferd.server.scheduling.load import ServerLoad, current, of_loop
 from inferd.server.scheduling.placement import INLINE_MAX_BYTES, INLINE_NEVER_NS, STALL_WINDOW
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import InstanceWorker
@@ -412,3 +412,93 @@ def test_a_lone_grpc_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
         assert any(name != running.thread.name for name in results[-40:]), results
     finally:
         running.stop()
+
+
+def _py_spin_repo(root: Path) -> Path:
+    (root / "py_spin" / "1").mkdir(parents=True)
+    (root / "py_spin" / "1" / "model.py").write_text(PY_SPIN)
+    (root / "py_spin" / "config.pbtxt").write_text(
+        'name: "py_spin"\nbackend: "python"\nmax_batch_size: 4\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'output [ { name: "THREAD" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+    )
+    return root
+
+
+def test_a_lone_http_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
+    """HTTP only (no gRPC port): the HTTP front end's probe lets a lone client's ~0.3 ms
+    executions run on the event loop; two clients at once send them to the thread."""
+    import httpx
+
+    from .conftest import start_server, test_settings
+
+    running = start_server(test_settings(_py_spin_repo(tmp_path), allow_grpc=False))
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
+    url = f"http://{running.http_url}/v2/models/py_spin/infer"
+
+    def thread_of(client: httpx.Client) -> str:
+        response = client.post(url, json=body)
+        assert response.status_code == 200, response.text
+        return str(response.json()["outputs"][0]["data"][0])
+
+    try:
+        with httpx.Client(timeout=30) as client:
+            threads = [thread_of(client) for _ in range(10)]
+        assert threads[-1] == running.thread.name, threads
+        results: list[str] = []
+
+        def hammer() -> None:
+            with httpx.Client(timeout=30) as own:
+                results.extend(thread_of(own) for _ in range(60))
+
+        pair = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        assert any(name != running.thread.name for name in results[-40:]), results
+    finally:
+        running.stop()
+
+
+def test_the_http_probe_sees_a_request_that_came_while_the_loop_was_held(tmp_path: Path) -> None:
+    """While the loop is held, the bytes of a request on an open keep-alive connection (and a new
+    connection) wait in the kernel: the HTTP front end's probe counts them."""
+    import socket
+
+    from .conftest import start_server, test_settings
+
+    running = start_server(test_settings(_py_spin_repo(tmp_path), allow_grpc=False))
+    try:
+        probe_calls = running.server.http_server.calls
+        assert probe_calls is not None and probe_calls in of_loop(running.loop).probes
+        host, port = running.http_url.rsplit(":", 1)
+        idle = socket.create_connection((host, int(port)))
+        time.sleep(0.2)  # accepted, nothing sent: not a call
+        assert running.call(_probe_now(probe_calls)) == 0
+        sent = threading.Event()
+        late: list[socket.socket] = []
+
+        async def held() -> tuple[int, int]:
+            before = probe_calls()
+            sent.wait(5)  # the loop is held: it reads nothing meanwhile
+            time.sleep(0.1)
+            return before, probe_calls()
+
+        def send() -> None:
+            idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            late.append(socket.create_connection((host, int(port))))
+            sent.set()
+
+        threading.Timer(0.05, send).start()
+        before, during = running.call(held())
+        assert before == 0 and during == 2, (before, during)  # the request's bytes, the connection
+        idle.close()
+        for sock in late:
+            sock.close()
+    finally:
+        running.stop()
+
+
+async def _probe_now(calls: Callable[[], int]) -> int:
+    return calls()

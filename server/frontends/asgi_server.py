@@ -14,12 +14,12 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
 
-from .http_connections import guarded_protocol
+from .http_connections import calls_probe, guarded_protocol
 from .request_limits import Refusals, RequestLimits
 
 
@@ -81,6 +81,7 @@ class AsgiServer:
         self._server = _EmbeddedServer(self._config)
         _quiet_uvicorn_lifecycle()
         self._task: asyncio.Task[None] | None = None
+        self.calls: Callable[[], int] | None = None  # once started: http_connections.calls_probe
 
     async def start(self) -> int:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -103,6 +104,7 @@ class AsgiServer:
             sock.close()
             self._task.result()  # raises the start-up error
             raise OSError(f"cannot serve HTTP on {self.host}:{self.port}")
+        self.calls = calls_probe(self._server.server_state.connections, sock)
         return self.port
 
     async def stop(self) -> None:

@@ -12,16 +12,30 @@ of its body is held forever, each holding a socket and its buffers. The protocol
 
 Each is counted in ``inferd_refused_total{protocol="http", reason}``. Nothing is timed while the
 app handles a request: a long inference is not a slow client.
+
+:func:`calls_probe` tells the scheduling's load (scheduling/load.py) how many HTTP requests are
+in, even while an execution holds the event loop: the requests the app is handling or receiving
+the body of, plus those the kernel holds for the loop to read (bytes waiting on an open
+connection, a connection waiting to be accepted).
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
+import select
+import socket
+import termios
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .request_limits import Refusals, RequestLimits
 
 _HEADERS, _BODY, _APP = "headers", "body", "app"
+# Past this many open connections the probe does not look at each (one ioctl apiece) and calls
+# the server busy: a quiet server has a few.
+PROBE_MAX_CONNECTIONS = 32
 
 
 def _uvicorn_protocol() -> type[Any]:
@@ -175,3 +189,32 @@ class HeldHeaders:
     def close(self) -> None:
         self._flush()
         self._transport.close()
+
+
+def calls_probe(connections: Collection[Any], listening: socket.socket) -> Callable[[], int]:
+    """A probe for scheduling/load.py over one uvicorn server's ``connections`` (its protocols)
+    and ``listening`` socket (see the module's docstring)."""
+    poller = select.poll()
+    poller.register(listening.fileno(), select.POLLIN)
+    waiting = array.array("i", [0])
+
+    def calls() -> int:
+        if len(connections) > PROBE_MAX_CONNECTIONS:
+            return len(connections)
+        n = len(poller.poll(0))  # a connection to accept
+        for protocol in connections:
+            if getattr(protocol, "_phase", _HEADERS) != _HEADERS:
+                n += 1  # the app has the request, or its body is arriving
+                continue
+            transport = protocol.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is None:
+                continue
+            try:
+                fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+            except OSError:
+                continue
+            n += waiting[0] > 0  # a request the loop has not read yet
+        return n
+
+    return calls

@@ -8,13 +8,14 @@ the loop, which takes two signals:
 
 * ``busy``: requests inside any scheduler (``Scheduler.submit``), all models together;
 * probes: front ends that can tell, even while the loop is held, how many calls they have taken
-  in and not ended (the native gRPC front end's threads keep accepting while the loop runs).
+  in and not ended (the native gRPC front end's threads keep accepting while the loop runs; the
+  HTTP front end asks the kernel what waits on its sockets, http_connections.calls_probe).
 
 A call that arrived while an execution held the loop, or any sight of a second request, marks
 the server contended for CONTENDED_NS: later executions go to their threads, where arrivals
 overlap compute, until the server has been quiet that long: a window much shorter than a
-second lets two steady clients meet a held loop often enough to move their p99. Without a probe (grpc.aio, or HTTP alone) nothing runs on the
-loop this way: their arrivals cannot be seen while it is held.
+second lets two steady clients meet a held loop often enough to move their p99. Without a probe
+(grpc.aio alone) nothing runs on the loop this way: its arrivals cannot be seen while it is held.
 
 One server runs on one event loop, so the state is kept per loop (tests run several servers in
 one process).
