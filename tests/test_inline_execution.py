@@ -374,46 +374,6 @@ class TritonPythonModel:
 """
 
 
-def test_a_lone_grpc_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
-    """A real server on the native front end: a Python model spending ~0.3 ms of CPU per
-    execution runs on the event loop for a lone client, and on its thread for two at once."""
-    import tritonclient.grpc as grpcclient
-
-    from .conftest import start_server, test_settings
-
-    (tmp_path / "py_spin" / "1").mkdir(parents=True)
-    (tmp_path / "py_spin" / "1" / "model.py").write_text(PY_SPIN)
-    (tmp_path / "py_spin" / "config.pbtxt").write_text(
-        'name: "py_spin"\nbackend: "python"\nmax_batch_size: 4\n'
-        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
-        'output [ { name: "THREAD" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
-    )
-    running = start_server(test_settings(tmp_path))
-    try:
-        if running.server.grpc_frontend != "native":
-            pytest.skip("the native gRPC front end is not built here (or the tests run on grpc.aio)")
-        client = grpcclient.InferenceServerClient(running.grpc_url)
-        x = np.ones((1, 2), np.float32)
-        i = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
-        i.set_data_from_numpy(x)
-        threads = [client.infer("py_spin", [i]).as_numpy("THREAD")[0][0].decode() for _ in range(10)]
-        assert threads[-1] == running.thread.name, threads
-        results = []
-
-        def hammer() -> None:
-            own = grpcclient.InferenceServerClient(running.grpc_url)
-            results.extend(own.infer("py_spin", [i]).as_numpy("THREAD")[0][0].decode() for _ in range(60))
-
-        pair = [threading.Thread(target=hammer) for _ in range(2)]
-        for t in pair:
-            t.start()
-        for t in pair:
-            t.join()
-        assert any(name != running.thread.name for name in results[-40:]), results
-    finally:
-        running.stop()
-
-
 def _py_spin_repo(root: Path) -> Path:
     (root / "py_spin" / "1").mkdir(parents=True)
     (root / "py_spin" / "1" / "model.py").write_text(PY_SPIN)
@@ -423,6 +383,49 @@ def _py_spin_repo(root: Path) -> Path:
         'output [ { name: "THREAD" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
     )
     return root
+
+
+def _alone_then_contended(loop_thread: str, client: Callable[[], Callable[[], str]]) -> None:
+    """``client()`` makes a client whose calls answer the thread py_spin ran on: ten calls of a
+    lone client end on the event loop, two clients at once meet on the instance thread."""
+    one = client()
+    threads = [one() for _ in range(10)]
+    assert threads[-1] == loop_thread, threads
+    results: list[str] = []
+
+    def hammer() -> None:
+        own = client()
+        results.extend(own() for _ in range(60))
+
+    pair = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in pair:
+        t.start()
+    for t in pair:
+        t.join()
+    assert any(name != loop_thread for name in results[-40:]), results
+
+
+def test_a_lone_grpc_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
+    """A real server on the native front end: a Python model spending ~0.3 ms of CPU per
+    execution runs on the event loop for a lone client, and on its thread for two at once."""
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import start_server, test_settings
+
+    running = start_server(test_settings(_py_spin_repo(tmp_path)))
+    i = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
+    i.set_data_from_numpy(np.ones((1, 2), np.float32))
+
+    def client() -> Callable[[], str]:
+        own = grpcclient.InferenceServerClient(running.grpc_url)
+        return lambda: str(own.infer("py_spin", [i]).as_numpy("THREAD")[0][0].decode())
+
+    try:
+        if running.server.grpc_frontend != "native":
+            pytest.skip("the native gRPC front end is not built here (or the tests run on grpc.aio)")
+        _alone_then_contended(running.thread.name, client)
+    finally:
+        running.stop()
 
 
 def test_a_lone_http_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
@@ -435,29 +438,18 @@ def test_a_lone_http_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
     running = start_server(test_settings(_py_spin_repo(tmp_path), allow_grpc=False))
     body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}
     url = f"http://{running.http_url}/v2/models/py_spin/infer"
+    opened: list[httpx.Client] = []
 
-    def thread_of(client: httpx.Client) -> str:
-        response = client.post(url, json=body)
-        assert response.status_code == 200, response.text
-        return str(response.json()["outputs"][0]["data"][0])
+    def client() -> Callable[[], str]:
+        own = httpx.Client(timeout=30)
+        opened.append(own)
+        return lambda: str(own.post(url, json=body).json()["outputs"][0]["data"][0])
 
     try:
-        with httpx.Client(timeout=30) as client:
-            threads = [thread_of(client) for _ in range(10)]
-        assert threads[-1] == running.thread.name, threads
-        results: list[str] = []
-
-        def hammer() -> None:
-            with httpx.Client(timeout=30) as own:
-                results.extend(thread_of(own) for _ in range(60))
-
-        pair = [threading.Thread(target=hammer) for _ in range(2)]
-        for t in pair:
-            t.start()
-        for t in pair:
-            t.join()
-        assert any(name != running.thread.name for name in results[-40:]), results
+        _alone_then_contended(running.thread.name, client)
     finally:
+        for c in opened:
+            c.close()
         running.stop()
 
 
