@@ -43,6 +43,15 @@ def test_answers_in_order_with_an_error_line_per_bad_line(model_repo: Path, tmp_
         10: "{not json",
         20: json.dumps({"id": "shape", "inputs": [{**_line(0, *pairs[0])["inputs"][0], "shape": [1, 15]}]}),
         30: json.dumps({**_line(0, *pairs[0]), "id": "binary", "parameters": {"binary_data_output": True}}),
+        50: json.dumps(
+            {
+                **_line(0, *pairs[0]),
+                "id": "shm",
+                "outputs": [
+                    {"name": "OUTPUT0", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 64}}
+                ],
+            }
+        ),
     }
     text = []
     for i, line in enumerate(lines):
@@ -57,18 +66,20 @@ def test_answers_in_order_with_an_error_line_per_bad_line(model_repo: Path, tmp_
     done = batch("--model-repository", str(model_repo), "--model", "add_sub", "--input", str(source),
                  "--output", str(out), "--concurrency", "8")  # fmt: skip
     assert done.returncode == 1, done.stderr.decode()
-    assert "303 request(s): 300 answered, 3 failed" in done.stderr.decode()
+    assert "304 request(s): 300 answered, 4 failed" in done.stderr.decode()
     answers = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(answers) == 303
+    assert len(answers) == 304
     errors = [a for a in answers if "error" in a]
     assert [(e["line"], e["status"]) for e in errors] == [
         (11, "INVALID_ARGUMENT"),
         (22, "INVALID_ARGUMENT"),
         (33, "INVALID_ARGUMENT"),
+        (55, "INVALID_ARGUMENT"),
     ]
     assert errors[0]["error"].startswith("malformed JSON")
     assert "shape" in errors[1]["error"] and errors[1]["id"] == "shape"
     assert "binary_data" in errors[2]["error"] and errors[2]["id"] == "binary"
+    assert "shared_memory_region" in errors[3]["error"] and "--allow-client-shm" not in errors[3]["error"]
     good = [a for a in answers if "error" not in a]
     assert [a["id"] for a in good] == [f"r{i}" for i in range(300)]  # input order, whatever finished first
     for answer, (a, b) in zip(good, pairs):

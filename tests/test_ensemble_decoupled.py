@@ -285,8 +285,10 @@ def test_every_response_of_the_decoupled_step_flows_through_the_steps_after_it(s
     finally:
         s.close()
     assert all(e is None for _, e in got)
-    assert texts(got) == ["0:h", "1:e", "2:l", "3:l", "4:o"]
-    answers = [r for r, _ in got if r.get_response().outputs]
+    # Each flow's answer is sent as the flow completes, as in Triton: usually in the decoupled
+    # step's order, but a busy CPU can finish a later flow first.
+    assert sorted(texts(got)) == ["0:h", "1:e", "2:l", "3:l", "4:o"]
+    answers = sorted((r for r, _ in got if r.get_response().outputs), key=lambda r: int(r.as_numpy("index")[0]))
     assert [int(r.as_numpy("index")[0]) for r in answers] == [0, 1, 2, 3, 4]  # from the decoupled step itself
     assert all(r.get_response().model_name == "pipeline" and r.get_response().id == "h" for r, _ in got)
     # The decoupled step's response parameters come with its flow's answer.
@@ -305,7 +307,7 @@ def test_the_final_flag_on_the_last_response_rides_on_the_last_flows_answer(serv
         assert s.nothing_more()
     finally:
         s.close()
-    assert texts(got) == ["0:a", "1:b", "2:c"] and len(got) == 3
+    assert sorted(texts(got)) == ["0:a", "1:b", "2:c"] and len(got) == 3  # in completion order
     assert [final(r) for r, _ in got] == [False, False, True]
 
 
@@ -344,11 +346,11 @@ def test_an_error_response_of_the_decoupled_step_fails_the_request(server: Runni
         after = s.until_final()
     finally:
         s.close()
-    assert texts(got[:-1]) == ["0:a", "1:b"]
+    assert sorted(texts(got[:-1])) == ["0:a", "1:b"]  # in completion order
     error = got[-1][1]
     assert error is not None
     assert "step 1 ('generate') failed: cannot say '!'" in error.message() and "'pipeline'" in error.message()
-    assert texts(after) == ["0:o", "1:k"]
+    assert sorted(texts(after)) == ["0:o", "1:k"]
 
 
 def test_a_failing_step_in_one_flow_fails_the_request(server: RunningServer) -> None:
@@ -359,7 +361,7 @@ def test_a_failing_step_in_one_flow_fails_the_request(server: RunningServer) -> 
         assert s.nothing_more()
     finally:
         s.close()
-    assert texts(got[:-1]) == ["0:a", "1:b"]
+    assert sorted(texts(got[:-1])) == ["0:a", "1:b"]  # in completion order
     error = got[-1][1]
     assert error is not None and "step 2 ('detokenize') failed: cannot detokenize '#'" in error.message()
     # No further flows ran: the generator's request was cancelled with the ensemble's.

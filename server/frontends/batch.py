@@ -40,6 +40,7 @@ from ..core import InferenceCore
 from . import http_convert as conv
 from .internal_error import internal_error
 from .request_limits import DEFAULT_MAX_ELEMENTS
+from .tensor_parameters import uses_shared_memory
 
 DEFAULT_CONCURRENCY = 32
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -48,6 +49,10 @@ READ_CHUNK_LINES = 256
 NO_BINARY = (
     "inferd batch reads and writes JSON Lines, which cannot carry binary tensor data: remove the "
     "'binary_data' / 'binary_data_output' / 'binary_data_size' parameters"
+)
+NO_SHARED_MEMORY = (
+    "a JSON Lines request carries its tensors in the line, not in shared memory: remove the "
+    "'shared_memory_region' / 'shared_memory_offset' / 'shared_memory_byte_size' parameters"
 )
 
 
@@ -165,6 +170,8 @@ class BatchRunner:
                 raise text
             doc = conv.parse_json(text, self.max_elements)
             request_id = doc.get("id")
+            if _names_shared_memory(doc):  # (the server's --allow-client-shm is not for lines)
+                raise InvalidArgument(NO_SHARED_MEMORY)
             request, fmt = conv.request_from_json(
                 self.model, self.version, doc, memoryview(b""), None, self.max_elements, fp16_numbers=True
             )
@@ -197,6 +204,20 @@ class BatchRunner:
         if request.id:
             doc["id"] = request.id
         return conv.dumps(doc)[:-1] + b',"responses":[' + b",".join(parts) + b"]}"
+
+
+def _names_shared_memory(doc: Any) -> bool:
+    """Whether a tensor of the request ``doc`` has shared-memory parameters (malformed tensors
+    are left to the request's decoder, which names what is wrong)."""
+    if not isinstance(doc, dict):
+        return False
+    for key in ("inputs", "outputs"):
+        tensors = doc.get(key)
+        for tensor in tensors if isinstance(tensors, list) else ():
+            params = tensor.get("parameters") if isinstance(tensor, dict) else None
+            if isinstance(params, dict) and uses_shared_memory(params):
+                return True
+    return False
 
 
 def _json_response(response: InferResponse) -> bytes:
