@@ -360,7 +360,7 @@ class NativeServer:
         frontend = self._frontend
         async with contextlib.aclosing(responses):  # type: ignore[type-var]
             async for response in responses:
-                if isinstance(response, WriteBatch):  # messages that came together go out together
+                if isinstance(response, WriteBatch):  # messages that came together: queued in one call
                     queued = frontend.write_many(
                         call_id, response if serialize is None else list(map(serialize, response))
                     )

@@ -94,9 +94,8 @@ def _refused(message: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
 
 
 class WriteBatch(list):  # type: ignore[type-arg]
-    """Stream messages that were ready together, yielded as one item to a front end that writes
-    them in one go (``write_batches``: grpc++, which then shares the socket's writes among them);
-    grpc.aio's handlers yield each message alone."""
+    """Stream messages that were ready together, yielded as one item to a front end that queues
+    them in one call (``write_batches``: grpc++); grpc.aio's handlers yield each message alone."""
 
 
 _NOTHING = object()
@@ -274,7 +273,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not self.write_batches or out.empty():
                     yield item
                     continue
-                # A paced request's responses arrive together: written in one go (grpc_native).
+                # A paced request's responses arrive together: queued in one call (grpc_native).
                 batch, after = WriteBatch([item]), _NOTHING
                 while not out.empty():
                     nxt = out.get_nowait()

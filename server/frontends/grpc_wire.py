@@ -202,7 +202,11 @@ class InferWire:
         and version. Requests asking for classification are not templated."""
         if request.classification is not None:
             return
-        shared = _shared_tensors(msg, self._regions)
+        # The tensors' parameters are read again only for a request that shows it used a region:
+        # an output region, or an input region the guard watches. One whose only region is an
+        # unwatched input (CUDA, or no guard built) has no raw entry for it and is not templated.
+        uses_regions = request.output_regions is not None or request.shared_epoch is not None
+        shared = _shared_tensors(msg, self._regions) if uses_regions else None
         in_regions = {name for name, _ in shared.inputs} if shared is not None else ()
         specs = []
         for name, array in request.inputs.items():  # in the message's input order
