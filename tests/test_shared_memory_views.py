@@ -179,10 +179,12 @@ def test_shm_benchmark_smoke_run() -> None:
         "grpc+shm",
         "grpc",
         "in-process",
+        "in-process, input in /dev/shm",
         "**grpc+shm / grpc**",
         "**grpc+shm / in-process**",
+        "**grpc+shm / in-process, input in /dev/shm**",
     ]
-    assert all(float(r[2].replace(",", "")) > 0 for r in rows[:3])
+    assert all(float(r[2].replace(",", "")) > 0 for r in rows[:4])
     assert "4KB 2 x 2: shm/no-shm" in done.stdout
     left = {p.name for p in set(Path("/dev/shm").iterdir()) - before}
-    assert not {n for n in left if "shmbench" in n.lower()}, left
+    assert not {n for n in left if "shmbench" in n.lower() or "inferd_bench" in n}, left
