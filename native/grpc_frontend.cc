@@ -32,6 +32,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -159,7 +160,20 @@ class Frontend {
   ~Frontend() {
     if (server_) {
       py::gil_scoped_release release;
-      server_->Shutdown(std::chrono::system_clock::now());
+      // Dropped without stop() (its loop gone): nothing in Python will end the calls it holds,
+      // and Shutdown waits for every call to end. So the calls are ended here, also those that
+      // arrive while Shutdown stops the listener.
+      std::atomic<bool> stopped{false};
+      std::thread stopper([this, &stopped] {
+        server_->Shutdown(std::chrono::system_clock::now());
+        stopped = true;
+      });
+      grpc::Status stopping(grpc::StatusCode::UNAVAILABLE, "the server is stopping");
+      while (!stopped) {
+        FinishAll(stopping);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      stopper.join();
       server_->Wait();
     }
     close(fd_);
@@ -243,6 +257,9 @@ class Frontend {
     }
     server_.reset();
   }
+
+  // End every call Python has not ended (each Take()n as reply/finish would), with status.
+  void FinishAll(const grpc::Status& status);
 
   size_t Active() {
     std::lock_guard<std::mutex> lock(calls_mu_);
@@ -394,6 +411,16 @@ void Call::Finish(const grpc::Status& status) {
 }
 
 void Call::OnDone() { Unref(); }
+
+void Frontend::FinishAll(const grpc::Status& status) {
+  std::vector<Call*> left;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    for (auto& entry : calls_) left.push_back(entry.second);
+    calls_.clear();
+  }
+  for (Call* call : left) call->Finish(status);
+}
 
 void Call::Unref() {
   if (refs_.fetch_sub(1) == 1) delete this;

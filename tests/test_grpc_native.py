@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +174,47 @@ def test_many_calls_some_cancelled_all_answered(server: RunningServer) -> None:
             answered += 1
         assert answered >= 400
     _calls_end(server)
+
+
+# A front end whose loop is gone holds a call Python never answers, and is dropped.
+_DROPPED_FRONT_END = """
+import gc, sys, threading, time
+import grpc
+from inferd.server.frontends import _native_grpc
+
+frontend = _native_grpc.Frontend("127.0.0.1:0", [], 1 << 20, 1 << 20)
+channel = grpc.insecure_channel(f"127.0.0.1:{frontend.port}")
+call = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+outcome = []
+
+def ask():
+    try:
+        call(b"", timeout=60)
+        outcome.append("answered")
+    except grpc.RpcError as e:
+        outcome.append(e.code().name)
+
+asker = threading.Thread(target=ask)
+asker.start()
+deadline = time.monotonic() + 20
+while not frontend.drain():  # the call reached the front end (and Python "holds" it)
+    if time.monotonic() > deadline:
+        sys.exit("the call never arrived")
+    time.sleep(0.01)
+del frontend
+gc.collect()
+asker.join(20)
+print(outcome)
+"""
+
+
+@needs_native
+def test_a_front_end_dropped_without_stop_ends_the_calls_it_holds() -> None:
+    """Dropped without ``stop()`` (its loop gone after a start-up fault), the native front end
+    ends the calls Python never answered (UNAVAILABLE) instead of waiting for them forever."""
+    done = subprocess.run([sys.executable, "-c", _DROPPED_FRONT_END], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "['UNAVAILABLE']", done.stdout + done.stderr
 
 
 async def test_a_call_cancelled_before_its_task_starts_sees_its_future_cancelled() -> None:
