@@ -157,6 +157,9 @@ def _decode_bytes(raw: bytes | memoryview, count: int, shape: Sequence[int], wha
 def to_raw(array: np.ndarray) -> bytes:
     """Encode an array as the protocol's raw bytes (little-endian, row-major, BYTES prefixed)."""
     if array.dtype.kind in "OSU":
+        if array.size == 1:  # one string (a streamed token): no iteration over a view
+            b = as_bytes(array.item())
+            return _LEN.pack(len(b)) + b
         return encode_bytes(array.ravel())
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))

@@ -36,6 +36,7 @@ from .grpc_convert import (
 )
 from .internal_error import internal_error
 from .request_limits import Refusals, RequestLimits, TooManyElements
+from .stream_outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         At most ``grpc_stream_max_inflight`` requests of the stream are decoded or running at
         once; the stream is not read further until one finishes, so HTTP/2 flow control holds
         a client that sends faster than the server answers."""
-        out: asyncio.Queue[bytes | _StreamFailed | None] = asyncio.Queue(STREAM_QUEUE)
+        out: Outbox[bytes | _StreamFailed | None] = Outbox(STREAM_QUEUE)
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         inflight = asyncio.Semaphore(self.limits.grpc_stream_max_inflight)

@@ -46,6 +46,7 @@ _ID = 0x1A
 _RAW_INPUT = 0x3A
 _RAW_OUTPUT = 0x32
 _STREAM_RESPONSE = 0x12  # ModelStreamInferResponse.infer_response
+_RAW_OUTPUT_TAG, _STREAM_RESPONSE_TAG = bytes((_RAW_OUTPUT,)), bytes((_STREAM_RESPONSE,))
 TEMPLATES_PER_MODEL = 4  # a few layouts per model (e.g. two batch sizes) without thrashing
 MAX_MODELS = 256  # both caches are cleared when they reach this many keys: bounded memory
 MAX_HEADER_BYTES = 4096  # bigger headers (tensors sent in `contents`) are not worth keeping
@@ -296,7 +297,11 @@ class InferWire:
         """The serialized ModelInferResponse; with ``stream``, the ModelStreamInferResponse that
         carries it, with Triton's ``triton_final_response`` parameter."""
         outputs = response.outputs
-        key = (response.model_name, response.model_version, *[(n, a.dtype, a.shape) for n, a in outputs.items()])
+        if len(outputs) == 1:  # a streamed token's response, most often: no list to build
+            ((name, array),) = outputs.items()
+            key: tuple[object, ...] = (response.model_name, response.model_version, name, array.dtype, array.shape)
+        else:
+            key = (response.model_name, response.model_version, *[(n, a.dtype, a.shape) for n, a in outputs.items()])
         header = self._headers.get(key)
         if header is None:
             header = self._header(response)
@@ -321,11 +326,12 @@ class InferWire:
                 parts.append(bytes((_RAW_OUTPUT, 0)))
                 continue
             data = codec.to_raw(array)
-            parts.append(bytes((_RAW_OUTPUT,)) + encode_varint(len(data)))
+            parts.append(_RAW_OUTPUT_TAG + encode_varint(len(data)))
             parts.append(data)
+        body = b"".join(parts)
         if stream:
-            parts.insert(0, bytes((_STREAM_RESPONSE,)) + encode_varint(sum(map(len, parts))))
-        return b"".join(parts)
+            return _STREAM_RESPONSE_TAG + encode_varint(len(body)) + body
+        return body
 
     @staticmethod
     def _header(response: InferResponse) -> tuple[bytes, bytes]:
