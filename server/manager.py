@@ -23,7 +23,6 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -146,18 +145,20 @@ class ModelManager:
             )
         return _response(model, await _outputs(model, request), request.id)
 
-    async def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+    def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
         """Responses for one request as a stream: one item for ordinary models, 0..N for
         decoupled ones (see ``ModelVersion.infer_decoupled``: ``final`` and ``error`` on each
         response, at most ``max_buffered_responses`` waiting for a slow consumer). Unary front
-        ends read exactly one item. Closing the iteration early cancels the request."""
-        model = self._model_for(request)
+        ends read exactly one item. Closing the iteration early cancels the request. A request
+        refused before it reaches a model raises at the first iteration."""
+        try:
+            model = self._model_for(request)
+        except InferdError as e:
+            return _raising(e)
         if model.decoupled:
-            async with aclosing(model.infer_decoupled(request, self.max_buffered_responses)) as responses:
-                async for response in responses:
-                    yield response
-            return
-        yield _response(model, await _outputs(model, request), request.id)
+            # The model's own generator: no frame of ours on every streamed response.
+            return model.infer_decoupled(request, self.max_buffered_responses)
+        return _one(model, request)
 
     def _model_for(self, request: InferRequest) -> ModelVersion:
         if self._shutting_down:
@@ -788,6 +789,15 @@ def _outputs(model: ModelVersion, request: InferRequest) -> Coroutine[Any, Any, 
     if model.tap is None:
         return model.infer(request)
     return tapped(model.tap, model, request)  # type: ignore[return-value]
+
+
+async def _one(model: ModelVersion, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+    yield _response(model, await _outputs(model, request), request.id)
+
+
+async def _raising(error: InferdError) -> AsyncGenerator[InferResponse, None]:
+    raise error
+    yield  # unreachable: it makes this an async generator, which raises when first iterated
 
 
 def _response(model: ModelVersion, outputs: dict[str, np.ndarray], request_id: str) -> InferResponse:

@@ -155,10 +155,15 @@ class ModelStats:
     def record_response(self, index: int, ns: int, ok: bool) -> None:
         """A decoupled model's response ``index`` of its request, ``ns`` after the one before
         it (after the request's arrival for the first)."""
-        r = self._response(index)
-        r.compute_infer.add(ns)
-        r.compute_output.add(0)
-        (r.success if ok else r.fail).add(ns)
+        r = self.response_stats.get(index) or self._response(index)
+        # Inlined Duration.add: this runs once per streamed token.
+        d = r.compute_infer
+        d.count += 1
+        d.ns += ns
+        r.compute_output.count += 1
+        d = r.success if ok else r.fail
+        d.count += 1
+        d.ns += ns
         if index == 0:
             ms = ns / 1e6
             self.first_response_counts[bisect.bisect_left(FIRST_RESPONSE_BUCKETS_MS, ms)] += 1
