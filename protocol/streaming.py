@@ -3,7 +3,7 @@
 A decoupled model (``model_transaction_policy { decoupled: true }``) sends 0..N responses per
 request, from ``execute`` or from threads it starts, long after ``execute`` returned. Each
 request gets a :class:`ResponseChannel`: the model's side (``send``, ``fail``, ``cancelled``)
-may be called from any thread; the consumer's side (``get``, ``cancel``) runs on the event
+may be called from any thread; the consumer's side (``get_ready``, ``cancel``) runs on the event
 loop, woken through ``loop.call_soon_threadsafe`` only while it waits.
 
 The channel is bounded: at most ``limit`` responses wait for a consumer that reads slower than
@@ -212,26 +212,31 @@ class ResponseChannel:
         return False
 
     # --- the consumer's side (the event loop) -------------------------------------------
-    async def get(self) -> tuple[InferResponse, int] | None:
-        """The next response and when it was sent (monotonic ns); None once the request is
-        complete. Raises the request's failure after the responses sent before it.
+    async def get_ready(self) -> list[tuple[InferResponse, int]] | None:
+        """Every response waiting now (at least one; waits for one if none), each with when it
+        was sent (monotonic ns), in order; None once the request is complete. Raises the
+        request's failure after the responses sent before it.
 
-        ``more`` is set on the response when the next one was already waiting. On a paced
-        channel, taking one that is not followed by ``more`` starts the interval in which
-        the next responses are held (the consumer writes what it took now)."""
+        One call per batch, not per response: a stream's responses that came together are
+        taken together, and make room for as many under ``limit`` and ``window``. ``more`` is
+        set on every response of the batch but its last. On a paced channel, taking a batch starts the interval in
+        which the next responses are held (the consumer writes what it took now)."""
         while True:
             with self._lock:
                 items = self._items
                 hold = self._hold_until
                 now = time.monotonic_ns() if hold else 0
                 if items and (now >= hold or self._ended):
-                    item = items.popleft()
-                    item[0].more = more = bool(items)
+                    batch = list(items)
+                    items.clear()
                     if self._room is not None:
-                        self._room.notify()
-                    if self.interval_ns and not more:
+                        self._room.notify_all()
+                    for response, _ in batch:
+                        response.more = True
+                    batch[-1][0].more = False
+                    if self.interval_ns:
                         self._hold_until = (now or time.monotonic_ns()) + self.interval_ns
-                    break
+                    return batch
                 if self._ended:
                     if self._failure is not None:
                         raise _detached(self._failure)
@@ -249,7 +254,6 @@ class ResponseChannel:
                         self._waiter = None
                 if pacer is not None:
                     pacer.drop(self)
-        return item
 
     def _release(self) -> None:
         """The pacer's timer: the interval is over; hand over what waits (on the loop)."""

@@ -126,13 +126,14 @@ class ModelVersion:
         run.add_done_callback(partial(_executed, channel))
         index, previous, complete = 0, start, False
         try:
-            while (item := await channel.get()) is not None:
-                response, sent_ns = item
-                self.stats.record_response(index, sent_ns - previous, response.error is None)
-                index, previous = index + 1, sent_ns
-                if self._reshaper is not None and response.outputs:
-                    response.outputs = self._reshaper.to_client(response.outputs)
-                yield response
+            record, reshaper = self.stats.record_response, self._reshaper
+            while (batch := await channel.get_ready()) is not None:
+                for response, sent_ns in batch:
+                    record(index, sent_ns - previous, response.error is None)
+                    index, previous = index + 1, sent_ns
+                    if reshaper is not None and response.outputs:
+                        response.outputs = reshaper.to_client(response.outputs)
+                    yield response
             complete = True
             if not channel.final_on_response:
                 self.stats.record_empty_response(index, time.monotonic_ns() - previous)

@@ -282,14 +282,15 @@ def test_a_window_makes_a_thread_wait_for_room_and_the_loop_go_on_to_the_limit()
         thread.start()
         await asyncio.sleep(0.1)
         assert not sent.is_set()  # two wait: the third send waits for room
-        item = await channel.get()
-        assert item is not None and int(item[0].outputs["i"][0]) == 0
+        batch = await channel.get_ready()  # both waiting ones: room for two more
+        assert batch is not None and [int(r.outputs["i"][0]) for r, _ in batch] == [0, 1]
         await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
         assert sent.is_set()
         channel.send({"i": np.array([3])})  # on the consumer's own loop a send cannot wait: it goes on
-        channel.send({"i": np.array([4])})  # ... to the limit (4 waiting)
+        channel.send({"i": np.array([4])})
+        channel.send({"i": np.array([5])})  # ... to the limit (4 waiting)
         with pytest.raises(ChannelOverflow):
-            channel.send({"i": np.array([5])})
+            channel.send({"i": np.array([6])})
 
     asyncio.run(main())
 

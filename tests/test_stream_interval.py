@@ -11,6 +11,7 @@ import json
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from inferd.protocol.errors import Cancelled
 from inferd.protocol.streaming import DEFAULT_STREAM_INTERVAL_US, ResponseChannel, _Pacer
+from inferd.protocol.types import InferResponse
 from inferd.server.cli import add_serve_arguments, settings_from_args
 
 from .conftest import RunningServer, start_server, test_settings
@@ -68,8 +70,22 @@ def _outputs(i: int) -> dict[str, np.ndarray]:
     return {"i": np.array([i])}
 
 
+_taken: weakref.WeakKeyDictionary[ResponseChannel, list[tuple[InferResponse, int]]] = weakref.WeakKeyDictionary()
+
+
+async def _get(channel: ResponseChannel) -> tuple[InferResponse, int] | None:
+    """The channel's next response, one at a time from its batches."""
+    waiting = _taken.setdefault(channel, [])
+    if not waiting:
+        batch = await channel.get_ready()
+        if batch is None:
+            return None
+        waiting.extend(batch)
+    return waiting.pop(0)
+
+
 async def _take(channel: ResponseChannel) -> tuple[int, bool, float]:
-    item = await channel.get()
+    item = await _get(channel)
     assert item is not None
     response = item[0]
     return int(response.outputs["i"][0]), response.more, time.monotonic()
@@ -101,7 +117,7 @@ def test_a_paced_channel_holds_what_comes_within_the_interval_and_the_pacer_hand
         assert (one[:2], two[:2]) == ((1, True), (2, False))
         assert INTERVAL_S - 0.05 <= one[2] - first[2] and one[2] - sent < INTERVAL_S + 0.2
         channel.send(None, final=True)
-        assert await channel.get() is None
+        assert await _get(channel) is None
 
     asyncio.run(main())
     assert not _Pacer._of  # nothing held: the loop's pacer is gone, with its timer
@@ -118,7 +134,7 @@ def test_a_paced_channel_never_holds_the_final_response() -> None:
         sender.join()
         # The final ended the hold: both went out at once, long before the interval's end.
         assert (one[:2], two[:2]) == ((1, True), (2, False)) and two[2] - first[2] < 0.5
-        assert await channel.get() is None
+        assert await _get(channel) is None
 
     asyncio.run(main())
     assert not _Pacer._of
@@ -137,7 +153,7 @@ def test_a_send_after_the_interval_is_taken_at_once() -> None:
         assert one[:2] == (1, False) and one[2] - sent < 0.1
         channel.fail(Cancelled("ended"))  # a failure is not held either
         with pytest.raises(Cancelled, match="ended"):
-            await channel.get()
+            await _get(channel)
 
     asyncio.run(main())
 
@@ -151,7 +167,7 @@ def test_an_unpaced_channel_hands_each_response_over_at_once() -> None:
             taken = await _take(channel)
             sender.join()
             assert taken[:2] == (i, False) and taken[2] - sent < 0.2
-        assert await channel.get() is None
+        assert await _get(channel) is None
 
     asyncio.run(main())
 
