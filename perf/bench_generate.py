@@ -24,6 +24,12 @@ its Python backend, pinned to CPU 0 as inferd is, and driven by the same HTTP cl
 
 The server (``inferd serve``, HTTP and, with ``--grpc``, gRPC; only charlm loaded) runs on CPU 0;
 the clients and the in-process runs on the other CPUs (``--no-pin`` to share).
+
+With ``--rounds N`` every row is measured N times, the rows of a concurrency back to back in
+each round (each round starting one row later): a row's tokens/s is over all its rounds, its
+TTFT over all its requests, and "of in-process" is the median over the rounds of the row's
+rate against the better in-process row of the same round, so that the machine's drift between
+rounds does not decide the goal.
 """
 
 from __future__ import annotations
@@ -322,15 +328,51 @@ def grpc_address(server: Any) -> str:
 
 
 # --- report ---------------------------------------------------------------------------------------
-def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
-    # The ceiling is the better of the two in-process drives at each concurrency.
-    inproc: dict[int, Point] = {}
+def _best_in_process(points: list[Point]) -> dict[int, Point]:
+    """The ceiling: the better of the two in-process drives at each concurrency."""
+    best: dict[int, Point] = {}
     for p in points:
-        if p.where.startswith("in-process") and (p.streams not in inproc or p.rate > inproc[p.streams].rate):
-            inproc[p.streams] = p
+        if p.where.startswith("in-process") and (p.streams not in best or p.rate > best[p.streams].rate):
+            best[p.streams] = p
+    return best
+
+
+def combine(rounds: list[list[Point]]) -> tuple[list[Point], dict[tuple[str, int], float]]:
+    """Each row over all its rounds (tokens and seconds summed, every TTFT kept), in the first
+    round's order, and each row's median share of the same round's in-process ceiling."""
+    rows: dict[tuple[str, int], Point] = {}
+    shares: dict[tuple[str, int], list[float]] = {}
+    for points in rounds:
+        best = _best_in_process(points)
+        for p in points:
+            key = (p.where, p.streams)
+            row = rows.get(key)
+            if row is None:
+                rows[key] = Point(p.where, p.streams, p.tokens, p.seconds, list(p.ttft_s), p.errors)
+            else:
+                row.tokens += p.tokens
+                row.seconds += p.seconds
+                row.ttft_s.extend(p.ttft_s)
+                row.errors += p.errors
+            base = best[p.streams].rate
+            shares.setdefault(key, []).append(p.rate / base if base else 0.0)
+    return list(rows.values()), {k: statistics.median(v) for k, v in shares.items()}
+
+
+def render(
+    points: list[Point], rtt: float, shares: dict[tuple[str, int], float] | None = None
+) -> tuple[str, list[str], bool]:
+    """``shares``: each row's share of the in-process ceiling (combine's, over rounds); by
+    default each row against the better in-process row of ``points``."""
+    inproc = _best_in_process(points)
+    if shares is None:
+        shares = {
+            (p.where, p.streams): p.rate / inproc[p.streams].rate if inproc[p.streams].rate else 0.0 for p in points
+        }
     rows, lines, ok = [], [], True
     for p in points:
         base = inproc[p.streams]
+        share = shares[(p.where, p.streams)]
         rows.append(
             [
                 p.where,
@@ -339,7 +381,7 @@ def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
                 f"{p.rate / p.streams:,.0f}",
                 f"{p.ttft() * 1e3:.2f}",
                 f"{p.ttft(0.9) * 1e3:.2f}",
-                f"{p.rate / base.rate:.0%}" if not p.where.startswith("in-process") and base.rate else "-",
+                f"{share:.0%}" if not p.where.startswith("in-process") else "-",
                 str(p.errors),
             ]
         )
@@ -353,7 +395,6 @@ def render(points: list[Point], rtt: float) -> tuple[str, list[str], bool]:
             f"+ {rtt * 1e3:.2f} ms = {limit * 1e3:.2f} ms: {'met' if met else 'NOT met'}"
         )
         if p.streams == 8:
-            share = p.rate / base.rate if base.rate else 0.0
             ok &= share >= 0.7
             lines.append(
                 f"- 8 streams: served {share:.0%} of the in-process token rate (goal >= 70%): "
@@ -378,6 +419,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point (default 1)")
     p.add_argument("--max-tokens", type=int, default=128, help="characters per request (default 128)")
     p.add_argument("--prompt", default="First Citizen:\n", help="the prompt (default 'First Citizen:\\n')")
+    p.add_argument("--rounds", type=int, default=1, help="measure every row this many times, interleaved (default 1)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients apart")
     p.add_argument("--grpc", action="store_true", help="also stream over gRPC ModelStreamInfer (a row per concurrency)")
     p.add_argument(
@@ -394,8 +436,11 @@ def run(a: argparse.Namespace) -> int:
         f"# {ncpu} CPUs; " + ("server on CPU 0, clients on the others" if server_cpus else "no pinning"),
         file=sys.stderr,
     )
+    if a.rounds < 1:
+        print("inferd perf bench generate: --rounds must be at least 1", file=sys.stderr)
+        return 2
     generator = load_generator()
-    points: list[Point] = []
+    rounds: list[list[Point]] = []
     scratch = Path(tempfile.mkdtemp(prefix="inferd-bench-generate-"))
     triton = start_triton(server_cpus, a.triton_venv, scratch) if a.triton else None
     server = start_server(server_cpus, a.grpc)
@@ -405,8 +450,11 @@ def run(a: argparse.Namespace) -> int:
         rtt = asyncio.run(round_trip(url))
         drives = ("in-process", "in-process batched", "served", *(("served gRPC",) if a.grpc else ()))
         drives += (TRITON,) if triton else ()
-        for streams in a.concurrency:
-            for where in drives:
+        for rnd in range(a.rounds):
+            points: list[Point] = []
+            rounds.append(points)
+            shift = rnd % len(drives)
+            for streams, where in [(n, w) for n in a.concurrency for w in (*drives[shift:], *drives[:shift])]:
                 if where == "served":
                     point = asyncio.run(served(url, streams, a.duration, a.warmup, a.prompt, a.max_tokens))
                 elif where == TRITON:
@@ -423,7 +471,8 @@ def run(a: argparse.Namespace) -> int:
                     point = in_process_batched(generator, streams, a.duration, a.warmup, a.prompt, a.max_tokens)
                 points.append(point)
                 print(
-                    f"# {where} x{streams}: {point.rate:,.0f} tokens/s, TTFT p50 {point.ttft() * 1e3:.2f} ms",
+                    f"# round {rnd + 1}/{a.rounds} {where} x{streams}: {point.rate:,.0f} tokens/s, "
+                    f"TTFT p50 {point.ttft() * 1e3:.2f} ms",
                     file=sys.stderr,
                 )
     finally:
@@ -431,10 +480,14 @@ def run(a: argparse.Namespace) -> int:
         if triton is not None:
             triton.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    table, lines, ok = render(points, rtt)
+    points, shares = combine(rounds)
+    order = {w: i for i, w in enumerate(drives)}
+    points.sort(key=lambda p: (a.concurrency.index(p.streams), order[p.where]))
+    table, lines, ok = render(points, rtt, shares)
     print(
-        f"charlm, {a.max_tokens} characters per request, prompt of {len(a.prompt)}; {a.duration:g} s per point; "
-        f"HTTP round trip {rtt * 1e3:.2f} ms.\n"
+        f"charlm, {a.max_tokens} characters per request, prompt of {len(a.prompt)}; {a.duration:g} s per point"
+        + (f", {a.rounds} rounds (of in-process: the median of the rounds' shares)" if a.rounds > 1 else "")
+        + f"; HTTP round trip {rtt * 1e3:.2f} ms.\n"
     )
     print(table)
     print()
