@@ -17,8 +17,11 @@ import pytest
 from inferd.backends.base import Backend, Instance
 from inferd.protocol.caller import ThreadCaller
 from inferd.protocol.errors import InvalidArgument
+from inferd.protocol.model_spec import dynamic_batching
+from inferd.protocol.pb import model_config_pb2 as mc
 from inferd.protocol.types import InferRequest
 from inferd.server.loader import inline_execution
+from inferd.server.scheduling.batcher import DynamicBatcher
 from inferd.server.scheduling.direct import DirectScheduler
 from inferd.server.scheduling.load import ServerLoad, current, of_loop
 from inferd.server.scheduling.placement import INLINE_MAX_BYTES, INLINE_NEVER_NS, STALL_WINDOW
@@ -356,6 +359,38 @@ async def test_an_arrival_while_the_loop_was_held_sends_executions_to_the_thread
         arrivals[0] = 1
         await run(scheduler, 2)
         assert backend.threads[-1] == threading.current_thread().name
+
+
+def batched(backend: Recorder) -> DynamicBatcher:
+    worker = InstanceWorker(backend, "inst0", True, True)
+    config = dynamic_batching(mc.ModelDynamicBatching())
+    return DynamicBatcher([worker], ModelStats("m", "1"), "model 'm' version 1", 8, config)
+
+
+async def test_a_request_alone_skips_the_batchers_task_and_requests_together_still_batch() -> None:
+    """A dynamically batched model's request that is the server's only one, finding the batcher
+    idle, is the batch its instance's task would form: it runs on the loop and finishes inside
+    ``submit`` without suspending, as the direct scheduler's does. Requests that come together
+    still meet in the queue and run as one batch."""
+    backend = Spinner()
+    scheduler = batched(backend)
+    with probe([1]):
+        await run(scheduler, 5)  # measured on the thread first, then on the loop
+        loop_thread = threading.current_thread().name
+        assert backend.threads[-3:] == [loop_thread] * 3
+        call = scheduler.submit(work())
+        with pytest.raises(StopIteration) as done:
+            call.send(None)  # no suspension: no hop to the batcher's task
+        assert done.value.value["Y"].tolist() == [[1.0]]
+        stats = scheduler.stats
+        assert stats.execution_count == stats.inference_count == 6
+    with probe([2]):
+        before = len(backend.threads)
+        outs = await asyncio.gather(*(scheduler.submit(work()) for _ in range(3)))
+        assert [o["Y"].tolist() for o in outs] == [[[1.0]]] * 3
+        assert len(backend.threads) - before == 1  # one execution of three rows
+        assert backend.threads[-1].startswith("inst0")
+    await scheduler.retire(5)
 
 
 PY_SPIN = """

@@ -11,6 +11,10 @@
 * A batch handed to an instance whose thread runs well below the loop's priority stays open to
   newly admitted requests that fit until its execution starts (open_batch.py); not with
   ``preferred_batch_size``, whose sizes are kept.
+* A request that is the server's only one, finding the batcher idle (nothing queued or running,
+  no delay, no ordering to keep), is the batch its instance's task would form at once: where
+  it runs on the event loop (placement.py) it runs there in the request's own step, as the
+  direct scheduler runs it, without the hop to that task.
 * Priority levels (1 = highest) each have a bounded queue and a queue policy; expired requests
   are rejected by a timer the moment they expire (or, with ``timeout_action: DELAY``, moved
   behind the requests that have not expired). Cancelled requests leave the queue at once.
@@ -29,13 +33,13 @@ import numpy as np
 
 from ...protocol.errors import InferdError, InvalidArgument, Unavailable
 from ...protocol.model_spec import DynamicBatching, QueuePolicy
-from ..stats import ModelStats
+from ..stats import ExecutionTimes, ModelStats
 from .base import Scheduler
 from .direct import DEFAULT_MAX_QUEUE
 from .open_batch import OPEN_BATCH_MIN_NICE, OpenBatch
 from .precise_timer import PreciseTimer
 from .work import Work
-from .worker import InstanceWorker
+from .worker import InstanceWorker, Result
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,8 @@ class DynamicBatcher(Scheduler):
         work.level = level_no
         if self._ragged is not None:
             work.key = self._ragged.batch_key(work)
+        if self._idle() and self._run_now(work):
+            return await work.future  # settled already (or, expired at its start, on the next step)
         # Only with nothing queued: an older request must not be passed by a newer one. Only the
         # newest open batch: with preserve_ordering, responses leave in the order batches left.
         if not (self._queued == 0 and self._open and self._open[-1].join(work)):
@@ -123,6 +129,39 @@ class DynamicBatcher(Scheduler):
         except asyncio.CancelledError:
             self._remove(work)  # a cancelled client's request never runs
             raise
+
+    def _idle(self) -> bool:
+        """Whether the one instance's task would take a request arriving now as a batch of its
+        own, at once: nothing queued, no batch open or running, no delay to wait out for more,
+        and no order to keep with a batch still being answered."""
+        return (
+            self._queued == 0
+            and not self._open
+            and not self.max_delay_ns
+            and not self.preserve_ordering
+            and len(self.workers) == 1
+        )
+
+    def _run_now(self, work: Work) -> bool:
+        """While idle, and ``work`` is the server's only request (load.py): ``work`` alone,
+        executed here when it runs on the event loop (placement.py), as the instance's task
+        would have run it but without the hop to that task; its future is settled on return.
+        False, with nothing run, otherwise. Not under load: requests that arrive together must
+        still meet in the queue, where the instance's task batches them."""
+        batch = OpenBatch([work], work.batch_size, work.batch_size, self._expired_at_start)
+        try:
+            ran = self.workers[0].run_inline(batch, alone_only=True)
+        except InferdError as e:
+            self._settle(batch, None, e)
+            return True
+        except Exception as e:  # as _serve: never leave a request without an answer
+            log.exception("%s: batch failed", self.label)
+            self._settle(batch, None, e)
+            return True
+        if ran is None:
+            return False
+        self._settle(batch, ran, None)
+        return True
 
     def _remove(self, work: Work) -> None:
         if not work.queued:
@@ -243,24 +282,33 @@ class DynamicBatcher(Scheduler):
                 outcome = None
             finally:
                 self._open.remove(batch)
-            live = batch.close()  # the members that ran (closed already unless run() failed early)
-            started = batch.started_ns
+            batch.close()  # the members that ran (closed already unless run() failed early)
             if self.preserve_ordering and prev is not None:
                 await asyncio.shield(prev)
-            if outcome is None:
-                if live:  # else every member had expired by the start
-                    self.stats.record_execution(times)
-                for w, r in zip(live, results):
-                    if w.future is None or w.future.done():
-                        continue
-                    if isinstance(r, InferdError):
-                        w.future.set_exception(r)
-                    else:
-                        self.record_success(w, times, started)
-                        w.future.set_result(r)
-            else:
-                self._reject_members(live, outcome)
+            self._settle(batch, None if outcome else (results, times), outcome)
             done.set_result(None)
+
+    def _settle(
+        self, batch: OpenBatch, ran: tuple[list[Result], ExecutionTimes] | None, outcome: BaseException | None
+    ) -> None:
+        """Answer the members of an executed batch: each with its result from ``ran``, or all
+        with ``outcome``, the failure of the whole execution."""
+        live = batch.close()  # closed already: the members that ran
+        if outcome is not None or ran is None:
+            self._reject_members(live, outcome or Unavailable(f"{self.label}: the batch did not run"))
+            return
+        results, times = ran
+        if live:  # else every member had expired by the start
+            self.stats.record_execution(times)
+        started = batch.started_ns
+        for w, r in zip(live, results):
+            if w.future is None or w.future.done():
+                continue
+            if isinstance(r, InferdError):
+                w.future.set_exception(r)
+            else:
+                self.record_success(w, times, started)
+                w.future.set_result(r)
 
     @staticmethod
     def _reject_members(members: list[Work], error: BaseException) -> None:

@@ -95,8 +95,17 @@ class InstanceWorker:
         InferdError when the whole batch failed; a request-list backend may also fail single
         requests (an InferdError in its slot). An open batch is closed as its execution starts;
         the results then follow its final ``items`` (none when every member had expired)."""
+        done = self.run_inline(batch)
+        if done is not None:
+            return done
+        return self.executor.run_async(self._execute, batch)
+
+    def run_inline(self, batch: Batch, alone_only: bool = False) -> Executed | None:
+        """``batch`` executed on the event loop where the placement puts it there (see ``run``);
+        None, and nothing run, where it belongs on the instance thread. ``alone_only``: only
+        while its request is the server's only one (load.py)."""
         items = batch.items if isinstance(batch, OpenBatch) else batch
-        if self.placement.on_loop(items):
+        if not alone_only and self.placement.on_loop(items):
             return self._execute(batch, on_loop=True)
         load = self._load
         if load is None:
@@ -107,7 +116,7 @@ class InstanceWorker:
                 return self._execute(batch, on_loop=True)
             finally:
                 load.arrived_since(calls)
-        return self.executor.run_async(self._execute, batch)
+        return None
 
     def run_on_thread(self, batch: Sequence[Work]) -> asyncio.Future[Executed]:
         """Execute ``batch`` on the instance thread whatever the placement says: for work that
