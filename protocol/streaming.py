@@ -219,8 +219,9 @@ class ResponseChannel:
 
         One call per batch, not per response: a stream's responses that came together are
         taken together, and make room for as many under ``limit`` and ``window``. ``more`` is
-        set on every response of the batch but its last. On a paced channel, taking a batch starts the interval in
-        which the next responses are held (the consumer writes what it took now)."""
+        set on every response of the batch but its last. On a paced channel, taking a batch
+        starts the interval in which the next responses are held (the consumer writes what it
+        took now)."""
         while True:
             with self._lock:
                 items = self._items
@@ -231,7 +232,7 @@ class ResponseChannel:
                     items.clear()
                     if self._room is not None:
                         self._room.notify_all()
-                    for response, _ in batch:
+                    for response, _ in batch[:-1]:
                         response.more = True
                     batch[-1][0].more = False
                     if self.interval_ns:

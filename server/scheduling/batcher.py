@@ -285,18 +285,19 @@ class DynamicBatcher(Scheduler):
             batch.close()  # the members that ran (closed already unless run() failed early)
             if self.preserve_ordering and prev is not None:
                 await asyncio.shield(prev)
-            self._settle(batch, None if outcome else (results, times), outcome)
+            self._settle(batch, (results, times) if outcome is None else None, outcome)
             done.set_result(None)
 
     def _settle(
         self, batch: OpenBatch, ran: tuple[list[Result], ExecutionTimes] | None, outcome: BaseException | None
     ) -> None:
-        """Answer the members of an executed batch: each with its result from ``ran``, or all
-        with ``outcome``, the failure of the whole execution."""
+        """Answer the members of an executed batch: all with ``outcome``, the failure of the
+        whole execution, or else each with its result from ``ran``."""
         live = batch.close()  # closed already: the members that ran
-        if outcome is not None or ran is None:
-            self._reject_members(live, outcome or Unavailable(f"{self.label}: the batch did not run"))
+        if outcome is not None:
+            self._reject_members(live, outcome)
             return
+        assert ran is not None
         results, times = ran
         if live:  # else every member had expired by the start
             self.stats.record_execution(times)
