@@ -231,6 +231,35 @@ class SequenceBatching:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricIdentifier:
+    """``ModelMetrics.MetricControl.MetricIdentifier``: the metric family the options apply to."""
+
+    family: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramOptions:
+    """``ModelMetrics.MetricControl.HistogramOptions``: a histogram's bucket boundaries."""
+
+    buckets: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MetricControl:
+    """``ModelMetrics.MetricControl``: one metric family's options for this model."""
+
+    metric_identifier: MetricIdentifier = MetricIdentifier()
+    histogram_options: HistogramOptions | None = None  # None: the config sets no options
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """``ModelMetrics``: per-model options of the server's metric families."""
+
+    metric_control: tuple[MetricControl, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     max_batch_size: int  # 0: the model has no batch dimension
@@ -247,6 +276,7 @@ class ModelSpec:
     sequence_batching: SequenceBatching | None = None  # None: not a stateful (sequence) model
     batch_input: tuple[BatchInput, ...] = ()
     batch_output: tuple[BatchOutput, ...] = ()
+    model_metrics: ModelMetrics = ModelMetrics()
 
 
 def model_spec(config: mc.ModelConfig) -> ModelSpec:
@@ -273,7 +303,15 @@ def model_spec(config: mc.ModelConfig) -> ModelSpec:
             BatchOutput(tuple(b.target_name), "BATCH_SCATTER_WITH_INPUT_SHAPE", tuple(b.source_input))
             for b in config.batch_output
         ),
+        model_metrics=ModelMetrics(tuple(metric_control(c) for c in config.model_metrics.metric_control)),
     )
+
+
+def metric_control(section: mc.ModelMetrics.MetricControl) -> MetricControl:
+    options = (
+        HistogramOptions(tuple(section.histogram_options.buckets)) if section.HasField("histogram_options") else None
+    )
+    return MetricControl(MetricIdentifier(section.metric_identifier.family), options)
 
 
 def batch_input(section: mc.BatchInput) -> BatchInput:

@@ -57,6 +57,11 @@ _ACCELERATOR = _h(
     by=("onnxruntime",),
     elsewhere=Treatment.REFUSED,
 )
+_METRIC_CONTROL = _h(
+    "a histogram family's bucket boundaries for this model (finite, strictly ascending): "
+    "nv_inference_first_response_histogram_ms and inferd's latency histograms; another family is "
+    "warned at load and has no effect, as in Triton"
+)
 # A section that does nothing while empty: what its fields set decides.
 _CONTAINER = _h("see its fields")
 _GPU_KNOB = _w("tunes GPU execution only; inferd's backends do not read it, and it changes no answer")
@@ -296,11 +301,11 @@ FIELDS: dict[str, Rule] = {
         "refused with decoupled models and sequence batching, as in Triton"
     ),
     "model_metrics": _CONTAINER,
-    "model_metrics.metric_control": _r("per-model metric options are not supported yet"),
-    "model_metrics.metric_control.metric_identifier": _r("per-model metric options are not supported yet"),
-    "model_metrics.metric_control.metric_identifier.family": _r("per-model metric options are not supported yet"),
-    "model_metrics.metric_control.histogram_options": _r("per-model metric options are not supported yet"),
-    "model_metrics.metric_control.histogram_options.buckets": _r("per-model metric options are not supported yet"),
+    "model_metrics.metric_control": _METRIC_CONTROL,
+    "model_metrics.metric_control.metric_identifier": _METRIC_CONTROL,
+    "model_metrics.metric_control.metric_identifier.family": _METRIC_CONTROL,
+    "model_metrics.metric_control.histogram_options": _METRIC_CONTROL,
+    "model_metrics.metric_control.histogram_options.buckets": _METRIC_CONTROL,
 }
 
 

@@ -31,6 +31,7 @@ from .repository import Repository
 from .repository_agents import run_agents
 from .scheduling.ragged import RaggedBatching
 from .scheduling.worker import InstanceWorker
+from .stats import histogram_buckets
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class ModelPlan:
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Parameters every instance gets unless the config sets its own (--backend-config).
     default_parameters: dict[str, str] = field(default_factory=dict)
+    # Bucket boundaries the config sets per histogram family (model_metrics.metric_control).
+    histogram_buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # The typed view of the completed config that schedulers, backends and versions read.
     spec: ModelSpec = field(init=False)
     # Where the model's folder is: the server's repository, or a load's own files (model_files).
@@ -136,7 +139,8 @@ def plan_model(
             raise ModelLoadError(failed[versions[-1]]) from None
         raise
     plan = ModelPlan(name, model_dir, config, backend_cls, backend_name, signature, versions, failed, ensemble=ensemble)
-    plan.warnings = findings.warned
+    plan.histogram_buckets, metric_warnings = histogram_buckets(plan.spec.model_metrics, source)
+    plan.warnings = findings.warned + metric_warnings
     plan.default_parameters = dict(options.backends.parameters.get(backend_name, {}))
     if plan.spec.sequence_batching is not None:  # its initial state files, read now to refuse bad ones
         sequence_config.initial_states(plan.spec.sequence_batching, config.max_batch_size > 0, model_dir, source)

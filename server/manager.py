@@ -584,7 +584,7 @@ class ModelManager:
         except BaseException:
             await loop.run_in_executor(None, _close, workers)
             raise
-        stats = ModelStats(plan.name, str(version), self.observers)
+        stats = ModelStats(plan.name, str(version), self.observers, plan.histogram_buckets)
         scheduler = make_scheduler(plan.spec, workers, stats, label, plan.model_dir)
         platform = plan.spec.platform or platform_of(plan.backend_name)
         return ModelVersion(
@@ -631,7 +631,7 @@ class ModelManager:
         layout = decoupled_layout(
             plan.config, plan.ensemble, lambda s: self.get(s.model_name, s.model_version).decoupled, label
         )
-        stats = ModelStats(plan.name, str(version), self.observers)
+        stats = ModelStats(plan.name, str(version), self.observers, plan.histogram_buckets)
         scheduler = ensemble_scheduler(plan.ensemble, self, stats, label, layout)
         deps = sorted({(s.model_name, s.model_version) for s in plan.ensemble.steps})
         # As Triton: an output without labels of its own takes those of the step making it.

@@ -44,7 +44,7 @@ from .cache import ResponseCache
 from .manager import ModelManager
 from .metrics_config import MetricsOptions
 from .model import ModelVersion
-from .stats import FIRST_RESPONSE_BUCKETS_MS, ExecutionTimes, ModelStats
+from .stats import FIRST_RESPONSE_HISTOGRAM, LATENCY_HISTOGRAMS, ExecutionTimes, ModelStats
 
 # The text format this module writes (Prometheus' 0.0.4, which Triton serves).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -138,11 +138,17 @@ _CACHE_GAUGES: dict[str, tuple[str, Callable[[ResponseCache], float]]] = {
 # The latency counters (--metrics-config counter_latencies=false leaves them out, as in Triton).
 _LATENCY_COUNTERS = frozenset(name for name in _COUNTERS if name.endswith("_duration_us"))
 # name -> help; observed per successful request, in seconds.
-_HISTOGRAMS = {
-    "inferd_request_duration_seconds": "Duration of successful inference requests inside the server",
-    "inferd_queue_duration_seconds": "Time successful inference requests waited in the queue",
-    "inferd_compute_infer_duration_seconds": "Model execution time of successful inference requests",
-}
+_HISTOGRAMS = dict(
+    zip(
+        LATENCY_HISTOGRAMS,
+        (
+            "Duration of successful inference requests inside the server",
+            "Time successful inference requests waited in the queue",
+            "Model execution time of successful inference requests",
+        ),
+        strict=True,
+    )
+)
 # Triton's latency summaries (--metrics-config summary_latencies=true): name -> help, in µs.
 _SUMMARIES = {
     "nv_inference_request_summary_us": "Summary of inference request duration in microseconds (includes cached requests)",
@@ -274,7 +280,7 @@ class RequestObserver:
         if s is None:
             s = _VersionSeries(
                 dict.fromkeys(FAILURE_REASONS, 0),
-                {name: Histogram(self.buckets) for name in _HISTOGRAMS},
+                {name: Histogram(stats.histogram_buckets.get(name, self.buckets)) for name in _HISTOGRAMS},
                 {name: SlidingSummary() for name in _SUMMARIES} if self.summaries else {},
             )
             self._series[stats] = s
@@ -347,7 +353,7 @@ class ModelCollector(Collector):
         summaries = {name: Metric(name, doc, "summary") for name, doc in _SUMMARIES.items()}
         cached = {name: Counter(name, doc) for name, (doc, _) in _CACHE_COUNTERS.items()}
         first = Metric(
-            "nv_inference_first_response_histogram_ms",
+            FIRST_RESPONSE_HISTOGRAM,
             "Duration from request to first response in milliseconds",
             "histogram",
         )
@@ -357,7 +363,7 @@ class ModelCollector(Collector):
                 stats = model.stats
                 ids = model_labels(model)
                 if model.decoupled and opts.histogram_latencies:  # Triton's time to first response
-                    bounds = [f"{b:g}" for b in FIRST_RESPONSE_BUCKETS_MS] + ["+Inf"]
+                    bounds = [f"{b:g}" for b in stats.first_response_bounds] + ["+Inf"]
                     counts = list(itertools.accumulate(stats.first_response_counts))
                     _add_histogram(first, ids, list(zip(bounds, counts)), stats.first_response_sum_ms)
                 for metric_name, family in counters.items():

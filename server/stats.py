@@ -8,9 +8,13 @@ figures (``batch_stats``, ``execution_count``) are added once per execution.
 from __future__ import annotations
 
 import bisect
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from ..protocol.errors import ModelLoadError
+from ..protocol.model_spec import ModelMetrics
 
 
 @dataclass(slots=True)
@@ -46,8 +50,45 @@ class ResponseStats:
     cancel: Duration = field(default_factory=Duration)
 
 
-# Triton's default buckets of nv_inference_first_response_histogram_ms, in milliseconds.
+# Triton's time from a decoupled model's request to its first response, and its default
+# buckets in milliseconds.
+FIRST_RESPONSE_HISTOGRAM = "nv_inference_first_response_histogram_ms"
 FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
+# inferd's latency histograms, in seconds (metrics.py observes them for successful requests).
+LATENCY_HISTOGRAMS = (
+    "inferd_request_duration_seconds",
+    "inferd_queue_duration_seconds",
+    "inferd_compute_infer_duration_seconds",
+)
+# The families a model may give bucket boundaries of its own (model_metrics.metric_control).
+CUSTOMIZABLE_HISTOGRAMS = (FIRST_RESPONSE_HISTOGRAM, *LATENCY_HISTOGRAMS)
+_CONTROL = "model_metrics.metric_control"
+
+
+def histogram_buckets(metrics: ModelMetrics, source: str) -> tuple[dict[str, tuple[float, ...]], tuple[str, ...]]:
+    """A model's ``model_metrics.metric_control``: the bucket boundaries it sets per histogram
+    family, and a warning for each family that is not customizable (Triton logs those and
+    loads the model). A control without ``histogram_options`` leaves only the ``+Inf`` bucket,
+    as in Triton; the last control of a family wins. Boundaries that are not finite and
+    strictly ascending are refused (Prometheus' histograms need them so)."""
+    buckets: dict[str, tuple[float, ...]] = {}
+    warnings: list[str] = []
+    for control in metrics.metric_control:
+        family = control.metric_identifier.family
+        if family not in CUSTOMIZABLE_HISTOGRAMS:
+            warnings.append(
+                f"{_CONTROL}: metric family '{family}' is not a customizable histogram "
+                f"(these are {', '.join(CUSTOMIZABLE_HISTOGRAMS)}); its options have no effect"
+            )
+            continue
+        bounds = control.histogram_options.buckets if control.histogram_options is not None else ()
+        if not all(math.isfinite(b) for b in bounds) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+            raise ModelLoadError(
+                f"{source}: {_CONTROL}: the buckets of '{family}' must be finite numbers in strictly "
+                f"ascending order, got {list(bounds)}"
+            )
+        buckets[family] = bounds
+    return buckets, tuple(warnings)
 
 
 @dataclass(slots=True)
@@ -65,7 +106,15 @@ Observer = Callable[["ModelStats", bool, str, int, int, "ExecutionTimes | None"]
 
 
 class ModelStats:
-    def __init__(self, name: str, version: str, observers: list[Observer] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        observers: list[Observer] | None = None,
+        histogram_buckets: Mapping[str, tuple[float, ...]] | None = None,
+    ) -> None:
+        """``histogram_buckets``: the model's own bucket boundaries per histogram family
+        (histogram_buckets(), from its config); the others keep their defaults."""
         self.name = name
         self.version = version
         self.success = Duration()
@@ -83,11 +132,13 @@ class ModelStats:
         self.last_inference_ms = 0
         self.batch_stats: dict[int, BatchStats] = {}
         self.pending = 0  # requests accepted and not yet answered
+        self.histogram_buckets: Mapping[str, tuple[float, ...]] = dict(histogram_buckets or {})
         # Decoupled models only: per-response statistics, and the time from each request's
-        # arrival to its first response (bucket counts over FIRST_RESPONSE_BUCKETS_MS, the
-        # last one +Inf, and their sum in ms).
+        # arrival to its first response (bucket counts over first_response_bounds, the last
+        # one +Inf, and their sum in ms).
         self.response_stats: dict[int, ResponseStats] = {}
-        self.first_response_counts = [0] * (len(FIRST_RESPONSE_BUCKETS_MS) + 1)
+        self.first_response_bounds = self.histogram_buckets.get(FIRST_RESPONSE_HISTOGRAM, FIRST_RESPONSE_BUCKETS_MS)
+        self.first_response_counts = [0] * (len(self.first_response_bounds) + 1)
         self.first_response_sum_ms = 0.0
         self._observers = observers if observers is not None else []
 
@@ -166,7 +217,7 @@ class ModelStats:
         d.ns += ns
         if index == 0:
             ms = ns / 1e6
-            self.first_response_counts[bisect.bisect_left(FIRST_RESPONSE_BUCKETS_MS, ms)] += 1
+            self.first_response_counts[bisect.bisect_left(self.first_response_bounds, ms)] += 1
             self.first_response_sum_ms += ms
 
     def record_empty_response(self, index: int, ns: int) -> None:
