@@ -12,9 +12,12 @@ REQUEST_END. Nanoseconds of the steady clock (``time.monotonic_ns``), as Triton'
 for an HTTP request, HTTP_RECV_START and HTTP_RECV_END: from when its route began reading the
 body to when it had it all (Triton's start at the first byte; the headers come before); for a
 unary gRPC request on the native front end, GRPC_WAITREAD_START and GRPC_WAITREAD_END: from when
-grpc++ began the call and waited for its message to when it had read it, as in Triton. No send
-timestamps (*_SEND_*): the send happens after the trace ends. Triton's trace_summary.py
-summarizes a trace only if it has HTTP_RECV_START or GRPC_WAITREAD_START. At level TENSORS, then
+grpc++ began the call and waited for its message to when it had read it, as in Triton. Those two
+front ends also report the send, and the trace then ends with HTTP_SEND_START and HTTP_SEND_END
+(or GRPC_SEND_*): from when the core answered to when the response was handed to the
+connection (for gRPC, once grpc++ took the message and its status). Triton's trace_summary.py
+summarizes a trace only if it has HTTP_RECV_START or GRPC_WAITREAD_START, and its front end's
+part only with the *_SEND_END as well. At level TENSORS, then
 ``{"id", "activity", "tensor": {"name", "data", "shape", "dtype"}}`` for each input as queued
 (TENSOR_QUEUE_INPUT) and each output (TENSOR_BACKEND_OUTPUT), with the tensor's whole data.
 
@@ -54,6 +57,8 @@ log = logging.getLogger("inferd")
 
 # A front end's reading of the request: Triton's timestamp names.
 _RECEIVED = {"HTTP": ("HTTP_RECV_START", "HTTP_RECV_END"), "GRPC": ("GRPC_WAITREAD_START", "GRPC_WAITREAD_END")}
+# Its sending of the answer.
+_SENT = {"HTTP": ("HTTP_SEND_START", "HTTP_SEND_END"), "GRPC": ("GRPC_SEND_START", "GRPC_SEND_END")}
 MAX_QUEUED_BYTES = 64 << 20  # traces formatted and written by the writer thread, not yet done
 _FLOATS = frozenset(("FP16", "FP32", "FP64", "BF16"))
 
@@ -146,6 +151,7 @@ class FileTrace:
         "composite",
         "root",
         "received",
+        "unsent",
     )
 
     def __init__(
@@ -178,6 +184,8 @@ class FileTrace:
         self.composite = False  # an ensemble: its steps compute, it does not
         self.root = parent_id == 0
         self.received: tuple[str, int, int] | None = None  # (front end, start, end) of reading the request
+        # A root trace answered and waiting for its front end's sent(): its timestamps so far.
+        self.unsent: list[tuple[str, int]] | None = None
 
     def compute(self, enqueue_ns: int, started_ns: int, times: ExecutionTimes) -> None:
         """QUEUE_START and the COMPUTE_* timestamps, from the statistics' own (monotonic ns)."""
@@ -245,8 +253,24 @@ class FileTrace:
         resolved = version or self.version
         number = int(resolved) if resolved.isdigit() else -1
         self.family.append((self.id, self.parent_id, self.model, number, self.request_id, stamps, self.tensor_records))
-        if self.root:
-            self.owner.finished(self)
+        if not self.root:
+            return
+        if self.received is not None and error is None:
+            self.unsent = stamps  # the front end that read the request reports the send: sent()
+            return
+        self.owner.finished(self)
+
+    def sent(self, start_ns: int, end_ns: int) -> None:
+        """The front end handed the answer to the connection (see the module's docstring): the
+        trace is complete. Only for an answered root trace whose front end reported the read;
+        any other call does nothing."""
+        stamps, self.unsent = self.unsent, None
+        if stamps is None or self.received is None:
+            return
+        if self.timestamps:
+            start_name, end_name = _SENT[self.received[0]]
+            stamps += ((start_name, start_ns), (end_name, end_ns))
+        self.owner.finished(self)
 
 
 # --- the writer thread ----------------------------------------------------------------------------

@@ -569,6 +569,9 @@ class RequestTrace:
         if self.root:
             self.sink.submit(self.trace)
 
+    def sent(self, start_ns: int, end_ns: int) -> None:
+        """The front end sent the answer: the span ended with the core's answer already."""
+
 
 # A request's trace: spans (opentelemetry mode) or a trace file's records (triton mode).
 AnyTrace = RequestTrace | FileTrace

@@ -150,16 +150,19 @@ def test_timestamps_of_grpc_and_http_requests(repo: Path, file: Path) -> None:
         request_ids.append(head.get("request_id"))
         names = [n for n, _ in stamps(items)]
         # When the front end read the request: HTTP's route, or (unary calls on the native front
-        # end) grpc++'s read; no send timestamps.
+        # end) grpc++'s read; then, after the core's answer, when the front end sent it.
         front = ["HTTP_RECV_START", "HTTP_RECV_END"] if http else ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END"]
+        back = ["HTTP_SEND_START", "HTTP_SEND_END"] if http else ["GRPC_SEND_START", "GRPC_SEND_END"]
         if not http and not native:
-            front = []
-        assert names == front + CORE, names
+            front = back = []
+        assert names == front + CORE + back, names
         assert all(n in allowed for n in names)
         ns = [t for _, t in stamps(items)]
         assert ns == sorted(ns) and all(isinstance(t, int) for t in ns)
         at = dict(stamps(items))
         assert at["REQUEST_START"] <= at["QUEUE_START"] <= at["COMPUTE_START"] <= at["COMPUTE_END"] <= at["REQUEST_END"]
+        if back:
+            assert at["REQUEST_END"] <= at[back[0]] <= at[back[1]]
         assert abs(at["REQUEST_START"] - time.monotonic_ns()) < 60e9  # the steady clock
     # request_id only where the client sent one.
     assert sorted(r for r in request_ids if r) == ["g-1", "h-2"] and request_ids.count(None) == 2
@@ -184,6 +187,26 @@ def test_a_grpc_stream_request_is_traced(repo: Path, file: Path) -> None:
         server.stop()
     (items,) = traces(read(file)).values()
     assert items[0]["request_id"] == "s-1" and [n for n, _ in stamps(items)] == CORE
+
+
+def test_a_refused_request_is_traced_without_a_send(repo: Path, file: Path) -> None:
+    """A request the core refuses ends its trace at once (no *_SEND_*); an answered one after
+    it is traced as usual, so every trace of a count-limited setting is written."""
+    server = serve(repo, f"triton,file={file}", "level=TIMESTAMPS", "rate=1", "count=4")
+    try:
+        for client, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
+            wrong = client.InferInput("INPUT0", [1, 16], "FP32")
+            wrong.set_data_from_numpy(X)
+            with pytest.raises(InferenceServerException):
+                client.InferenceServerClient(url).infer("add_sub", [wrong])  # INPUT1 is missing
+        infer_http(server)
+        infer_grpc(server)
+        assert count_traces(wait_for(Path(f"{file}.0"))) == 4
+    finally:
+        server.stop()
+    ends = [[n for n, _ in stamps(items)][-1] for _, items in sorted(traces(read(Path(f"{file}.0"))).items())]
+    native = server.server.grpc_frontend == "native"
+    assert ends == ["REQUEST_END", "REQUEST_END", "HTTP_SEND_END", "GRPC_SEND_END" if native else "REQUEST_END"]
 
 
 def test_log_frequency_writes_indexed_files(repo: Path, file: Path) -> None:
@@ -240,7 +263,8 @@ def test_ensemble_steps_have_the_ensembles_id_as_parent(repo: Path, file: Path) 
     head = root[0]
     assert head["model_name"] == "add_twice" and head["request_id"] == "e-1"
     # The ensemble's own trace: no compute of its own (its steps compute), as in Triton.
-    assert [n for n, _ in stamps(root)] == [*read_stamps, "REQUEST_START", "QUEUE_START", "REQUEST_END"]
+    send_stamps = ["GRPC_SEND_START", "GRPC_SEND_END"] if read_stamps else []
+    assert [n for n, _ in stamps(root)] == [*read_stamps, "REQUEST_START", "QUEUE_START", "REQUEST_END", *send_stamps]
     steps = [items for items in by_id.values() if "parent_id" in items[0]]
     assert len(steps) == 2
     for items in steps:
@@ -273,7 +297,8 @@ def test_tensors_level_writes_data_shape_and_dtype(repo: Path, file: Path) -> No
     assert fp32[("TENSOR_QUEUE_INPUT", "INPUT0")] == {"name": "INPUT0", "data": x, "shape": "1,16", "dtype": "FP32"}
     assert fp32[("TENSOR_BACKEND_OUTPUT", "OUTPUT0")]["data"] == ",".join(f"{v:g}" for v in 2 * X.ravel())
     assert fp32[("TENSOR_BACKEND_OUTPUT", "OUTPUT1")]["data"] == ",".join("0" for _ in range(16))
-    assert [n for n, _ in stamps(models["add_sub"])] == ["HTTP_RECV_START", "HTTP_RECV_END", *CORE]  # over HTTP
+    over_http = ["HTTP_RECV_START", "HTTP_RECV_END", *CORE, "HTTP_SEND_START", "HTTP_SEND_END"]
+    assert [n for n, _ in stamps(models["add_sub"])] == over_http
     text = tensors(models["strings"])
     expected = {"name": "INPUT0", "data": '"a,b","say ""hi"" \u00e9"', "shape": "1,2", "dtype": "BYTES"}
     assert text[("TENSOR_QUEUE_INPUT", "INPUT0")] == expected

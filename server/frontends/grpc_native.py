@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from ..tls import TlsEndpoint
-from .grpc_service import WriteBatch
+from .grpc_service import TracedReply, WriteBatch
 from .internal_error import internal_error
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,12 @@ class NativeServer:
             self._answer(call_id, serialize, task.result())
 
     def _answer(self, call_id: int, serialize: Callable[[Any], bytes] | None, response: Any) -> None:
+        if type(response) is TracedReply:
+            try:
+                self._frontend.reply(call_id, response)
+            finally:
+                response.trace.sent(response.answered, time.monotonic_ns())
+            return
         try:
             data = response if serialize is None else serialize(response)
         except Exception as e:  # noqa: BLE001

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -94,6 +95,20 @@ def _refused(message: str) -> Callable[[Any, Any, Any], Awaitable[Any]]:
     return rpc
 
 
+class TracedReply(bytes):
+    """A traced unary answer on the native front end, which calls ``trace.sent`` once grpc++
+    took it (trace_file.py)."""
+
+    trace: Any
+    answered: int
+
+    def __new__(cls, data: bytes, trace: Any, answered: int) -> TracedReply:
+        reply = super().__new__(cls, data)
+        reply.trace = trace
+        reply.answered = answered
+        return reply
+
+
 class WriteBatch(list):  # type: ignore[type-arg]
     """Stream messages that were ready together, yielded as one item to a front end that queues
     them in one call (``write_batches``: grpc++); grpc.aio's handlers yield each message alone."""
@@ -166,12 +181,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_status
     async def ModelInfer(self, request: bytes, context: Any) -> bytes:
         core_request = await self._decode(request, context.time_remaining())
-        if self.core.tracer.active:
-            core_request.traceparent = _traceparent(context)
-            waited = getattr(context, "waited", None)  # the native front end's
-            if waited is not None:
-                core_request.received = ("GRPC", *waited)
-        return self.codec.encode(await self.core.infer(core_request))
+        if not self.core.tracer.active:
+            return self.codec.encode(await self.core.infer(core_request))
+        core_request.traceparent = _traceparent(context)
+        waited = getattr(context, "waited", None)  # the native front end's
+        if waited is not None:
+            core_request.received = ("GRPC", *waited)
+        response = await self.core.infer(core_request)
+        trace = core_request.trace if waited is not None else None
+        if trace is None:
+            return self.codec.encode(response)
+        # The native front end reports the send (TracedReply): then the trace ends.
+        answered = time.monotonic_ns()
+        try:
+            return TracedReply(self.codec.encode(response), trace, answered)
+        except BaseException:
+            trace.sent(answered, time.monotonic_ns())
+            raise
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes | WriteBatch]:
         """Requests on one stream run concurrently; each request's responses (one, or a

@@ -21,9 +21,11 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from ...protocol.errors import Code, InferdError, InvalidArgument, Unimplemented
 from ...protocol.messages import message_to_dict
+from ...protocol.types import InferResponse
 from ..core import InferenceCore
 from . import http_convert as conv
 from . import http_metadata as meta
@@ -117,6 +119,22 @@ def _compress(body: bytes, accept: str) -> tuple[bytes, str | None]:
     return body, None
 
 
+class _SentResponse(Response):
+    """A traced request's answer: once its bytes are handed to the connection (or the send
+    failed), the request's trace gets its send timestamps and ends."""
+
+    def __init__(self, trace: Any, answered: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.trace = trace
+        self.answered = answered
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.trace.sent(self.answered, time.monotonic_ns())
+
+
 class HttpApi:
     def __init__(
         self,
@@ -193,6 +211,21 @@ class HttpApi:
             core_request.received = ("HTTP", began, read)
         self._check_json_outputs(model, version, core_request.outputs, fmt)
         response = await self.core.infer(core_request)
+        trace = core_request.trace if traced else None
+        if trace is None:
+            return Response(*await self._answer(request, response, fmt))
+        # A traced request's trace ends once its answer is handed to the connection (sent()).
+        answered = time.monotonic_ns()
+        try:
+            return _SentResponse(trace, answered, *await self._answer(request, response, fmt))
+        except BaseException:
+            trace.sent(answered, time.monotonic_ns())
+            raise
+
+    async def _answer(
+        self, request: Request, response: InferResponse, fmt: conv.OutputFormat
+    ) -> tuple[bytes, int, dict[str, str], str]:
+        """The body, status, headers and media type of an answer."""
         # JSON text is a few times the size of the numbers it holds.
         json_size = 4 * sum(a.nbytes for n, a in response.outputs.items() if not fmt.binary(n))
         payload, json_length = await _off_loop(json_size, conv.response_to_http, response, fmt)
@@ -204,7 +237,7 @@ class HttpApi:
         if encoding is not None:
             headers["Content-Encoding"] = encoding
         media = JSON_TYPE if json_length is None else "application/octet-stream"
-        return Response(payload, media_type=media, headers=headers)
+        return payload, 200, headers, media
 
     def _check_json_outputs(
         self, model: str, version: str, requested: list[str] | None, fmt: conv.OutputFormat
