@@ -79,6 +79,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
   void Finish(const grpc::Status& status);
 
   grpc::GenericCallbackServerContext* ctx() const { return ctx_; }
+  bool inference() const { return inference_; }
 
  private:
   void Unref();
@@ -89,6 +90,7 @@ class Call final : public grpc::ServerGenericBidiReactor {
   uint64_t id_;
   int64_t created_ns_;
   bool first_read_ = true;
+  bool inference_;  // ModelInfer or ModelStreamInfer (IsInference)
   grpc::ByteBuffer in_;
   std::mutex mu_;
   std::deque<grpc::ByteBuffer> out_;  // out_.front() is being written while writing_
@@ -186,6 +188,7 @@ class Frontend {
     std::lock_guard<std::mutex> lock(calls_mu_);
     uint64_t id = ++next_id_;
     calls_.emplace(id, call);
+    if (call->inference()) ++inference_calls_;
     return id;
   }
 
@@ -238,6 +241,7 @@ class Frontend {
     if (it == calls_.end()) return nullptr;
     Call* call = it->second;
     calls_.erase(it);
+    if (call->inference()) --inference_calls_;
     return call;
   }
 
@@ -264,6 +268,13 @@ class Frontend {
   size_t Active() {
     std::lock_guard<std::mutex> lock(calls_mu_);
     return calls_.size();
+  }
+
+  // The active calls that are inference requests: what a request held behind the event loop
+  // would be (a health or statistics call can wait that long).
+  size_t ActiveInference() {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    return inference_calls_;
   }
 
  private:
@@ -293,6 +304,7 @@ class Frontend {
   std::deque<Event> events_;
   std::mutex calls_mu_;
   std::unordered_map<uint64_t, Call*> calls_;
+  size_t inference_calls_ = 0;
   uint64_t next_id_ = 0;
 };
 
@@ -307,8 +319,17 @@ double EpochDeadline(grpc::GenericCallbackServerContext* ctx) {
   return static_cast<double>(d.tv_sec) + d.tv_nsec * 1e-9;
 }
 
+bool IsInference(const std::string& method) {
+  for (const std::string suffix : {"/ModelInfer", "/ModelStreamInfer"}) {
+    if (method.size() >= suffix.size() && method.compare(method.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
 Call::Call(Frontend* frontend, grpc::GenericCallbackServerContext* ctx)
-    : frontend_(frontend), ctx_(ctx), created_ns_(SteadyNs()) {
+    : frontend_(frontend), ctx_(ctx), created_ns_(SteadyNs()), inference_(IsInference(ctx->method())) {
   id_ = frontend_->Register(this);
   StartRead(&in_);
 }
@@ -418,6 +439,7 @@ void Frontend::FinishAll(const grpc::Status& status) {
     std::lock_guard<std::mutex> lock(calls_mu_);
     for (auto& entry : calls_) left.push_back(entry.second);
     calls_.clear();
+    inference_calls_ = 0;
   }
   for (Call* call : left) call->Finish(status);
 }
@@ -457,6 +479,7 @@ PYBIND11_MODULE(_native_grpc, m) {
       .def_property_readonly("fd", &Frontend::fd)
       .def("drain", &Frontend::Drain)
       .def("active", &Frontend::Active)
+      .def("active_inference", &Frontend::ActiveInference)
       .def(
           "read",
           [](Frontend& f, uint64_t id) {

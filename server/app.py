@@ -162,7 +162,7 @@ class InferdServer:
                 )
             await self.grpc_server.start()
             if isinstance(self.grpc_server, NativeServer):  # grpc.aio cannot count its arrivals
-                load.current().probes.append(self.grpc_server.calls_in_flight)
+                load.current().probes.append(self.grpc_server.inference_calls_in_flight)
             if s.grpc_io_sched != "other":
                 apply_io_policy(s.grpc_io_sched)
                 self._io_policy_task = asyncio.ensure_future(self._keep_io_policy(s.grpc_io_sched))
@@ -310,7 +310,7 @@ class InferdServer:
         draining = []
         if self.grpc_server is not None:
             if isinstance(self.grpc_server, NativeServer):
-                load.current().probes.remove(self.grpc_server.calls_in_flight)
+                load.current().probes.remove(self.grpc_server.inference_calls_in_flight)
             draining.append(self.grpc_server.stop(self.settings.exit_timeout_secs))
         if self.http_server is not None:
             if self.http_server.calls in load.current().probes:

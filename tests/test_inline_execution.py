@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -489,8 +490,10 @@ def test_a_lone_http_client_gets_executions_on_the_loop(tmp_path: Path) -> None:
 
 
 def test_the_http_probe_sees_a_request_that_came_while_the_loop_was_held(tmp_path: Path) -> None:
-    """While the loop is held, the bytes of a request on an open keep-alive connection (and a new
-    connection) wait in the kernel: the HTTP front end's probe counts them."""
+    """While the loop is held, the bytes of a request on an open keep-alive connection wait in
+    the kernel: the HTTP front end's probe counts them, unless they are a GET (health, metadata,
+    statistics), which waiting behind the loop does not harm. A connection not yet accepted is
+    not counted (monitoring opens one per call)."""
     import socket
 
     from .conftest import start_server, test_settings
@@ -501,6 +504,7 @@ def test_the_http_probe_sees_a_request_that_came_while_the_loop_was_held(tmp_pat
         assert probe_calls is not None and probe_calls in of_loop(running.loop).probes
         host, port = running.http_url.rsplit(":", 1)
         idle = socket.create_connection((host, int(port)))
+        monitor = socket.create_connection((host, int(port)))
         time.sleep(0.2)  # accepted, nothing sent: not a call
         assert running.call(_probe_now(probe_calls)) == 0
         sent = threading.Event()
@@ -513,15 +517,16 @@ def test_the_http_probe_sees_a_request_that_came_while_the_loop_was_held(tmp_pat
             return before, probe_calls()
 
         def send() -> None:
-            idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            monitor.sendall(b"GET /v2/models/py_spin/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.sendall(b"POST /v2/models/py_spin/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
             late.append(socket.create_connection((host, int(port))))
             sent.set()
 
         threading.Timer(0.05, send).start()
         before, during = running.call(held())
-        assert before == 0 and during == 2, (before, during)  # the request's bytes, the connection
-        idle.close()
-        for sock in late:
+        # The POST's bytes; not the GET, nor a connection not yet accepted.
+        assert before == 0 and during == 1, (before, during)
+        for sock in (idle, monitor, *late):
             sock.close()
     finally:
         running.stop()
@@ -529,3 +534,95 @@ def test_the_http_probe_sees_a_request_that_came_while_the_loop_was_held(tmp_pat
 
 async def _probe_now(calls: Callable[[], int]) -> int:
     return calls()
+
+
+def test_the_grpc_probe_counts_only_inference_calls(tmp_path: Path) -> None:
+    """The native front end's probe counts ModelInfer calls that came while the loop was held,
+    not health or statistics calls (perf_analyzer sends those beside its load)."""
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import start_server, test_settings
+
+    running = start_server(test_settings(_py_spin_repo(tmp_path)))
+    try:
+        server = running.server.grpc_server
+        if running.server.grpc_frontend != "native":
+            pytest.skip("the native gRPC front end is not built here (or the tests run on grpc.aio)")
+        i = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
+        i.set_data_from_numpy(np.ones((1, 2), np.float32))
+        stage = threading.Event()
+        seen: list[tuple[int, int]] = []
+
+        async def held() -> None:
+            stage.wait(5)  # the loop is held: the calls wait in grpc++
+            time.sleep(0.2)
+            seen.append((server.calls_in_flight(), server.inference_calls_in_flight()))
+            stage.clear()
+            stage.wait(5)
+            time.sleep(0.2)
+            seen.append((server.calls_in_flight(), server.inference_calls_in_flight()))
+
+        def calls() -> None:
+            client = grpcclient.InferenceServerClient(running.grpc_url)
+            waiting = [
+                threading.Thread(target=client.is_server_live),
+                threading.Thread(target=client.get_inference_statistics, args=("py_spin",)),
+            ]
+            for t in waiting:
+                t.start()
+            stage.set()
+            while stage.is_set():
+                time.sleep(0.01)
+            infer = threading.Thread(target=client.infer, args=("py_spin", [i]))
+            infer.start()
+            stage.set()
+            for t in (*waiting, infer):
+                t.join(10)
+
+        caller = threading.Thread(target=calls)
+        caller.start()
+        running.call(held())
+        caller.join(15)
+        assert seen == [(2, 0), (3, 1)], seen
+    finally:
+        running.stop()
+
+
+def test_a_lone_client_stays_on_the_loop_beside_monitoring_calls(tmp_path: Path) -> None:
+    """Health and statistics calls beside a lone client (what perf_analyzer and probes send) do
+    not send its executions to the instance thread, over gRPC and HTTP."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from .conftest import start_server, test_settings
+
+    running = start_server(test_settings(_py_spin_repo(tmp_path)))
+    try:
+        native = running.server.grpc_frontend == "native"
+        for module, url in ((httpclient, running.http_url), (grpcclient, running.grpc_url)):
+            if module is grpcclient and not native:
+                continue
+            i = module.InferInput("INPUT0", [1, 2], "FP32")
+            i.set_data_from_numpy(np.ones((1, 2), np.float32))
+            client = module.InferenceServerClient(url)
+            monitor = module.InferenceServerClient(url)
+            stop = threading.Event()
+
+            watcher = threading.Thread(target=_watch, args=(monitor, stop))
+            watcher.start()
+            try:
+                threads = [str(client.infer("py_spin", [i]).as_numpy("THREAD")[0][0].decode()) for _ in range(40)]
+            finally:
+                stop.set()
+                watcher.join(10)
+            assert threads[-20:] == [running.thread.name] * 20, (module.__name__, threads)
+    finally:
+        running.stop()
+
+
+def _watch(monitor: Any, stop: threading.Event) -> None:
+    """Health and statistics calls, as monitoring sends them, until ``stop``."""
+    while not stop.is_set():
+        monitor.is_server_ready()
+        monitor.get_inference_statistics("py_spin")
+        time.sleep(0.005)

@@ -104,7 +104,7 @@ class AsgiServer:
             sock.close()
             self._task.result()  # raises the start-up error
             raise OSError(f"cannot serve HTTP on {self.host}:{self.port}")
-        self.calls = calls_probe(self._server.server_state.connections, sock)
+        self.calls = calls_probe(self._server.server_state.connections)
         return self.port
 
     async def stop(self) -> None:

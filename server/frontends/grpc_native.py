@@ -216,6 +216,11 @@ class NativeServer:
         """Calls grpc++ has handed over that Python has not ended yet."""
         return int(self._frontend.active())
 
+    def inference_calls_in_flight(self) -> int:
+        """Those of them that are inference calls (ModelInfer, ModelStreamInfer): the probe of
+        scheduling/load.py, for which a health or statistics call is no contention."""
+        return int(self._frontend.active_inference())
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._frontend.fd, self._on_events)

@@ -16,7 +16,10 @@ app handles a request: a long inference is not a slow client.
 :func:`calls_probe` tells the scheduling's load (scheduling/load.py) how many HTTP requests are
 in, even while an execution holds the event loop: the requests the app is handling or receiving
 the body of, plus those the kernel holds for the loop to read (bytes waiting on an open
-connection, a connection waiting to be accepted).
+connection). A GET, HEAD or OPTIONS request (health, metadata, statistics: what monitoring and
+perf_analyzer send beside the load) is not counted, nor a connection not yet accepted: monitoring
+opens one per call, while an inference client keeps its connection, whose later requests count
+(its first may wait behind one execution held on the loop).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
-import select
 import socket
 import termios
 from collections.abc import Callable, Collection
@@ -191,30 +193,50 @@ class HeldHeaders:
         self._transport.close()
 
 
-def calls_probe(connections: Collection[Any], listening: socket.socket) -> Callable[[], int]:
-    """A probe for scheduling/load.py over one uvicorn server's ``connections`` (its protocols)
-    and ``listening`` socket (see the module's docstring)."""
-    poller = select.poll()
-    poller.register(listening.fileno(), select.POLLIN)
+# Methods of the requests that cannot be inference (health, metadata, statistics, metrics): the
+# probe does not count them, since waiting behind a held loop costs them nothing that matters.
+_NEVER_INFERENCE = frozenset(("GET", "HEAD", "OPTIONS"))
+_NEVER_INFERENCE_LINES = tuple(f"{m} ".encode() for m in _NEVER_INFERENCE)
+
+
+def _may_infer(fd: int) -> bool:
+    """Whether the unread bytes on connection ``fd`` may start an inference request: anything
+    but a request line of _NEVER_INFERENCE (TLS bytes, or too few to tell, count)."""
+    peek = socket.socket(fileno=fd)
+    try:
+        head = peek.recv(8, socket.MSG_PEEK)
+    except OSError:
+        return True
+    finally:
+        peek.detach()  # the connection's descriptor stays open: the transport owns it
+    return not head.startswith(_NEVER_INFERENCE_LINES)
+
+
+def calls_probe(connections: Collection[Any]) -> Callable[[], int]:
+    """A probe for scheduling/load.py over one uvicorn server's ``connections`` (its protocols;
+    see the module's docstring)."""
     waiting = array.array("i", [0])
 
     def calls() -> int:
         if len(connections) > PROBE_MAX_CONNECTIONS:
             return len(connections)
-        n = len(poller.poll(0))  # a connection to accept
+        n = 0
         for protocol in connections:
             if getattr(protocol, "_phase", _HEADERS) != _HEADERS:
-                n += 1  # the app has the request, or its body is arriving
+                # The app has the request, or its body is arriving.
+                scope = getattr(protocol, "scope", None)
+                n += not isinstance(scope, dict) or scope.get("method") not in _NEVER_INFERENCE
                 continue
             transport = protocol.transport
             sock = transport.get_extra_info("socket") if transport is not None else None
             if sock is None:
                 continue
             try:
-                fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+                fd = sock.fileno()
+                fcntl.ioctl(fd, termios.FIONREAD, waiting)
             except OSError:
                 continue
-            n += waiting[0] > 0  # a request the loop has not read yet
+            n += waiting[0] > 0 and _may_infer(fd)  # a request the loop has not read yet
         return n
 
     return calls

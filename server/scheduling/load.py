@@ -7,9 +7,11 @@ the request. Running the execution on the loop instead is only safe while nothin
 the loop, which takes two signals:
 
 * ``busy``: requests inside any scheduler (``Scheduler.submit``), all models together;
-* probes: front ends that can tell, even while the loop is held, how many calls they have taken
-  in and not ended (the native gRPC front end's threads keep accepting while the loop runs; the
-  HTTP front end asks the kernel what waits on its sockets, http_connections.calls_probe).
+* probes: front ends that can tell, even while the loop is held, how many inference calls they
+  have taken in and not ended (the native gRPC front end's threads keep accepting while the loop
+  runs; the HTTP front end asks the kernel what waits on its sockets, http_connections.calls_probe).
+  Health, metadata and statistics calls are not counted: they can wait for the loop, and
+  monitoring and perf_analyzer send them beside a lone client all the time.
 
 A call that arrived while an execution held the loop, or any sight of a second request, marks
 the server contended for CONTENDED_NS: later executions go to their threads, where arrivals
