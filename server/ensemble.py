@@ -243,6 +243,8 @@ def ensemble_scheduler(
 class EnsembleScheduler(Scheduler):
     """Runs one ensemble request as a DAG of composing-model requests."""
 
+    counts_in_load = False  # its steps' requests count instead
+
     def __init__(self, plan: EnsemblePlan, caller: ModelCaller, stats: ModelStats, label: str) -> None:
         super().__init__([], stats, label)
         self.plan = plan

@@ -17,6 +17,11 @@ from .worker import InstanceWorker
 
 
 class Scheduler(ABC):
+    # Whether a request inside this scheduler counts in the server's load (load.py's ``busy``).
+    # An ensemble's does not: its steps' requests count, in their own schedulers, so a lone
+    # ensemble request is still alone while a step runs.
+    counts_in_load = True
+
     def __init__(self, workers: Sequence[InstanceWorker], stats: ModelStats, label: str) -> None:
         self.workers = list(workers)
         self.stats = stats
@@ -38,11 +43,12 @@ class Scheduler(ABC):
         if load is None:
             load = self._load = current()
         self._inflight += 1
-        load.busy += 1
+        counted = self.counts_in_load
+        load.busy += counted
         try:
             return await self._run(work)
         finally:
-            load.busy -= 1
+            load.busy -= counted
             self._inflight -= 1
             if self._inflight == 0 and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
