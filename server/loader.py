@@ -29,6 +29,7 @@ from .classification import read_labels
 from .ensemble import EnsemblePlan, plan_ensemble
 from .repository import Repository
 from .repository_agents import run_agents
+from .scheduling.placement import one_cpu
 from .scheduling.ragged import RaggedBatching
 from .scheduling.worker import InstanceWorker
 from .stats import histogram_buckets
@@ -325,6 +326,9 @@ def load_workers(
     placed = instances(spec.instance_group)
     inline = inline_execution(plan, placed, params)
     nice = nice if spec.dynamic_batching is not None else 0
+    # On one CPU an instance thread only takes turns with the loop (placement.py), unless a
+    # dynamic batcher fills batches while it waits.
+    single_cpu = spec.dynamic_batching is None and one_cpu()
     batching = spec.max_batch_size > 0
     try:
         for inst in placed:
@@ -342,7 +346,7 @@ def load_workers(
                 metrics=metrics,
             )
             name = f"{plan.name}.v{version}.{inst.name}"
-            workers.append(InstanceWorker.build(_factory(plan, ctx), name, batching, inline, nice))
+            workers.append(InstanceWorker.build(_factory(plan, ctx), name, batching, inline, nice, single_cpu))
     except BaseException as e:
         for w in workers:
             w.close()

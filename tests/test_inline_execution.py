@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,7 +27,13 @@ from inferd.server.loader import inline_execution
 from inferd.server.scheduling.batcher import DynamicBatcher
 from inferd.server.scheduling.direct import DirectScheduler
 from inferd.server.scheduling.load import ServerLoad, current, of_loop
-from inferd.server.scheduling.placement import INLINE_MAX_BYTES, INLINE_NEVER_NS, STALL_WINDOW
+from inferd.server.scheduling.placement import (
+    INLINE_MAX_BYTES,
+    INLINE_NEVER_NS,
+    STALL_WINDOW,
+    ExecutionPlacement,
+    one_cpu,
+)
 from inferd.server.scheduling.work import Work
 from inferd.server.scheduling.worker import InstanceWorker
 from inferd.server.stats import ModelStats
@@ -120,6 +128,29 @@ async def test_large_inputs_and_workers_not_allowed_inline_use_threads() -> None
     await run(direct(off, inline=False), 3)
     for backend in (big, off):
         assert all(t.startswith("inst") for t in backend.threads), backend.threads
+
+
+def test_on_one_cpu_longer_executions_and_larger_inputs_run_on_the_loop_under_load() -> None:
+    """With ``single_cpu`` (the loader's: one CPU, no dynamic batcher) the limits of a lone
+    request hold under load too: 0.5 ms executions and 1 MiB inputs run on the loop; 3 ms ones
+    still go to the thread. Elsewhere those limits are the lone request's only."""
+    batch = [work(1 << 18)]  # 1 MiB of input
+    for single in (True, False):
+        placement = ExecutionPlacement(True, single_cpu=single)
+        placement.ran_on_thread(500_000)  # the first, cold, is not counted
+        placement.ran_on_thread(500_000)
+        assert placement.on_loop(batch) is single
+        assert placement.on_loop_alone(batch)
+        for _ in range(20):
+            placement.ran_on_thread(3_000_000)
+        assert not placement.on_loop(batch) and not placement.on_loop_alone(batch)
+
+
+def test_one_cpu_reads_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert one_cpu()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert not one_cpu()
 
 
 def test_server_answers_the_same_with_inline_execution_off(server: RunningServer, model_repo: Path) -> None:
@@ -653,3 +684,66 @@ def test_a_lone_clients_ensemble_steps_run_on_the_loop(tmp_path: Path) -> None:
         assert threads[-5:] == [running.thread.name] * 5, threads
     finally:
         running.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_server_on_one_cpu_runs_executions_on_the_loop_under_load(tmp_path: Path) -> None:
+    """``inferd serve`` pinned to one CPU: two clients at once still get py_spin's ~0.3 ms
+    executions on the event loop (the main thread), where an instance thread would only take
+    turns with it; the same model behind a dynamic batcher keeps its thread."""
+    import subprocess
+
+    import tritonclient.grpc as grpcclient
+
+    from .serving import serve_argv
+
+    repo = _py_spin_repo(tmp_path)
+    (repo / "py_spin_batched" / "1").mkdir(parents=True)
+    (repo / "py_spin_batched" / "1" / "model.py").write_text(PY_SPIN)
+    config = (repo / "py_spin" / "config.pbtxt").read_text().replace('"py_spin"', '"py_spin_batched"')
+    (repo / "py_spin_batched" / "config.pbtxt").write_text(config + "dynamic_batching { }\n")
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        serve_argv("--model-repository", str(repo), "--allow-http", "false"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+    try:
+        assert proc.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 60
+        while not url and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the server exited"
+            found = re.search(r"gRPC \(KServe v2\) listening on ([\d.]+:\d+)", line)
+            url = found.group(1) if found else ""
+        client = grpcclient.InferenceServerClient(url)
+        while not client.is_server_ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        i = grpcclient.InferInput("INPUT0", [1, 2], "FP32")
+        i.set_data_from_numpy(np.ones((1, 2), np.float32))
+        for model in ("py_spin", "py_spin_batched"):
+            results: list[str] = []
+            pair = [threading.Thread(target=_infer_threads, args=(url, model, i, results)) for _ in range(2)]
+            for t in pair:
+                t.start()
+            for t in pair:
+                t.join(60)
+            if model == "py_spin":
+                assert results[-40:] == ["MainThread"] * 40, results
+            else:
+                assert any(name != "MainThread" for name in results[-40:]), results
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _infer_threads(url: str, model: str, inputs: Any, into: list[str], n: int = 40) -> None:
+    """``n`` gRPC requests to py_spin-like ``model``: the threads they ran on, into ``into``."""
+    import tritonclient.grpc as grpcclient
+
+    own = grpcclient.InferenceServerClient(url)
+    into.extend(str(own.infer(model, [inputs]).as_numpy("THREAD")[0][0].decode()) for _ in range(n))

@@ -53,12 +53,13 @@ class InstanceWorker:
         inline: bool = False,
         executor: InstanceThread | None = None,
         nice_steps: int = 0,
+        single_cpu: bool = False,
     ) -> None:
         self.backend = backend
         self.name = name
         self.batching = batching
         self.executor = executor or instance_executor(name)
-        self.placement = ExecutionPlacement(inline)
+        self.placement = ExecutionPlacement(inline, single_cpu)
         self.nice_steps = nice_steps  # how far the thread runs below the loop's priority
         self.executions = 0
         # Set by the loader for a model with ragged inputs, batch inputs or batch outputs.
@@ -67,10 +68,17 @@ class InstanceWorker:
 
     @classmethod
     def build(
-        cls, factory: Callable[[], Backend], name: str, batching: bool, inline: bool | None = False, nice: int = 0
+        cls,
+        factory: Callable[[], Backend],
+        name: str,
+        batching: bool,
+        inline: bool | None = False,
+        nice: int = 0,
+        single_cpu: bool = False,
     ) -> InstanceWorker:
         """Start the instance's thread and build its backend on it (blocks until built).
-        ``inline`` None leaves running on the loop to the built backend's ``inline_safe``."""
+        ``inline`` None leaves running on the loop to the built backend's ``inline_safe``;
+        ``single_cpu``: see placement.py."""
         executor = instance_executor(name, nice)
         try:
             backend = executor.submit(factory).result()
@@ -80,7 +88,7 @@ class InstanceWorker:
             raise
         gc_policy.models_loaded()
         allowed = backend.inline_safe if inline is None else inline
-        return cls(backend, name, batching, allowed, executor, steps)
+        return cls(backend, name, batching, allowed, executor, steps, single_cpu)
 
     @property
     def inline(self) -> bool:
