@@ -20,14 +20,7 @@ from onnx import TensorProto
 from .conftest import RunningServer, start_server, test_settings
 from .decoupled_models import REPEAT, REPEAT_CONFIG
 from .models import binary_model, write, write_python
-
-ADD = """name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }}, {{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
-{extra}
-"""
+from .test_config_fields import ADD
 
 
 def control(family: str, buckets: str | None) -> str:
@@ -107,33 +100,32 @@ def test_a_control_without_options_leaves_only_the_inf_bucket(server: RunningSer
     assert buckets(scrape(server), "inferd_queue_duration_seconds", "bare") == {"+Inf": 1}
 
 
+def repository_states(repo: Path) -> dict[str, tuple[str, str]]:
+    """Each model of ``repo`` served: its state and reason in the repository index."""
+    running = start_server(test_settings(repo))
+    try:
+        index = grpcclient.InferenceServerClient(running.grpc_url).get_model_repository_index().models
+        return {m.name: (m.state, m.reason) for m in index}
+    finally:
+        running.stop()
+
+
 def test_a_family_without_such_a_histogram_is_warned_and_the_model_loads(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     extra = control("nv_inference_count", "1, 2")
     write(tmp_path, "counted", ADD.format(name="counted", extra=extra), binary_model("Add", TensorProto.FLOAT))
     with caplog.at_level(logging.WARNING, logger="inferd"):
-        running = start_server(test_settings(tmp_path))
-    try:
-        client = grpcclient.InferenceServerClient(running.grpc_url)
-        index = {m.name: m for m in client.get_model_repository_index().models}
-        assert index["counted"].state == "READY"
-        assert "metric family 'nv_inference_count' is not a customizable histogram" in index["counted"].reason
-        assert any("nv_inference_count" in r.getMessage() for r in caplog.records)
-    finally:
-        running.stop()
+        state, reason = repository_states(tmp_path)["counted"]
+    assert state == "READY"
+    assert "metric family 'nv_inference_count' is not a customizable histogram" in reason
+    assert any("nv_inference_count" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("bounds", ["2, 1", "1, 1", "1, inf", "nan"])
 def test_buckets_out_of_order_or_not_finite_are_refused_at_load(tmp_path: Path, bounds: str) -> None:
     extra = control("inferd_request_duration_seconds", bounds)
     write(tmp_path, "bad", ADD.format(name="bad", extra=extra), binary_model("Add", TensorProto.FLOAT))
-    running = start_server(test_settings(tmp_path))
-    try:
-        client = grpcclient.InferenceServerClient(running.grpc_url)
-        index = {m.name: m for m in client.get_model_repository_index().models}
-        assert index["bad"].state == "UNAVAILABLE"
-        reason = index["bad"].reason
-        assert "model_metrics.metric_control" in reason and "strictly ascending" in reason
-    finally:
-        running.stop()
+    state, reason = repository_states(tmp_path)["bad"]
+    assert state == "UNAVAILABLE"
+    assert "model_metrics.metric_control" in reason and "strictly ascending" in reason
