@@ -202,7 +202,10 @@ _NEVER_INFERENCE_LINES = tuple(f"{m} ".encode() for m in _NEVER_INFERENCE)
 def _may_infer(fd: int) -> bool:
     """Whether the unread bytes on connection ``fd`` may start an inference request: anything
     but a request line of _NEVER_INFERENCE (TLS bytes, or too few to tell, count)."""
-    peek = socket.socket(fileno=fd)
+    try:
+        peek = socket.socket(fileno=fd)
+    except OSError:
+        return True
     try:
         head = peek.recv(8, socket.MSG_PEEK)
     except OSError:

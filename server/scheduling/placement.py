@@ -26,11 +26,10 @@ They are the limits under load too for an instance without a dynamic batcher whe
 may run on one CPU only (``single_cpu``: its affinity, one_cpu(), as a cpuset, taskset or
 Kubernetes' static CPU manager sets it). There an instance thread computes nothing in parallel
 with the loop, it only takes turns with it, so the hop and the hand-back are extra work on the
-one CPU (at 8 clients of a 16 MiB ONNX model, about 190 µs a request); other requests wait for
-an execution on the loop as they would wait for the CPU. A dynamically batched instance keeps
-its thread: while the thread waits for the CPU its open batch takes the requests the loop admits
-(open_batch.py), and on the loop its batches came out smaller. A CPU quota (cgroup ``cpu.max``)
-is not looked at.
+one CPU (perf/reports/2026-12-08-tenth-session.md); other requests wait for an execution on the
+loop as they would wait for the CPU. A dynamically batched instance keeps its thread: while the
+thread waits for the CPU its open batch takes the requests the loop admits (open_batch.py),
+which makes larger batches. A CPU quota (cgroup ``cpu.max``) is not looked at.
 
 A request whose model's sends may wait for its consumer (a response channel with a window: an
 ensemble step under max_inflight_requests) never runs on the loop: the consumer is the loop.
