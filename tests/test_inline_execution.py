@@ -146,6 +146,23 @@ def test_on_one_cpu_longer_executions_and_larger_inputs_run_on_the_loop_under_lo
         assert not placement.on_loop(batch) and not placement.on_loop_alone(batch)
 
 
+def test_on_one_cpu_an_execution_that_waits_goes_back_to_its_thread_under_load() -> None:
+    """A model that spends 50 µs of CPU but 1 ms on the loop (waiting on I/O, say) would hold the
+    loop with the one CPU idle: under load it runs on its thread. Alone it may still hold it."""
+    batch = [work()]
+    placement = ExecutionPlacement(True, single_cpu=True)
+    placement.ran_on_thread(50_000)
+    placement.ran_on_thread(50_000)
+    assert placement.on_loop(batch)
+    placement.ran_on_loop(1_000_000)
+    assert not placement.on_loop(batch) and placement.on_loop_alone(batch)
+    computing = ExecutionPlacement(True, single_cpu=True)
+    for _ in range(2):
+        computing.ran_on_thread(500_000)
+    computing.ran_on_loop(700_000)  # preempted a little on the shared CPU: still computing
+    assert computing.on_loop(batch)
+
+
 def test_one_cpu_reads_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert one_cpu()

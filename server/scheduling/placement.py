@@ -27,7 +27,8 @@ may run on one CPU only (``single_cpu``: its affinity, one_cpu(), as a cpuset, t
 Kubernetes' static CPU manager sets it). There an instance thread computes nothing in parallel
 with the loop, it only takes turns with it, so the hop and the hand-back are extra work on the
 one CPU (perf/reports/2026-12-08-tenth-session.md); other requests wait for an execution on the
-loop as they would wait for the CPU. A dynamically batched instance keeps its thread: while the
+loop as they would wait for the CPU. Only executions that compute, though: one whose time on the
+loop is well over its CPU time on the thread waits for something, and goes back to its thread. A dynamically batched instance keeps its thread: while the
 thread waits for the CPU its open batch takes the requests the loop admits (open_batch.py),
 which makes larger batches. A CPU quota (cgroup ``cpu.max``) is not looked at.
 
@@ -82,7 +83,7 @@ class ExecutionPlacement:
 
     def on_loop(self, batch: Sequence[Work]) -> bool:
         if self.single_cpu:
-            return self.on_loop_alone(batch)
+            return self._waits_little() and self.on_loop_alone(batch)
         if not self.inline_allowed or self.thread_cpu_ns is None or self.thread_cpu_ns > INLINE_MAX_NS:
             return False
         if self.inline_wall_ns is not None and self.inline_wall_ns > INLINE_MAX_NS:
@@ -96,6 +97,13 @@ class ExecutionPlacement:
         if self.inline_wall_ns is not None and self.inline_wall_ns > ALONE_MAX_NS:
             return False
         return sum(w.nbytes() for w in batch) <= ALONE_MAX_BYTES and not _sends_may_wait(batch)
+
+    def _waits_little(self) -> bool:
+        """Whether executions on the loop took about the CPU time they take on the thread: one
+        that waits (I/O, a lock, a sleep) would hold the loop with the one CPU idle, where on
+        its thread other requests use the CPU meanwhile."""
+        wall, cpu = self.inline_wall_ns, self.thread_cpu_ns
+        return wall is None or cpu is None or wall <= max(2 * cpu, INLINE_MAX_NS)
 
     def ran_on_loop(self, wall_ns: int) -> None:
         self._loop_runs += 1
