@@ -151,12 +151,8 @@ class DynamicBatcher(Scheduler):
         batch = OpenBatch([work], work.batch_size, work.batch_size, self._expired_at_start)
         try:
             ran = self.workers[0].run_inline(batch, alone_only=True)
-        except InferdError as e:
-            self._settle(batch, None, e)
-            return True
-        except Exception as e:  # as _serve: never leave a request without an answer
-            log.exception("%s: batch failed", self.label)
-            self._settle(batch, None, e)
+        except Exception as e:
+            self._settle(batch, None, self._failure(e))
             return True
         if ran is None:
             return False
@@ -270,14 +266,11 @@ class DynamicBatcher(Scheduler):
             try:
                 ran = worker.run(batch)
                 results, times = ran if isinstance(ran, tuple) else await ran
-            except InferdError as e:
-                outcome: BaseException | None = e
             except asyncio.CancelledError:
                 self._reject_members(batch.close(), Unavailable(f"{self.label} was unloaded"))
                 raise
-            except Exception as e:  # never leave a request without an answer
-                log.exception("%s: batch failed", self.label)
-                outcome = e
+            except Exception as e:
+                outcome: BaseException | None = self._failure(e)
             else:
                 outcome = None
             finally:
@@ -287,6 +280,14 @@ class DynamicBatcher(Scheduler):
                 await asyncio.shield(prev)
             self._settle(batch, (results, times) if outcome is None else None, outcome)
             done.set_result(None)
+
+    def _failure(self, error: Exception) -> Exception:
+        """A failed execution's outcome for its members (call it in the ``except`` block): an
+        InferdError as it is; anything else too, logged with its traceback, since a server
+        fault must still answer every request."""
+        if not isinstance(error, InferdError):
+            log.exception("%s: batch failed", self.label)
+        return error
 
     def _settle(
         self, batch: OpenBatch, ran: tuple[list[Result], ExecutionTimes] | None, outcome: BaseException | None

@@ -28,9 +28,10 @@ Kubernetes' static CPU manager sets it). There an instance thread computes nothi
 with the loop, it only takes turns with it, so the hop and the hand-back are extra work on the
 one CPU (perf/reports/2026-12-08-tenth-session.md); other requests wait for an execution on the
 loop as they would wait for the CPU. Only executions that compute, though: one whose time on the
-loop is well over its CPU time on the thread waits for something, and goes back to its thread. A dynamically batched instance keeps its thread: while the
-thread waits for the CPU its open batch takes the requests the loop admits (open_batch.py),
-which makes larger batches. A CPU quota (cgroup ``cpu.max``) is not looked at.
+loop is well over its CPU time on the thread waits for something, and goes back to its thread.
+A dynamically batched instance keeps its thread: while the thread waits for the CPU its open
+batch takes the requests the loop admits (open_batch.py), which makes larger batches. A CPU
+quota (cgroup ``cpu.max``) is not looked at.
 
 A request whose model's sends may wait for its consumer (a response channel with a window: an
 ensemble step under max_inflight_requests) never runs on the loop: the consumer is the loop.
